@@ -13,16 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import clipfast
 import numpy as np
 import pytest
 import torch
+from clipfast import _native, transforms
+from clipfast.errors import ImageError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-import clipfast
-from clipfast import _native, transforms
-from clipfast.errors import ImageError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -336,7 +335,7 @@ def test_batch_refuses_decompression_bombs(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_batch_threads_then_fork_does_not_deadlock() -> None:
     code = (
-        "import os, sys, torch; sys.path.insert(0, %r)\n"
+        f"import os, sys, torch; sys.path.insert(0, {str(Path(clipfast.__file__).parent.parent)!r})\n"
         "import clipfast; from PIL import Image\n"
         "imgs = [Image.new('RGB', (640, 480), (i, 2, 3)) for i in range(16)]\n"
         "a = clipfast.preprocess_batch(imgs, threads=4)\n"
@@ -346,7 +345,7 @@ def test_batch_threads_then_fork_does_not_deadlock() -> None:
         "    os._exit(0 if torch.equal(a, b) else 3)\n"
         "_, status = os.waitpid(pid, 0)\n"
         "sys.exit(os.waitstatus_to_exitcode(status))\n"
-    ) % str(Path(clipfast.__file__).parent.parent)
+    )
     result = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
