@@ -47,13 +47,22 @@ pub enum Error {
 
 impl Error {
     pub fn checkpoint(path: &Path, msg: impl Into<String>) -> Self {
-        Error::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
+        Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn unsafe_global(path: &Path, msg: impl Into<String>) -> Self {
-        Error::Unsafe { path: path.to_path_buf(), msg: msg.into() }
+        Error::Unsafe {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
