@@ -89,19 +89,29 @@ pub fn hash_file_into(
     if want > size {
         return Err(Error::io(
             path,
-            std::io::Error::new(ErrorKind::UnexpectedEof, format!("file has {size} bytes, expected at least {want}")),
+            std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!("file has {size} bytes, expected at least {want}"),
+            ),
         ));
     }
     if want == 0 {
         return Ok(());
     }
     let len = usize::try_from(want).map_err(|_| {
-        Error::io(path, std::io::Error::new(ErrorKind::InvalidInput, "file too large to map on this platform"))
+        Error::io(
+            path,
+            std::io::Error::new(
+                ErrorKind::InvalidInput,
+                "file too large to map on this platform",
+            ),
+        )
     })?;
     // SAFETY: the map is read-only and private to this call. A concurrent truncation by another
     // process could fault (SIGBUS); the files hashed here are held under the download lock or are
     // finished downloads, which clipfast never rewrites in place.
-    let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.map_err(|e| Error::io(path, e))?;
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
+        .map_err(|e| Error::io(path, e))?;
     let _ = map.advise(memmap2::Advice::Sequential);
     let mut done: u64 = 0;
     for block in map.chunks(FILE_BLOCK) {

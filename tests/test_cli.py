@@ -11,16 +11,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import clipfast
 import pytest
 import torch
-
-import clipfast
 from clipfast import _testing, cache, cli
 from clipfast.arch import infer_architecture
 from clipfast.registry import MODELS, available_models, sha256_of_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from http_fault_server import FaultServer, Resource  # noqa: E402
+from http_fault_server import FaultServer, Resource
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +64,9 @@ def test_verify_match_mismatch_and_errors(tmp_path: Path, capsys: pytest.Capture
     assert run(capsys, "verify", str(tmp_path))[0] == 2
 
 
-def test_verify_named_model_rehashes_the_cached_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_named_model_rehashes_the_cached_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(capsys, "verify", "ViT-B/32", "--root", str(tmp_path))[0] == 2  # not cached
     fake = tmp_path / "ViT-B-32.pt"
     fake.write_bytes(b"not the real file")
@@ -75,7 +76,9 @@ def test_verify_named_model_rehashes_the_cached_file(tmp_path: Path, capsys: pyt
     status, out, _ = run(capsys, "verify", "ViT-B/32", "--root", str(tmp_path), "--json")
     assert status == 1
     payload = json.loads(out)
-    assert payload["expected"] == sha and payload["sha256"] == hashlib.sha256(b"not the real file").hexdigest()
+    assert (
+        payload["expected"] == sha and payload["sha256"] == hashlib.sha256(b"not the real file").hexdigest()
+    )
     assert cache.read_record(fake) is None
 
 
@@ -95,7 +98,9 @@ def test_list_shows_cache_state(tmp_path: Path, capsys: pytest.CaptureFixture[st
     rn101_sha = sha256_of_url(MODELS["RN101"])
     assert rn101_sha is not None
     cache.write_record(tmp_path / "RN101.pt", rn101_sha)
-    rows = {r["name"]: r for r in json.loads(run(capsys, "list", "--root", str(tmp_path), "--json")[1])["models"]}
+    rows = {
+        r["name"]: r for r in json.loads(run(capsys, "list", "--root", str(tmp_path), "--json")[1])["models"]
+    }
     assert rows["RN50"]["state"] == "cached, not yet verified" and rows["RN50"]["size"] == 5
     assert rows["RN101"]["state"] == "verified" and rows["RN101"]["size"] == 3
     status, out, _ = run(capsys, "list", "--root", str(tmp_path))
@@ -151,7 +156,9 @@ def test_inspect_archive_matches_torch(
     assert info["tensor_count"] == len(reference)
     expected_dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in reference.values())
     assert info["dtype_counts"] == dict(expected_dtypes)
-    assert {t["name"]: t["shape"] for t in info["tensors"]} == {k: list(v.shape) for k, v in reference.items()}
+    assert {t["name"]: t["shape"] for t in info["tensors"]} == {
+        k: list(v.shape) for k, v in reference.items()
+    }
     arch = infer_architecture(reference)
     assert info["architecture"]["embed_dim"] == arch.embed_dim == _testing.tiny(name).embed_dim
     assert info["architecture"]["kind"] == ("ViT" if "ViT" in name else "ModifiedResNet")
@@ -162,7 +169,9 @@ def test_inspect_archive_matches_torch(
 
 
 def test_inspect_names_the_official_model_when_the_hash_matches(
-    state_dict_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    state_dict_file: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = state_dict_file("ViT-B/16")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()

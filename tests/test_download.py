@@ -13,14 +13,12 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import clipfast
+import pytest
 from clipfast import _native, cache
 from clipfast import download as dl
 from clipfast.errors import ChecksumError, DownloadError, ModelNotFoundError
 from clipfast.registry import MODELS, sha256_of_url
-
 from http_fault_server import FaultServer, Resource
 
 PYTHON_DIR = str(Path(clipfast.__file__).resolve().parent.parent)
@@ -246,7 +244,9 @@ def test_changed_remote_file_restarts_cleanly(
         clipfast.download(url, root=str(tmp_path), sha256=hashlib.sha256(new).hexdigest(), progress=False)
     assert (tmp_path / "changing.bin.part").exists()
     # The file changes on the server: new ETag and date, so If-Range yields the whole new file.
-    server.resources["/files/changing.bin"] = Resource(data=new, last_modified="Wed, 02 Jan 2030 00:00:00 GMT")
+    server.resources["/files/changing.bin"] = Resource(
+        data=new, last_modified="Wed, 02 Jan 2030 00:00:00 GMT"
+    )
     path = clipfast.download(url, root=str(tmp_path), sha256=hashlib.sha256(new).hexdigest(), progress=False)
     assert Path(path).read_bytes() == new
     stats = server.stats("/files/changing.bin")
@@ -270,13 +270,15 @@ def test_server_ignoring_if_range_is_caught_by_validator(
     assert server.stats("/files/sloppy.bin").statuses[-2:] == [206, 200]
 
 
-def test_slow_drip_past_read_timeout(server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_slow_drip_past_read_timeout(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = payload(300_000)
     url = add_file(server, "drip.pt", data, drip_after=1000, drip_seconds=3.0, drip_times=1)
     monkeypatch.setenv("CLIPFAST_READ_TIMEOUT", "0.4")
     monkeypatch.setenv("CLIPFAST_RETRIES", "0")
     start = time.monotonic()
-    with pytest.raises(DownloadError, match="timeout|timed out"):
+    with pytest.raises(DownloadError, match=r"timeout|timed out"):
         clipfast.download(url, root=str(tmp_path), progress=False)
     assert time.monotonic() - start < 2.5
     assert not (tmp_path / "drip.pt").exists()
@@ -434,7 +436,9 @@ def test_offline_never_touches_the_network(
     assert clipfast.download(url, root=str(tmp_path), progress=False) == path
 
 
-def test_mirror_replaces_official_host(server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mirror_replaces_official_host(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = payload(30_000)
     sha = hashlib.sha256(data).hexdigest()
     server.add(f"/prefix/clip/models/{sha}/mirrored.pt", Resource(data=data))

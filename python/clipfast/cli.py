@@ -1,10 +1,10 @@
 """The ``clipfast`` command (also ``python -m clipfast``): download, list, verify and inspect models.
 
-    clipfast download NAME...            fetch official models into the cache (verified)
-    clipfast list                        the official models, their sizes and whether they are cached
-    clipfast verify PATH|NAME [--sha256 HEX] [--json]
-                                         re-hash a file: exit 0 when it matches, 1 when not, 2 on error
-    clipfast inspect PATH [--json]       format, tensors, dtypes, bytes, architecture, official name
+clipfast download NAME...            fetch official models into the cache (verified)
+clipfast list                        the official models, their sizes and whether they are cached
+clipfast verify PATH|NAME [--sha256 HEX] [--json]
+                                     re-hash a file: exit 0 when it matches, 1 when not, 2 on error
+clipfast inspect PATH [--json]       format, tensors, dtypes, bytes, architecture, official name
 """
 
 from __future__ import annotations
@@ -161,7 +161,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         cache.write_record(path, digest)
     else:
         cache.forget(path)
-    payload = {"path": path, "sha256": digest, "expected": expected, "match": match, "model": model, "size": size}
+    payload = {
+        "path": path,
+        "sha256": digest,
+        "expected": expected,
+        "match": match,
+        "model": model,
+        "size": size,
+    }
     if match:
         what = f" ({model})" if model else ""
         text = f"OK  {path}{what}\n    sha256 {digest}"
@@ -235,7 +242,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         "architecture_error": arch_error,
     }
     if args.tensors or args.json:
-        payload["tensors"] = [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in info.tensors]
+        payload["tensors"] = [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in info.tensors
+        ]
     dtypes = ", ".join(f"{count} {dtype}" for dtype, count in sorted(info.dtype_counts.items()))
     lines = [
         f"path:        {path}",
@@ -246,7 +255,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if architecture is not None:
         a = architecture
         if a["kind"] == "ViT":
-            vision = f"ViT patch {a['vision_patch_size']}, width {a['vision_width']}, layers {a['vision_layers']}"
+            vision = (
+                f"ViT patch {a['vision_patch_size']}, width {a['vision_width']}, layers {a['vision_layers']}"
+            )
         else:
             vision = f"ModifiedResNet layers {tuple(a['vision_layers'])}, width {a['vision_width']}"
         lines.append(
@@ -276,7 +287,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download official models into the cache, verified")
     p.add_argument("names", nargs="+", metavar="NAME", help="model names, e.g. ViT-B/32")
     p.add_argument("--root", help=root_help)
-    p.add_argument("--verify", action="store_true", help="re-hash cached files even when recorded as verified")
+    p.add_argument(
+        "--verify", action="store_true", help="re-hash cached files even when recorded as verified"
+    )
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("list", help="the official models, their sizes and whether they are cached")

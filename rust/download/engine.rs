@@ -303,9 +303,12 @@ fn attempt(
     let outcome = receive_body(&events, &mut writer, state, options, observer);
     // Whatever happened, the partial file must hold every byte the hasher has seen, so that the
     // next try (or process) resumes from a consistent state.
-    let file = writer.into_inner().map_err(|e| Error::io(&state.partial.part, e.into_error()))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| Error::io(&state.partial.part, e.into_error()))?;
     if outcome.is_ok() {
-        file.sync_all().map_err(|e| Error::io(&state.partial.part, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io(&state.partial.part, e))?;
     }
     outcome
 }
@@ -330,7 +333,9 @@ fn receive_body(
                         )));
                     }
                 }
-                writer.write_all(&bytes).map_err(|e| Error::io(&state.partial.part, e))?;
+                writer
+                    .write_all(&bytes)
+                    .map_err(|e| Error::io(&state.partial.part, e))?;
                 state.hasher.update(&bytes);
                 state.have += len;
                 state.transferred += len;
@@ -343,7 +348,10 @@ fn receive_body(
                 if let Some(total) = state.total {
                     if state.have < total {
                         return Err(Stop::Retry {
-                            msg: format!("the connection closed after {} of {total} bytes", state.have),
+                            msg: format!(
+                                "the connection closed after {} of {total} bytes",
+                                state.have
+                            ),
                             retry_after: None,
                         });
                     }
@@ -351,12 +359,21 @@ fn receive_body(
                 return Ok(());
             }
             Some(Event::Failed { msg, .. }) => {
-                let total = state.total.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
+                let total = state
+                    .total
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into());
                 let msg = format!("{msg} after {} of {total} bytes", state.have);
-                return Err(Stop::Retry { msg, retry_after: None });
+                return Err(Stop::Retry {
+                    msg,
+                    retry_after: None,
+                });
             }
             Some(Event::Head(_)) | None => {
-                return Err(Stop::Retry { msg: "the transfer thread ended unexpectedly".into(), retry_after: None })
+                return Err(Stop::Retry {
+                    msg: "the transfer thread ended unexpectedly".into(),
+                    retry_after: None,
+                })
             }
         }
     }

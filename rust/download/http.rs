@@ -159,7 +159,10 @@ fn exchange(agent: &Agent, url: &str, range: Option<RangeFrom>, tx: &SyncSender<
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
-                let _ = tx.send(Event::Failed { msg: describe_io(&e), retryable: true });
+                let _ = tx.send(Event::Failed {
+                    msg: describe_io(&e),
+                    retryable: true,
+                });
                 return;
             }
         }
