@@ -377,6 +377,13 @@ def test_corrupted_cached_file_is_replaced_with_a_warning(server: FaultServer, t
     assert again == path
     assert Path(path).read_bytes() == data
     assert server.stats(path_of(url)).requests == 2
+    # Corrupted again, and now the server sends wrong bytes: the bad file does not survive either.
+    Path(path).write_bytes(b"rot" + data[3:])
+    server.resources[path_of(url)].corrupt = True
+    with pytest.warns(UserWarning, match="re-downloading"), pytest.raises(ChecksumError):
+        clipfast.download(url, root=str(tmp_path), progress=False)
+    assert not Path(path).exists()
+    assert leftovers(tmp_path) == []
 
 
 def test_verify_true_forces_a_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -398,20 +405,28 @@ def test_verify_true_forces_a_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_read_only_shared_cache(server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root ignores folder permissions")
+    """Verified files in a folder nobody may write to: used in place, no lock, records elsewhere."""
     data = payload(100_000)
     url = add_file(server, "shared.pt", data)
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "shared.pt").write_bytes(data)  # placed by an admin, no record
+    # Root ignores permission bits: the record beside the file is made impossible another way too.
+    monkeypatch.setattr(cache, "record_path", lambda p: Path("/proc/clipfast-read-only") / Path(p).name)
+
+    def no_lock(path: object) -> None:
+        raise AssertionError(f"a verified file needs no lock ({path})")
+
+    monkeypatch.setattr(dl._native, "FileLock", no_lock)
     shared.chmod(0o555)
     try:
         calls = counting_hash(monkeypatch)
         assert clipfast.download(url, root=str(shared), progress=False) == str(shared / "shared.pt")
         assert clipfast.download(url, root=str(shared), progress=False) == str(shared / "shared.pt")
         assert len(calls) == 1  # the record went to the user's cache
+        assert list((tmp_path / "xdg" / "clipfast" / "verified").iterdir())
         assert server.stats(path_of(url)).requests == 0
+        assert sorted(p.name for p in shared.iterdir()) == ["shared.pt"]
     finally:
         shared.chmod(0o755)
 

@@ -194,6 +194,12 @@ def _ensure(url: str, target: str, expected: Optional[str], progress: Progress, 
                 _remove_stale_partials(target)
                 return target
         cache.forget(target)
+        if known_bad is not None and _stat_key(target) == known_bad:
+            # Known to be bad: it must not outlive a failed re-download at the final path.
+            try:
+                os.unlink(target)
+            except OSError:
+                pass
         bar = _TqdmProgress(os.path.basename(target)) if progress is True else None
         callback: Optional[ProgressCallback] = bar
         if callable(progress):
