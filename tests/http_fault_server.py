@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,7 +55,9 @@ class Served:
 
 
 class FaultServer:
-    def __init__(self) -> None:
+    """``tls=(cert_pem, key_pem)`` serves HTTPS instead of HTTP."""
+
+    def __init__(self, tls: Optional[tuple[str, str]] = None) -> None:
         self.resources: dict[str, Resource] = {}
         self.served: dict[str, Served] = {}
         self.lock = threading.Lock()
@@ -72,13 +75,22 @@ class FaultServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            # The handshake happens in the handler thread (first read), not in the accept loop.
+            self.httpd.socket = context.wrap_socket(
+                self.httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.scheme = "https"
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
         self.thread.daemon = True
         self.thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def add(self, path: str, resource: Resource) -> str:
         with self.lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -489,6 +490,71 @@ def test_module_is_callable_and_has_the_contract_names() -> None:
     assert callable(clipfast.download)
     assert clipfast.download.resolve_model is dl.resolve_model  # type: ignore[attr-defined]
     assert dl.default_root() == os.path.expanduser("~/.cache/clip")
+
+
+# --- TLS: the system store and SSL_CERT_FILE -----------------------------------------------
+
+
+def make_test_ca(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (with the openssl CLI)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    commands = [
+        ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=clipfast test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
+        ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", ext],
+    ]  # fmt: skip
+    for command in commands:
+        subprocess.run([str(c) for c in command], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
+def test_https_trusts_ssl_cert_file_only(tmp_path: Path) -> None:
+    ca, cert, key = make_test_ca(tmp_path)
+    tls_server = FaultServer(tls=(str(cert), str(key)))
+    try:
+        data = payload(150_000)
+        url = add_file(tls_server, "secure.pt", data)
+        assert url.startswith("https://127.0.0.1:")
+        code = CHILD_PRELUDE + (
+            "try:\n"
+            "    print(download(sys.argv[1], root=sys.argv[2], progress=False))\n"
+            "except OSError as err:\n"
+            "    print(type(err).__name__, err)\n"
+        )
+        base = {**os.environ, "PYTHONPATH": PYTHON_DIR, "CLIPFAST_RETRIES": "3"}
+        trusted = subprocess.run(
+            [sys.executable, "-c", code, url, str(tmp_path / "a")],
+            env={**base, "SSL_CERT_FILE": str(ca), "SSL_CERT_DIR": str(tmp_path / "none")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert trusted.stdout.strip() == str(tmp_path / "a" / "secure.pt"), trusted.stdout + trusted.stderr
+        assert (tmp_path / "a" / "secure.pt").read_bytes() == data
+        # Another store that lacks the test CA: refused at once (no retries for a bad certificate).
+        other = tmp_path / "other.pem"
+        other.write_text(cert.read_text())  # the leaf is no CA
+        untrusted = subprocess.run(
+            [sys.executable, "-c", code, url, str(tmp_path / "b")],
+            env={**base, "SSL_CERT_FILE": str(other), "SSL_CERT_DIR": str(tmp_path / "none")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert untrusted.stdout.startswith("DownloadError"), untrusted.stdout + untrusted.stderr
+        assert "certificate" in untrusted.stdout and "tries" not in untrusted.stdout
+        assert not (tmp_path / "b" / "secure.pt").exists()
+        assert tls_server.stats(path_of(url)).requests == 1
+    finally:
+        tls_server.stop()
 
 
 # --- concurrency and Ctrl-C -----------------------------------------------------------------

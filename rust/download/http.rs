@@ -170,18 +170,21 @@ fn exchange(agent: &Agent, url: &str, range: Option<RangeFrom>, tx: &SyncSender<
 }
 
 fn is_retryable(err: &ureq::Error) -> bool {
-    !matches!(
-        err,
+    match err {
+        // rustls reports a refused certificate or a failed handshake as InvalidData: trying
+        // again cannot help (a dropped or reset connection has other kinds).
+        ureq::Error::Io(e) => e.kind() != ErrorKind::InvalidData,
         ureq::Error::BadUri(_)
-            | ureq::Error::Http(_)
-            | ureq::Error::TooManyRedirects
-            | ureq::Error::RedirectFailed
-            | ureq::Error::InvalidProxyUrl
-            | ureq::Error::Tls(_)
-            | ureq::Error::Rustls(_)
-            | ureq::Error::RequireHttpsOnly(_)
-            | ureq::Error::TlsRequired
-    )
+        | ureq::Error::Http(_)
+        | ureq::Error::TooManyRedirects
+        | ureq::Error::RedirectFailed
+        | ureq::Error::InvalidProxyUrl
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_)
+        | ureq::Error::RequireHttpsOnly(_)
+        | ureq::Error::TlsRequired => false,
+        _ => true,
+    }
 }
 
 fn describe(err: &ureq::Error) -> String {
