@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import select
+import socket
+import socketserver
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["FaultServer", "Resource", "Served"]
+__all__ = ["ConnectProxy", "FaultServer", "Resource", "Served"]
 
 
 @dataclass
@@ -233,3 +236,65 @@ class FaultServer:
         h.send_header("Connection", "close")
         h.end_headers()
         h.wfile.write(body)
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on 127.0.0.1 that tunnels only to 127.0.0.1 and records each tunnel."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self.refused: list[str] = []
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                proxy._handle(self.request)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread.daemon = True
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def _handle(self, client: socket.socket) -> None:
+        client.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            piece = client.recv(4096)
+            if not piece:
+                return
+            head += piece
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = line.split()
+        if len(parts) < 2 or parts[0] != "CONNECT" or not parts[1].startswith("127.0.0.1:"):
+            self.refused.append(line)
+            client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        self.tunnels.append(parts[1])
+        upstream = socket.create_connection(("127.0.0.1", int(parts[1].split(":", 1)[1])), timeout=10)
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        if rest:
+            upstream.sendall(rest)
+        try:
+            sockets = [client, upstream]
+            while True:  # ends when either side closes or after 10 s of silence
+                ready, _, _ = select.select(sockets, [], [], 10)
+                if not ready:
+                    return
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (upstream if s is client else client).sendall(data)
+        except OSError:
+            return
+        finally:
+            upstream.close()

@@ -20,7 +20,7 @@ from clipfast import _native, cache
 from clipfast import download as dl
 from clipfast.errors import ChecksumError, DownloadError, ModelNotFoundError
 from clipfast.registry import MODELS, sha256_of_url
-from http_fault_server import FaultServer, Resource
+from http_fault_server import ConnectProxy, FaultServer, Resource
 
 PYTHON_DIR = str(Path(clipfast.__file__).resolve().parent.parent)
 
@@ -490,6 +490,30 @@ def test_module_is_callable_and_has_the_contract_names() -> None:
     assert callable(clipfast.download)
     assert clipfast.download.resolve_model is dl.resolve_model  # type: ignore[attr-defined]
     assert dl.default_root() == os.path.expanduser("~/.cache/clip")
+
+
+# --- proxies ------------------------------------------------------------------------------
+
+
+def test_proxy_from_environment_and_no_proxy(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = ConnectProxy()
+    try:
+        data = payload(120_000)
+        url = add_file(server, "proxied.pt", data)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "example.invalid")
+        path = clipfast.download(url, root=str(tmp_path / "a"), progress=False)
+        assert Path(path).read_bytes() == data
+        assert proxy.tunnels == [f"127.0.0.1:{server.port}"]
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        path = clipfast.download(url, root=str(tmp_path / "b"), progress=False)
+        assert Path(path).read_bytes() == data
+        assert len(proxy.tunnels) == 1  # bypassed
+        assert server.stats(path_of(url)).requests == 2
+    finally:
+        proxy.stop()
 
 
 # --- TLS: the system store and SSL_CERT_FILE -----------------------------------------------
