@@ -307,6 +307,23 @@ def test_disk_space_is_checked_first(server: FaultServer, tmp_path: Path) -> Non
     assert not (tmp_path / "huge.pt").exists()
 
 
+def test_expected_size_bounds_the_body(server: FaultServer, tmp_path: Path) -> None:
+    data = payload(50_000)
+    sha = hashlib.sha256(data).hexdigest()
+    url = add_file(server, "sized.pt", data)
+    with pytest.raises(DownloadError, match="announces 50000 bytes, expected 50001"):
+        _native.fetch(url, tmp_path / "sized.pt", sha, expected_size=50_001, retries=0)
+    assert not (tmp_path / "sized.pt").exists()
+    # No Content-Length and a body cut short: the expected size tells it is short, and it resumes.
+    short = add_file(server, "short.pt", data, content_length=False, drop_after=20_000, drop_times=1)
+    report = _native.fetch(
+        short, tmp_path / "short.pt", sha, expected_size=len(data), retries=1, backoff=0.01
+    )
+    assert (tmp_path / "short.pt").read_bytes() == data
+    assert (report.size, report.attempts, report.transferred) == (len(data), 2, len(data))
+    assert server.stats(path_of(short)).ranges == [None, "bytes=20000-"]
+
+
 def test_target_that_is_a_folder_is_an_error(server: FaultServer, tmp_path: Path) -> None:
     url = add_file(server, "dir.pt", b"abc")
     (tmp_path / "dir.pt").mkdir()

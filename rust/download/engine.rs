@@ -295,6 +295,16 @@ fn attempt(
         }
         Accepted::Append => open_partial(state, observer, options)?,
     };
+    if let (Some(announced), Some(wanted)) = (state.total, options.expected_size) {
+        if announced != wanted {
+            return Err(Stop::Fatal(Error::Download {
+                url: state.url.to_string(),
+                msg: format!("the server announces {announced} bytes, expected {wanted}"),
+            }));
+        }
+    }
+    // Without Content-Length the caller's expected size (when given) still bounds the body.
+    state.total = state.total.or(options.expected_size);
     if let Some(total) = state.total {
         disk::ensure_free_space(dir, total.saturating_sub(state.have), state.url)?;
     }
