@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use sha2::{Digest, Sha256 as Sha256Core};
 use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::path::Path;
 
 /// How much of a file is hashed between two looks at the caller (signals, progress).
@@ -74,46 +74,52 @@ pub fn parse_hex(text: &str) -> Option<[u8; 32]> {
 
 /// Feeds the first `limit` bytes of `path` (all of it when `None`) into `hasher`, calling `between`
 /// after each block so the caller can stop early (Ctrl-C) or report progress.
+///
+/// The file is memory-mapped and hashed in place: no copy into a buffer, which is what lets a
+/// file hash keep up with `hashlib` hashing bytes already in memory.
 pub fn hash_file_into(
     path: &Path,
     limit: Option<u64>,
     hasher: &mut Hasher,
     between: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<()> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut buf = vec![0u8; FILE_BLOCK];
-    let mut done: u64 = 0;
-    loop {
-        let want = match limit {
-            Some(limit) => {
-                let left = limit.saturating_sub(done);
-                if left == 0 {
-                    return Ok(());
-                }
-                usize::try_from(left).unwrap_or(FILE_BLOCK).min(FILE_BLOCK)
-            }
-            None => FILE_BLOCK,
-        };
-        let n = match file.read(&mut buf[..want]) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        hasher.update(&buf[..n]);
-        done += n as u64;
-        between(done)?;
-    }
-    match limit {
-        Some(limit) if done < limit => Err(Error::io(
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let want = limit.unwrap_or(size);
+    if want > size {
+        return Err(Error::io(
             path,
             std::io::Error::new(
                 ErrorKind::UnexpectedEof,
-                format!("file has {done} bytes, expected at least {limit}"),
+                format!("file has {size} bytes, expected at least {want}"),
             ),
-        )),
-        _ => Ok(()),
+        ));
     }
+    if want == 0 {
+        return Ok(());
+    }
+    let len = usize::try_from(want).map_err(|_| {
+        Error::io(
+            path,
+            std::io::Error::new(
+                ErrorKind::InvalidInput,
+                "file too large to map on this platform",
+            ),
+        )
+    })?;
+    // SAFETY: the map is read-only and private to this call. A concurrent truncation by another
+    // process could fault (SIGBUS); the files hashed here are held under the download lock or are
+    // finished downloads, which clipfast never rewrites in place.
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
+        .map_err(|e| Error::io(path, e))?;
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let mut done: u64 = 0;
+    for block in map.chunks(FILE_BLOCK) {
+        hasher.update(block);
+        done += block.len() as u64;
+        between(done)?;
+    }
+    Ok(())
 }
 
 /// `hashlib.sha256`-like incremental hasher (`update`, `digest`, `hexdigest`, `copy`).

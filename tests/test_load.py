@@ -297,18 +297,41 @@ def test_truncated_archive(openai_archive: Callable[[str], Path], tmp_path: Path
     assert str(path) in str(info.value)
 
 
-def test_pickle_naming_code_is_refused_not_run(tmp_path: Path) -> None:
+class _Call:
+    """Pickles as a call of ``func(*args)``: what a malicious checkpoint holds in place of a weight."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "subprocess.Popen"])
+@pytest.mark.parametrize("where", ["weight", "top"])
+def test_pickle_naming_code_is_refused_not_run(target: str, where: str, tmp_path: Path) -> None:
+    import builtins
+    import pickle
+    import subprocess
+
     marker = tmp_path / "ran"
-    payload = f"cos\nsystem\n(Vtouch {marker}\ntR.".encode()
+    func = {"os.system": os.system, "builtins.eval": builtins.eval, "subprocess.Popen": subprocess.Popen}[
+        target
+    ]
+    arg: Any = f"open({str(marker)!r}, 'w')" if target == "builtins.eval" else f"touch {marker}"
+    if target == "subprocess.Popen":
+        arg = ["touch", str(marker)]
+    call = _Call(func, arg)
+    obj: Any = call if where == "top" else OrderedDict([("visual.proj", call)])
     path = tmp_path / "evil.pt"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        archive.writestr("evil/data.pkl", payload)
+        archive.writestr("evil/data.pkl", pickle.dumps(obj, protocol=2))
         archive.writestr("evil/version", "3\n")
         archive.writestr("evil/byteorder", "little")
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(UnsafeCheckpointError) as info:
         clipfast.load(path, device="cpu")
-    assert isinstance(info.value, UnsafeCheckpointError) or "system" in str(info.value)
     assert str(path) in str(info.value)
+    assert func.__name__ in str(info.value)
     assert not marker.exists()
 
 

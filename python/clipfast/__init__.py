@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ._native import __version__
-from .download import download
+from . import download  # a callable module: download(url, ...) and download.resolve_model(name)
 from .errors import (
     ArchitectureError,
     CheckpointError,

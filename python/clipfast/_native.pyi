@@ -3,8 +3,71 @@
 
 __version__: str
 
-# --- reader ---
+# --- download ---
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import final
+
+from typing_extensions import Self
+
+@final
+class Sha256:
+    """``hashlib.sha256``-like incremental SHA-256 (SHA-NI where the CPU has it)."""
+
+    def __new__(cls, data: bytes | None = None) -> Self: ...
+    def update(self, data: bytes) -> None: ...
+    def digest(self) -> bytes: ...
+    def hexdigest(self) -> str: ...
+    def copy(self) -> Sha256: ...
+    @property
+    def length(self) -> int: ...
+
+def sha256_file(path: str | os.PathLike[str]) -> str: ...
+
+@final
+class FetchReport:
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def transferred(self) -> int: ...
+    @property
+    def resumed_from(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
+
+def fetch(
+    url: str,
+    dest: str | os.PathLike[str],
+    sha256: str | None = None,
+    progress: Callable[[int, int | None], object] | None = None,
+    *,
+    expected_size: int | None = None,
+    connect_timeout: float = 30.0,
+    read_timeout: float = 60.0,
+    retries: int = 5,
+    backoff: float = 1.0,
+    max_backoff: float = 30.0,
+    tick_interval: float = 0.1,
+) -> FetchReport: ...
+
+@final
+class FileLock:
+    def __new__(cls, path: str | os.PathLike[str]) -> Self: ...
+    def acquire(self, timeout: float | None = None, poll_interval: float = 0.05) -> bool: ...
+    def release(self) -> None: ...
+    @property
+    def locked(self) -> bool: ...
+    @property
+    def path(self) -> Path: ...
+    def __enter__(self) -> FileLock: ...
+    def __exit__(self, *args: object) -> bool: ...
+
+def free_disk_bytes(path: str | os.PathLike[str]) -> int: ...
+
+# --- reader ---
 
 class CheckpointReader:
     """A checkpoint mapped and parsed (torch.save zip, TorchScript archive, safetensors)."""

@@ -102,6 +102,9 @@ def _place(tensors: OrderedDict[str, torch.Tensor], plan: Optional[DtypePlan], d
 
     Off the CPU the stored bytes are copied to the device first and converted there."""
     for key, tensor in tensors.items():
+        if isinstance(tensor, torch.nn.Parameter):
+            # A Parameter from the file would keep its own requires_grad; clip's are all trainable.
+            tensor = tensor.detach()
         dtype = plan(key, tensor.dtype) if plan is not None and tensor.is_floating_point() else tensor.dtype
         if tensor.device != device:
             tensor = tensor.to(device=device)

@@ -11,10 +11,13 @@ use super::partial::{Partial, PartialMeta, Validator};
 use crate::error::{Error, Result};
 use crate::hash::{hash_file_into, to_hex, Hasher};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+/// Body bytes are written to the partial file in pieces of this size.
+const WRITE_BUFFER: usize = 4 << 20;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -284,7 +287,7 @@ fn attempt(
         }
         Some(_) | None => return Err(lost()),
     };
-    let mut file = match accept_head(&head, state, asked_range)? {
+    let file = match accept_head(&head, state, asked_range)? {
         Accepted::AlreadyComplete => {
             // Only the hash of the bytes already there is missing.
             open_partial(state, observer, options)?;
@@ -292,22 +295,56 @@ fn attempt(
         }
         Accepted::Append => open_partial(state, observer, options)?,
     };
+    if let (Some(announced), Some(wanted)) = (state.total, options.expected_size) {
+        if announced != wanted {
+            return Err(Stop::Fatal(Error::Download {
+                url: state.url.to_string(),
+                msg: format!("the server announces {announced} bytes, expected {wanted}"),
+            }));
+        }
+    }
+    // Without Content-Length the caller's expected size (when given) still bounds the body.
+    state.total = state.total.or(options.expected_size);
     if let Some(total) = state.total {
         disk::ensure_free_space(dir, total.saturating_sub(state.have), state.url)?;
     }
     observer.tick(state.have, state.total)?;
-    last_tick = Instant::now();
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
+    let outcome = receive_body(&events, &mut writer, state, options, observer);
+    // Whatever happened, the partial file must hold every byte the hasher has seen, so that the
+    // next try (or process) resumes from a consistent state.
+    let file = writer
+        .into_inner()
+        .map_err(|e| Error::io(&state.partial.part, e.into_error()))?;
+    if outcome.is_ok() {
+        file.sync_all()
+            .map_err(|e| Error::io(&state.partial.part, e))?;
+    }
+    outcome
+}
+
+/// Writes and hashes body chunks until the body ends or fails.
+fn receive_body(
+    events: &Receiver<Event>,
+    writer: &mut BufWriter<File>,
+    state: &mut State<'_>,
+    options: &Options,
+    observer: &mut dyn Observer,
+) -> Result<(), Stop> {
+    let mut last_tick = Instant::now();
     loop {
-        match next_event(&events, state, options, observer, &mut last_tick)? {
+        match next_event(events, state, options, observer, &mut last_tick)? {
             Some(Event::Chunk(bytes)) => {
                 let len = bytes.len() as u64;
-                if state.total.is_some_and(|total| state.have + len > total) {
-                    return Err(Stop::Restart(format!(
-                        "the server sent more than the {} bytes it announced",
-                        state.total.unwrap_or_default()
-                    )));
+                if let Some(total) = state.total {
+                    if state.have + len > total {
+                        return Err(Stop::Restart(format!(
+                            "the server sent more than the {total} bytes it announced"
+                        )));
+                    }
                 }
-                file.write_all(&bytes)
+                writer
+                    .write_all(&bytes)
                     .map_err(|e| Error::io(&state.partial.part, e))?;
                 state.hasher.update(&bytes);
                 state.have += len;
@@ -329,17 +366,25 @@ fn attempt(
                         });
                     }
                 }
-                file.sync_all()
-                    .map_err(|e| Error::io(&state.partial.part, e))?;
                 return Ok(());
             }
             Some(Event::Failed { msg, .. }) => {
+                let total = state
+                    .total
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into());
+                let msg = format!("{msg} after {} of {total} bytes", state.have);
                 return Err(Stop::Retry {
                     msg,
                     retry_after: None,
+                });
+            }
+            Some(Event::Head(_)) | None => {
+                return Err(Stop::Retry {
+                    msg: "the transfer thread ended unexpectedly".into(),
+                    retry_after: None,
                 })
             }
-            Some(Event::Head(_)) | None => return Err(lost()),
         }
     }
 }

@@ -12,10 +12,10 @@ use std::time::Duration;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::Agent;
 
-/// Size of the buffers handed from the network thread to the writer.
-const CHUNK: usize = 1 << 20;
+/// The most one body read asks for.
+const READ_BUFFER: usize = 256 << 10;
 /// Chunks in flight between the two threads (bounds memory to a few MiB).
-const QUEUE: usize = 8;
+const QUEUE: usize = 32;
 
 #[derive(Clone, Copy, Debug)]
 pub struct HttpConfig {
@@ -143,59 +143,48 @@ fn exchange(agent: &Agent, url: &str, range: Option<RangeFrom>, tx: &SyncSender<
         return;
     }
     let mut reader = response.into_body().into_reader();
+    // Each read is handed over at once (a slow server's few bytes show in the progress at once);
+    // the writer batches them into large writes.
+    let mut buf = vec![0u8; READ_BUFFER];
     loop {
-        let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        // Fill most of the buffer before handing it over: fewer, larger writes and hash calls.
-        let end = loop {
-            match reader.read(&mut buf[filled..]) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    filled += n;
-                    if filled >= CHUNK / 4 {
-                        break false;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if filled > 0 {
-                        buf.truncate(filled);
-                        let _ = tx.send(Event::Chunk(buf));
-                    }
-                    let _ = tx.send(Event::Failed {
-                        msg: describe_io(&e),
-                        retryable: true,
-                    });
+        match reader.read(&mut buf) {
+            Ok(0) => {
+                let _ = tx.send(Event::End);
+                return;
+            }
+            Ok(n) => {
+                if tx.send(Event::Chunk(buf[..n].to_vec())).is_err() {
                     return;
                 }
             }
-        };
-        if filled > 0 {
-            buf.truncate(filled);
-            if tx.send(Event::Chunk(buf)).is_err() {
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Event::Failed {
+                    msg: describe_io(&e),
+                    retryable: true,
+                });
                 return;
             }
-        }
-        if end {
-            let _ = tx.send(Event::End);
-            return;
         }
     }
 }
 
 fn is_retryable(err: &ureq::Error) -> bool {
-    !matches!(
-        err,
+    match err {
+        // rustls reports a refused certificate or a failed handshake as InvalidData: trying
+        // again cannot help (a dropped or reset connection has other kinds).
+        ureq::Error::Io(e) => e.kind() != ErrorKind::InvalidData,
         ureq::Error::BadUri(_)
-            | ureq::Error::Http(_)
-            | ureq::Error::TooManyRedirects
-            | ureq::Error::RedirectFailed
-            | ureq::Error::InvalidProxyUrl
-            | ureq::Error::Tls(_)
-            | ureq::Error::Rustls(_)
-            | ureq::Error::RequireHttpsOnly(_)
-            | ureq::Error::TlsRequired
-    )
+        | ureq::Error::Http(_)
+        | ureq::Error::TooManyRedirects
+        | ureq::Error::RedirectFailed
+        | ureq::Error::InvalidProxyUrl
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_)
+        | ureq::Error::RequireHttpsOnly(_)
+        | ureq::Error::TlsRequired => false,
+        _ => true,
+    }
 }
 
 fn describe(err: &ureq::Error) -> String {

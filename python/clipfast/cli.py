@@ -1,0 +1,323 @@
+"""The ``clipfast`` command (also ``python -m clipfast``): download, list, verify and inspect models.
+
+clipfast download NAME...            fetch official models into the cache (verified)
+clipfast list                        the official models, their sizes and whether they are cached
+clipfast verify PATH|NAME [--sha256 HEX] [--json]
+                                     re-hash a file: exit 0 when it matches, 1 when not, 2 on error
+clipfast inspect PATH [--json]       format, tensors, dtypes, bytes, architecture, official name
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from . import cache
+from .download import default_root, resolve_model
+from .registry import MODELS, sha256_of_url
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_ERROR = 2
+
+
+def _official() -> dict[str, tuple[str, str]]:
+    """name -> (sha256, file name) of the official models."""
+    out: dict[str, tuple[str, str]] = {}
+    for name, url in MODELS.items():
+        sha = sha256_of_url(url)
+        if sha is not None:
+            out[name] = (sha, url.rsplit("/", 1)[-1])
+    return out
+
+
+def _model_of_hash(sha256: str) -> Optional[str]:
+    for name, (sha, _) in _official().items():
+        if sha == sha256:
+            return name
+    return None
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2))
+    else:
+        print(text)
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message}, indent=2))
+    else:
+        print(f"clipfast: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+# --- download ------------------------------------------------------------------------------
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for name in args.names:
+        if name not in MODELS:
+            print(f"clipfast: error: unknown model {name!r}; known: {', '.join(MODELS)}", file=sys.stderr)
+            status = EXIT_ERROR
+            continue
+        try:
+            path = resolve_model(name, args.root, verify=args.verify)
+        except (OSError, RuntimeError, ValueError) as err:
+            print(f"clipfast: error: {name}: {err}", file=sys.stderr)
+            status = EXIT_ERROR
+            continue
+        print(path)
+    return status
+
+
+# --- list ----------------------------------------------------------------------------------
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    root = args.root or default_root()
+    rows = []
+    for name, (sha, file_name) in _official().items():
+        path = os.path.join(root, file_name)
+        size: Optional[int] = None
+        state = "not cached"
+        if os.path.isfile(path):
+            size = os.path.getsize(path)
+            state = "verified" if cache.is_verified(path, sha) else "cached, not yet verified"
+        rows.append({"name": name, "file": path, "sha256": sha, "size": size, "state": state})
+    if args.json:
+        print(json.dumps({"root": root, "models": rows}, indent=2))
+        return EXIT_OK
+    width = max(len(r["name"]) for r in rows)  # type: ignore[arg-type]
+    print(f"cache: {root}")
+    for r in rows:
+        size_text = _human(r["size"]) if r["size"] is not None else "-"  # type: ignore[arg-type]
+        print(f"{r['name']:<{width}}  {size_text:>10}  {r['state']}")
+    return EXIT_OK
+
+
+# --- verify --------------------------------------------------------------------------------
+
+
+def _valid_hex(text: str) -> Optional[str]:
+    text = text.strip().lower()
+    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+        return text
+    return None
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    official = _official()
+    target: str = args.target
+    expected: Optional[str] = None
+    if args.sha256 is not None:
+        expected = _valid_hex(args.sha256)
+        if expected is None:
+            return _fail(args, f"--sha256 must be 64 hexadecimal digits, got {args.sha256!r}")
+    if target in official and not os.path.isfile(target):
+        sha, file_name = official[target]
+        path = os.path.join(args.root or default_root(), file_name)
+        expected = expected or sha
+        if not os.path.isfile(path):
+            return _fail(args, f"{target} is not in the cache ({path} does not exist)")
+    else:
+        path = target
+        if not os.path.exists(path):
+            return _fail(args, f"{path}: no such file, and not an official model name")
+        if not os.path.isfile(path):
+            return _fail(args, f"{path}: not a regular file")
+        if expected is None:
+            by_name = {file_name: sha for sha, file_name in official.values()}
+            expected = by_name.get(os.path.basename(path))
+    try:
+        digest = cache.hash_file(path)
+        size = os.path.getsize(path)
+    except OSError as err:
+        return _fail(args, f"{path}: {err.strerror or err}")
+    model = _model_of_hash(digest)
+    if expected is not None:
+        match = digest == expected
+    else:
+        match = model is not None  # no hash given: does it match any official file?
+    if match:
+        cache.write_record(path, digest)
+    else:
+        cache.forget(path)
+    payload = {
+        "path": path,
+        "sha256": digest,
+        "expected": expected,
+        "match": match,
+        "model": model,
+        "size": size,
+    }
+    if match:
+        what = f" ({model})" if model else ""
+        text = f"OK  {path}{what}\n    sha256 {digest}"
+    elif expected is not None:
+        text = f"MISMATCH  {path}\n    sha256   {digest}\n    expected {expected}"
+    else:
+        text = f"UNKNOWN  {path}: sha256 {digest} is no official model's; pass --sha256 to check another file"
+    _emit(args, payload, text)
+    return EXIT_OK if match else EXIT_MISMATCH
+
+
+# --- inspect -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """Stands in for a tensor where only its shape is needed (architecture inference)."""
+
+    shape: tuple[int, ...]
+
+
+def _file_sha256(path: str) -> str:
+    record = cache.read_record(path)
+    if record is not None and cache.is_verified(path, record.sha256):
+        return record.sha256
+    return cache.hash_file(path)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .errors import ArchitectureError, CheckpointError
+
+    try:
+        from .checkpoint import inspect_checkpoint
+    except ImportError as err:  # the checkpoint reader is not built into this copy
+        return _fail(args, f"clipfast.checkpoint is not available: {err}")
+    path: str = args.path
+    if not os.path.isfile(path):
+        return _fail(args, f"{path}: no such file")
+    try:
+        info = inspect_checkpoint(path)
+    except (CheckpointError, OSError) as err:
+        return _fail(args, str(err))
+    architecture: Optional[dict[str, Any]] = None
+    arch_error: Optional[str] = None
+    try:
+        from .arch import infer_architecture
+
+        shapes = {t.name: _Shape(tuple(t.shape)) for t in info.tensors}
+        arch = infer_architecture(shapes, source=path)
+        architecture = dataclasses.asdict(arch)
+        architecture["kind"] = "ViT" if arch.is_vit else "ModifiedResNet"
+    except ArchitectureError as err:
+        arch_error = str(err)
+    except ImportError as err:
+        arch_error = f"clipfast.arch is not available: {err}"
+    try:
+        digest = _file_sha256(path)
+    except OSError as err:
+        return _fail(args, f"{path}: {err.strerror or err}")
+    model = _model_of_hash(digest)
+    payload: dict[str, Any] = {
+        "path": path,
+        "format": info.format,
+        "tensor_count": info.tensor_count,
+        "dtype_counts": dict(info.dtype_counts),
+        "total_bytes": info.total_bytes,
+        "file_size": info.file_size,
+        "sha256": digest,
+        "official_model": model,
+        "architecture": architecture,
+        "architecture_error": arch_error,
+    }
+    if args.tensors or args.json:
+        payload["tensors"] = [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in info.tensors
+        ]
+    dtypes = ", ".join(f"{count} {dtype}" for dtype, count in sorted(info.dtype_counts.items()))
+    lines = [
+        f"path:        {path}",
+        f"format:      {info.format}",
+        f"tensors:     {info.tensor_count} ({dtypes})",
+        f"bytes:       {_human(info.total_bytes)} of tensor data, file {_human(info.file_size)}",
+    ]
+    if architecture is not None:
+        a = architecture
+        if a["kind"] == "ViT":
+            vision = (
+                f"ViT patch {a['vision_patch_size']}, width {a['vision_width']}, layers {a['vision_layers']}"
+            )
+        else:
+            vision = f"ModifiedResNet layers {tuple(a['vision_layers'])}, width {a['vision_width']}"
+        lines.append(
+            f"architecture: {vision}, heads {a['vision_heads']}, {a['image_resolution']}px; "
+            f"text width {a['transformer_width']}, layers {a['transformer_layers']}, heads "
+            f"{a['transformer_heads']}, context {a['context_length']}, vocab {a['vocab_size']}; "
+            f"embed {a['embed_dim']}"
+        )
+    else:
+        lines.append(f"architecture: unknown ({arch_error})")
+    lines.append(f"sha256:      {digest}")
+    lines.append(f"official:    {model if model else 'no (the hash matches no official file)'}")
+    if args.tensors:
+        lines += [f"  {t.name}: {t.dtype} {list(t.shape)}" for t in info.tensors]
+    _emit(args, payload, "\n".join(lines))
+    return EXIT_OK
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipfast", description="Download, verify and inspect CLIP models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    root_help = f"cache folder (default {default_root()})"
+
+    p = sub.add_parser("download", help="download official models into the cache, verified")
+    p.add_argument("names", nargs="+", metavar="NAME", help="model names, e.g. ViT-B/32")
+    p.add_argument("--root", help=root_help)
+    p.add_argument(
+        "--verify", action="store_true", help="re-hash cached files even when recorded as verified"
+    )
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("list", help="the official models, their sizes and whether they are cached")
+    p.add_argument("--root", help=root_help)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("verify", help="re-hash a file: exit 0 match, 1 mismatch, 2 error")
+    p.add_argument("target", metavar="PATH|NAME", help="a file, or an official model name (its cached file)")
+    p.add_argument("--sha256", help="the expected SHA-256 (default: the official one for the name/file)")
+    p.add_argument("--root", help=root_help)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("inspect", help="format, tensors, dtypes, bytes, architecture and official name")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="machine-readable output (with every tensor)")
+    p.add_argument("--tensors", action="store_true", help="also list every tensor")
+    p.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except KeyboardInterrupt:
+        print("clipfast: interrupted", file=sys.stderr)
+        return 130
+    return status

@@ -1,0 +1,210 @@
+"""The ``clipfast`` command line: verify (exit 0/1/2, --json), list, download, inspect."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import clipfast
+import pytest
+import torch
+from clipfast import _testing, cache, cli
+from clipfast.arch import infer_architecture
+from clipfast.registry import MODELS, available_models, sha256_of_url
+
+sys.path.insert(0, str(Path(__file__).parent))
+from http_fault_server import FaultServer, Resource
+
+
+@pytest.fixture(autouse=True)
+def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("CLIPFAST_RETRIES", "0")
+    monkeypatch.delenv("CLIPFAST_OFFLINE", raising=False)
+    monkeypatch.delenv("CLIPFAST_MIRROR", raising=False)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# --- verify --------------------------------------------------------------------------------
+
+
+def test_verify_match_mismatch_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"some weights")
+    good = hashlib.sha256(b"some weights").hexdigest()
+    status, out, _ = run(capsys, "verify", str(f), "--sha256", good.upper(), "--json")
+    assert status == 0
+    payload = json.loads(out)
+    assert payload["match"] is True and payload["sha256"] == good and payload["size"] == 12
+    assert cache.is_verified(f, good)  # a successful check is recorded
+    status, out, _ = run(capsys, "verify", str(f), "--sha256", "0" * 64, "--json")
+    assert status == 1
+    assert json.loads(out)["match"] is False
+    assert not cache.is_verified(f, good)
+    status, out, _ = run(capsys, "verify", str(f), "--sha256", "0" * 64)
+    assert status == 1 and "MISMATCH" in out
+    # Without --sha256, a file that is no official model's does not "match".
+    status, out, _ = run(capsys, "verify", str(f), "--json")
+    assert status == 1 and json.loads(out)["model"] is None
+    # Errors: missing file, bad hex, a folder.
+    assert run(capsys, "verify", str(tmp_path / "nope.pt"))[0] == 2
+    status, out, _ = run(capsys, "verify", str(f), "--sha256", "xyz", "--json")
+    assert status == 2 and "64 hexadecimal" in json.loads(out)["error"]
+    assert run(capsys, "verify", str(tmp_path))[0] == 2
+
+
+def test_verify_named_model_rehashes_the_cached_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "verify", "ViT-B/32", "--root", str(tmp_path))[0] == 2  # not cached
+    fake = tmp_path / "ViT-B-32.pt"
+    fake.write_bytes(b"not the real file")
+    sha = sha256_of_url(MODELS["ViT-B/32"])
+    assert sha is not None
+    cache.write_record(fake, sha)  # even a record vouching for it is not trusted by verify
+    status, out, _ = run(capsys, "verify", "ViT-B/32", "--root", str(tmp_path), "--json")
+    assert status == 1
+    payload = json.loads(out)
+    assert (
+        payload["expected"] == sha and payload["sha256"] == hashlib.sha256(b"not the real file").hexdigest()
+    )
+    assert cache.read_record(fake) is None
+
+
+# --- list ----------------------------------------------------------------------------------
+
+
+def test_list_shows_cache_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "list", "--root", str(tmp_path), "--json")
+    assert status == 0
+    rows = json.loads(out)["models"]
+    import clip  # the reference
+
+    assert [r["name"] for r in rows] == clip.available_models() == available_models()
+    assert {r["state"] for r in rows} == {"not cached"}
+    (tmp_path / "RN50.pt").write_bytes(b"12345")
+    (tmp_path / "RN101.pt").write_bytes(b"123")
+    rn101_sha = sha256_of_url(MODELS["RN101"])
+    assert rn101_sha is not None
+    cache.write_record(tmp_path / "RN101.pt", rn101_sha)
+    rows = {
+        r["name"]: r for r in json.loads(run(capsys, "list", "--root", str(tmp_path), "--json")[1])["models"]
+    }
+    assert rows["RN50"]["state"] == "cached, not yet verified" and rows["RN50"]["size"] == 5
+    assert rows["RN101"]["state"] == "verified" and rows["RN101"]["size"] == 3
+    status, out, _ = run(capsys, "list", "--root", str(tmp_path))
+    assert status == 0 and "ViT-L/14@336px" in out and "verified" in out
+
+
+# --- download ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    s = FaultServer()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def test_download_command(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "download", "ViT-Z/1", "--root", str(tmp_path))[0] == 2
+    rn50 = MODELS["RN50"].split("azureedge.net", 1)[1]
+    server.add(rn50, Resource(data=b"not RN50"))
+    monkeypatch.setenv("CLIPFAST_MIRROR", server.url(""))
+    status, _, err = run(capsys, "download", "RN50", "--root", str(tmp_path))
+    assert status == 2 and "SHA-256" in err
+    assert server.stats(rn50).requests == 1
+    assert not (tmp_path / "RN50.pt").exists()
+    monkeypatch.setenv("CLIPFAST_OFFLINE", "1")
+    status, _, err = run(capsys, "download", "RN50", "--root", str(tmp_path))
+    assert status == 2 and "CLIPFAST_OFFLINE" in err
+    assert server.stats(rn50).requests == 1
+
+
+# --- inspect -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ViT-B/32", "RN50"])
+def test_inspect_archive_matches_torch(
+    name: str, openai_archive: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = openai_archive(name)
+    status, out, _ = run(capsys, "inspect", str(path), "--json")
+    assert status == 0, out
+    info = json.loads(out)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = torch.jit.load(str(path), map_location="cpu").state_dict()
+    assert info["format"] == "torchscript"
+    assert info["tensor_count"] == len(reference)
+    expected_dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in reference.values())
+    assert info["dtype_counts"] == dict(expected_dtypes)
+    assert {t["name"]: t["shape"] for t in info["tensors"]} == {
+        k: list(v.shape) for k, v in reference.items()
+    }
+    arch = infer_architecture(reference)
+    assert info["architecture"]["embed_dim"] == arch.embed_dim == _testing.tiny(name).embed_dim
+    assert info["architecture"]["kind"] == ("ViT" if "ViT" in name else "ModifiedResNet")
+    assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["official_model"] is None
+    status, out, _ = run(capsys, "inspect", str(path))
+    assert status == 0 and "torchscript" in out and "architecture:" in out
+
+
+def test_inspect_names_the_official_model_when_the_hash_matches(
+    state_dict_file: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = state_dict_file("ViT-B/16")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(cli, "_official", lambda: {"ViT-B/16": (sha, "ViT-B-16.pt")})
+    status, out, _ = run(capsys, "inspect", str(path), "--json")
+    assert status == 0
+    info = json.loads(out)
+    assert info["format"] == "torch.save"
+    assert info["official_model"] == "ViT-B/16"
+
+
+def test_inspect_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 100)
+    status, out, _ = run(capsys, "inspect", str(junk), "--json")
+    assert status == 2 and str(junk) in json.loads(out)["error"]
+    assert run(capsys, "inspect", str(tmp_path / "missing.pt"))[0] == 2
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(clipfast.__file__).resolve().parent.parent)}
+    done = subprocess.run(
+        [sys.executable, "-m", "clipfast", "list", "--root", str(tmp_path), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["name"] for r in json.loads(done.stdout)["models"]] == available_models()
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["verify"])
+    assert stop.value.code == 2
