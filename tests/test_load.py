@@ -385,3 +385,19 @@ def test_cuda_matches_clip_load(name: str, openai_archive: Callable[[str], Path]
         torch.testing.assert_close(model.encode_text(text), reference.encode_text(text), rtol=0, atol=0)
         for got, expected in zip(model(image, text), reference(image, text)):
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_load_does_not_wake_torchs_compiler(openai_archive: Callable[[str], Path]) -> None:
+    """Arithmetic or randn on meta tensors runs through Python decompositions that import sympy and
+    torch._dynamo: seconds of a load that should take a fraction of one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings; warnings.filterwarnings('ignore'); import clipfast\n"
+        f"clipfast.load({str(openai_archive('RN50'))!r}, device='cpu')\n"
+        f"clipfast.load({str(openai_archive('ViT-B/32'))!r}, device='meta')\n"
+        "loaded = [m for m in ('sympy', 'torch._dynamo', 'torch._inductor') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

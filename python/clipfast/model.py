@@ -39,6 +39,13 @@ __all__ = [
 ]
 
 
+def _initial(shape: tuple[int, ...], init: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``init()``, except on the meta device, where only the shape matters: there torch runs
+    ``randn`` and arithmetic through Python decompositions that import sympy and its compiler."""
+    empty = torch.empty(shape)
+    return empty if empty.is_meta else init()
+
+
 class Bottleneck(nn.Module):
     """ResNet bottleneck with anti-aliased downsampling: strided blocks average-pool instead of
     striding their convolutions."""
@@ -88,7 +95,12 @@ class AttentionPool2d(nn.Module):
         self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: Optional[int] = None
     ) -> None:
         super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim**2 + 1, embed_dim) / embed_dim**0.5)
+        self.positional_embedding = nn.Parameter(
+            _initial(
+                (spacial_dim**2 + 1, embed_dim),
+                lambda: torch.randn(spacial_dim**2 + 1, embed_dim) / embed_dim**0.5,
+            )
+        )
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -247,12 +259,16 @@ class VisionTransformer(nn.Module):
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         scale = width**-0.5
         grid = input_resolution // patch_size
-        self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.class_embedding = nn.Parameter(_initial((width,), lambda: scale * torch.randn(width)))
+        self.positional_embedding = nn.Parameter(
+            _initial((grid * grid + 1, width), lambda: scale * torch.randn(grid * grid + 1, width))
+        )
         self.ln_pre = LayerNorm(width)
         self.transformer = Transformer(width, layers, heads)
         self.ln_post = LayerNorm(width)
-        self.proj: Optional[nn.Parameter] = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.proj: Optional[nn.Parameter] = nn.Parameter(
+            _initial((width, output_dim), lambda: scale * torch.randn(width, output_dim))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # [N, width, grid, grid]
@@ -335,7 +351,7 @@ class CLIP(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(self.context_length, transformer_width))
         self.ln_final = LayerNorm(transformer_width)
         self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
-        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.logit_scale = nn.Parameter(_initial((), lambda: torch.ones([]) * math.log(1 / 0.07)))
         self.initialize_parameters()
 
     def initialize_parameters(self) -> None:
