@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -44,6 +43,8 @@ def _resolve(name: Union[str, os.PathLike[str]], download_root: Optional[str], v
 
 def _is_torchscript(path: str) -> bool:
     """TorchScript archives are zip files with compiled code and constants beside the pickled module."""
+    import zipfile
+
     try:
         with zipfile.ZipFile(path) as archive:
             return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
