@@ -372,11 +372,12 @@ class CLIP(nn.Module):
         attn_std = width**-0.5
         fc_std = (2 * width) ** -0.5
         for block in self.transformer.resblocks:
-            assert isinstance(block, ResidualAttentionBlock)
-            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
-            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+            attn: Any = block.attn
+            mlp: Any = block.mlp  # an nn.Sequential with named children
+            nn.init.normal_(attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(mlp.c_proj.weight, std=proj_std)
         nn.init.normal_(self.text_projection, std=width**-0.5)
 
     def build_attention_mask(self) -> torch.Tensor:
@@ -410,8 +411,10 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
 
-_MHA_HALF_ATTRIBUTES = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-_MHA_HALF_ATTRIBUTES += ("in_proj_bias", "bias_k", "bias_v")
+_MHA_HALF_ATTRIBUTES = (
+    *("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+    *("in_proj_bias", "bias_k", "bias_v"),
+)
 
 
 def _half_precision_attributes(module: nn.Module) -> Iterator[str]:
