@@ -401,3 +401,37 @@ def test_load_does_not_wake_torchs_compiler(openai_archive: Callable[[str], Path
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("variant", ["safetensors", "fp32", "bf16", "wrapped", "non_contiguous"])
+def test_other_layouts_of_the_same_weights(
+    variant: str, state_dict_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """What fine-tuners save: other containers and dtypes of OpenAI's keys load as clip.load would."""
+    source = state_dict_file("RN50")
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    path = tmp_path / f"{variant}.pt"
+    if variant == "safetensors":
+        from safetensors.torch import save_file
+
+        path = tmp_path / "model.safetensors"
+        save_file(dict(state), str(path))
+    elif variant == "fp32":
+        torch.save({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, path)
+    elif variant == "bf16":
+        torch.save({k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}, path)
+    elif variant == "wrapped":
+        torch.save({"epoch": 3, "state_dict": state}, path)
+    else:  # a transposed view, as a hand-edited checkpoint might hold
+        key = "visual.attnpool.c_proj.weight"
+        state[key] = state[key].t().contiguous().t()
+        torch.save(state, path)
+    model, _ = clipfast.load(path, device="cpu")
+    reference, _ = clip_load(source)
+    if variant == "bf16":  # rounded through bfloat16: compare with the same rounding
+        expected = {
+            k: v.bfloat16().float() if v.is_floating_point() else v for k, v in reference.state_dict().items()
+        }
+        assert_same_state(model.state_dict(), expected)
+    else:
+        assert_same_state(model.state_dict(), reference.state_dict())
