@@ -435,3 +435,9 @@ def test_other_layouts_of_the_same_weights(
         assert_same_state(model.state_dict(), expected)
     else:
         assert_same_state(model.state_dict(), reference.state_dict())
+
+
+@pytest.mark.parametrize("dtype", ["fp16", torch.int8, 3])
+def test_bad_dtype_fails_before_reading(dtype: Any, tmp_path: Path) -> None:
+    with pytest.raises((TypeError, ValueError), match="dtype"):
+        clipfast.load(tmp_path / "never-read.pt", device="cpu", dtype=dtype)

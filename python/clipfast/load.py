@@ -80,7 +80,7 @@ def dtype_plan(device: DeviceLike, dtype: DtypeLike, half_names: frozenset[str])
     if isinstance(dtype, torch.dtype):
         if dtype in (torch.float16, torch.bfloat16):
             return _clip_half_layout(half_names, dtype)
-        if dtype.is_floating_point and not dtype.is_complex:
+        if dtype.is_floating_point:
             return _uniform(dtype)
         raise ValueError(f"dtype={dtype} is not a floating dtype")
     if callable(dtype):
@@ -136,7 +136,8 @@ def load(
     gives fp32 weights (clip only does so for the exact string ``"cpu"``); ``dtype`` chooses the
     weights' dtypes (see ``dtype_plan``); ``verify=True`` re-hashes a cached official file;
     ``mmap=True`` leaves tensors whose dtype does not change backed by a copy-on-write map of the
-    file (faster, less memory; the file must not be replaced while the model lives);
+    file (faster, less memory; the file must not be truncated or rewritten in place while the model
+    lives: replacing it with a new file is safe);
     ``vision_heads`` / ``transformer_heads`` override the head counts shapes cannot reveal.
     No pickle code is ever run, unless ``jit=True`` (TorchScript is loaded by torch itself).
 
@@ -145,6 +146,8 @@ def load(
     not describe a CLIP model; a failed load returns nothing half-built."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is not None:
+        dtype_plan(device, dtype, frozenset())  # a wrong dtype fails before any download or read
     path = _resolve(name, download_root, verify)
     from .transforms import for_resolution
 
@@ -173,6 +176,8 @@ def _load_eager(
 
     target = torch.device(device)
     on_cpu = target.type == "cpu"
+    if on_cpu:
+        target = torch.device("cpu")  # "cpu:0" is the same memory; comparing it would copy every tensor
     uniform = _uniform_dtype(target, dtype)
     direct: Union[torch.dtype, DtypePlan, None] = uniform
     if direct is None and callable(dtype) and not isinstance(dtype, torch.dtype):
