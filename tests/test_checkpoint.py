@@ -476,6 +476,23 @@ def test_global_in_place_of_tensor_names_it(tmp_path: Path) -> None:
         read_state_dict(path)
 
 
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        lambda: torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.quint8),
+        lambda: torch.ones(3, 3).to_sparse(),
+        lambda: torch.empty(2, 2, device="meta"),
+    ],
+    ids=["quantized", "sparse", "meta"],
+)
+def test_unsupported_tensor_kinds_are_named(tmp_path: Path, tensor: Callable[[], torch.Tensor]) -> None:
+    path = tmp_path / "kind.pt"
+    torch.save({"ok": torch.ones(1), "w": tensor()}, path)
+    with pytest.raises(CheckpointError, match='"w"') as info:
+        read_state_dict(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+
+
 def test_non_tensor_entry_is_a_checkpoint_error(tmp_path: Path) -> None:
     path = tmp_path / "n.pt"
     torch.save({"w": torch.ones(1), "epoch": 3}, path)
