@@ -5,13 +5,16 @@ __version__: str
 
 # --- reader ---
 import os
+import pathlib
+from typing import final
 
+@final
 class CheckpointReader:
     """A checkpoint mapped and parsed (torch.save zip, TorchScript archive, safetensors)."""
 
     def __new__(cls, path: str | os.PathLike[str]) -> CheckpointReader: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> pathlib.Path: ...
     @property
     def format(self) -> str: ...
     @property

@@ -135,7 +135,7 @@ def read_state_dict(
         itemsize = getattr(torch, stored).itemsize
         if mmap and target == stored and start % itemsize == 0:
             if mapped is None:
-                mapped = torch.UntypedStorage.from_file(file, shared=False, nbytes=reader.file_size)
+                mapped = _map_file(file, reader.file_size)
             bases[key] = mapped[start:end]
         else:
             buffer = torch.empty((end - start) // itemsize, dtype=getattr(torch, target))
@@ -159,6 +159,15 @@ def read_state_dict(
             tensor.requires_grad_(True)
         out[name] = tensor
     return out
+
+
+def _map_file(file: str, size: int) -> torch.UntypedStorage:
+    """A lazily read, copy-on-write (MAP_PRIVATE) mapping of the whole file."""
+    import torch
+
+    storage = torch.UntypedStorage.from_file(file, shared=False, nbytes=size)
+    assert isinstance(storage, torch.UntypedStorage)
+    return storage
 
 
 def _target(dtype: DtypeArg, name: str, stored: str) -> str:

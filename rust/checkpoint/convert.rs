@@ -8,7 +8,9 @@ use super::Dtype;
 use crate::error::{Error, Result};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use memmap2::{Mmap, UncheckedAdvice};
+use memmap2::Mmap;
+#[cfg(unix)]
+use memmap2::UncheckedAdvice;
 use rayon::prelude::*;
 use std::ops::Range;
 use std::path::Path;
@@ -95,8 +97,17 @@ fn convert_slice(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> bool {
         (Dtype::F32, Dtype::BF16) => pair!(f32, bf16, |s, d| d.convert_from_f32_slice(&s)),
         (Dtype::F16, Dtype::F64) => pair!(f16, f64, |s, d| s.convert_to_f64_slice(d)),
         (Dtype::BF16, Dtype::F64) => pair!(bf16, f64, |s, d| s.convert_to_f64_slice(d)),
-        (Dtype::F64, Dtype::F16) => pair!(f64, f16, |s, d| d.convert_from_f64_slice(&s)),
-        (Dtype::F64, Dtype::BF16) => pair!(f64, bf16, |s, d| d.convert_from_f64_slice(&s)),
+        // Through f32, as torch converts double to half/bfloat16 (two roundings, bit-identical).
+        (Dtype::F64, Dtype::F16) => pair!(f64, f16, |s, d| {
+            d.iter_mut()
+                .zip(s.iter())
+                .for_each(|(d, s)| *d = f16::from_f32(*s as f32))
+        }),
+        (Dtype::F64, Dtype::BF16) => pair!(f64, bf16, |s, d| {
+            d.iter_mut()
+                .zip(s.iter())
+                .for_each(|(d, s)| *d = bf16::from_f32(*s as f32))
+        }),
         (Dtype::F32, Dtype::F64) => pair!(f32, f64, |s, d| {
             d.iter_mut()
                 .zip(s.iter())
@@ -204,6 +215,7 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
 
 /// Drops the whole pages inside `range` from the map: they are read again from the page cache
 /// if anyone touches them later.
+#[cfg(unix)]
 fn release(map: &Mmap, range: &Range<usize>) {
     let base = map.as_ptr() as usize;
     let start = (base + range.start).div_ceil(PAGE) * PAGE - base;

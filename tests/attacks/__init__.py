@@ -1,0 +1,1 @@
+"""Malicious and damaged checkpoint generators; every file they write must be refused."""

@@ -1,0 +1,556 @@
+"""clipfast.checkpoint against the reference loaders (torch.jit.load, torch.load, safetensors)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from clipfast import CheckpointError, UnsafeCheckpointError
+from clipfast.checkpoint import inspect_checkpoint, read_state_dict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).parent))
+from attacks.malicious import ATTACKS, EXECUTING, payload, write_torch_zip
+
+ARCHS = ["ViT-B/32", "RN50", "ViT-L/14@336px", "RN50x4"]
+
+ALL_DTYPES = [
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.complex64,
+    torch.complex128,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.bool,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2fnuz,
+    torch.float8_e8m0fnu,
+]
+
+
+def jit_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+
+
+def raw(t: torch.Tensor) -> torch.Tensor:
+    """The bytes of a tensor's elements, whatever its dtype and layout."""
+    return t.detach().reshape(-1).contiguous().view(torch.uint8)
+
+
+def sharing(sd: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    """The partition of names by the storage they view."""
+    groups: dict[int, list[str]] = {}
+    for name, t in sd.items():
+        groups.setdefault(t.untyped_storage().data_ptr(), []).append(name)
+    return sorted(groups.values())
+
+
+def assert_same(ref: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor]) -> None:
+    assert isinstance(got, OrderedDict)
+    assert list(got) == list(ref)
+    for name, a in ref.items():
+        b = got[name]
+        assert type(b) is type(a), name
+        assert b.dtype == a.dtype, name
+        assert b.shape == a.shape, name
+        assert b.stride() == a.stride(), name
+        assert b.storage_offset() == a.storage_offset(), name
+        assert b.requires_grad == a.requires_grad, name
+        assert b.untyped_storage().nbytes() == a.untyped_storage().nbytes(), name
+        assert torch.equal(raw(b), raw(a)), name
+    assert sharing(got) == sharing(ref)
+
+
+# --- OpenAI's TorchScript archives and torch.save state dicts, several architectures ---
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("mmap", [True, False])
+def test_torchscript_archive_is_jit_state_dict(
+    openai_archive: Callable[[str], Path], name: str, mmap: bool
+) -> None:
+    path = openai_archive(name)
+    assert_same(jit_state_dict(path), read_state_dict(path, mmap=mmap))
+
+
+@pytest.mark.parametrize("name", ARCHS[:2])
+def test_state_dict_file_is_torch_load(state_dict_file: Callable[[str], Path], name: str) -> None:
+    path = state_dict_file(name)
+    assert_same(torch.load(path, weights_only=True), read_state_dict(path))
+    assert_same(torch.load(path, weights_only=True), read_state_dict(str(path), mmap=False))
+
+
+def test_archive_mixes_dtypes_and_skips_plain_attributes(openai_archive: Callable[[str], Path]) -> None:
+    path = openai_archive("ViT-B/32")
+    sd = read_state_dict(path)
+    assert {"input_resolution", "context_length", "vocab_size"} <= set(sd)
+    assert sd["visual.conv1.weight"].dtype == torch.float16
+    assert sd["ln_final.weight"].dtype == torch.float32
+    assert not any("attn_mask" in k for k in sd)
+    info = inspect_checkpoint(path)
+    assert info.format == "torchscript"
+    assert info.tensor_count == len(sd)
+    assert [t.name for t in info.tensors] == list(sd)
+    assert all(tuple(sd[t.name].shape) == t.shape for t in info.tensors)
+    assert info.dtype_counts == {
+        str(d).removeprefix("torch."): sum(t.dtype == d for t in sd.values())
+        for d in {t.dtype for t in sd.values()}
+    }
+    assert info.total_bytes == sum(t.untyped_storage().nbytes() for t in sd.values())
+    assert str(path) in str(info)
+
+
+@pytest.mark.parametrize("target", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_archive_dtype_conversion(openai_archive: Callable[[str], Path], target: torch.dtype) -> None:
+    path = openai_archive("RN50")
+    ref = jit_state_dict(path)
+    got = read_state_dict(path, dtype=target)
+    assert list(got) == list(ref)
+    for name, a in ref.items():
+        expected = a.to(target) if a.is_floating_point() else a
+        assert got[name].dtype == expected.dtype, name
+        assert got[name].stride() == a.stride(), name
+        assert torch.equal(raw(got[name]), raw(expected)), name
+
+
+# --- torch.save files made here: every dtype, views, sharing, parameters, wrappers ---
+
+
+def _every_dtype() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, torch.Tensor] = {}
+    for dtype in ALL_DTYPES:
+        bits = torch.randint(0, 256, (3, 5 * dtype.itemsize), generator=g, dtype=torch.uint8)
+        if dtype == torch.bool:
+            out["bool"] = bits[:, :5] % 2 == 1
+        else:
+            out[str(dtype).removeprefix("torch.")] = bits.view(dtype)
+    return out
+
+
+def test_every_dtype(tmp_path: Path) -> None:
+    path = tmp_path / "dtypes.pt"
+    torch.save(_every_dtype(), path)
+    ref = torch.load(path, weights_only=True)
+    assert_same(ref, read_state_dict(path))
+    assert_same(ref, read_state_dict(path, mmap=False))
+
+
+def _views() -> dict[str, torch.Tensor]:
+    base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    half = torch.randn(4, 8).half()
+    return {
+        "base": base,
+        "transposed": base.t(),
+        "row": base[2],
+        "strided": base[1::2, ::3],
+        "offset_tail": base.view(-1)[37:],
+        "scalar": torch.tensor(3.5, dtype=torch.float64),
+        "scalar_view": base[4, 7],
+        "empty": torch.empty(0, 3),
+        "empty_shared": base[:0],
+        "half": half,
+        "half_col": half[:, 5],
+        "expanded": torch.ones(3, 1).expand(3, 4),
+        "int_view": torch.arange(12).reshape(3, 4)[:, 1:3],
+    }
+
+
+@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
+def test_every_pickle_protocol(tmp_path: Path, protocol: int) -> None:
+    path = tmp_path / f"p{protocol}.pt"
+    sd = {**_views(), "p": torch.nn.Parameter(torch.randn(3)), "long_name_" * 30: torch.ones(300)}
+    torch.save(sd, path, pickle_protocol=protocol)
+    # torch's weights-only unpickler lacks opcodes of protocols 1 (INT) and 4-5 (FRAME); the file is ours.
+    assert_same(torch.load(path, weights_only=protocol in (2, 3)), read_state_dict(path))
+
+
+def test_views_offsets_strides_and_sharing(tmp_path: Path) -> None:
+    path = tmp_path / "views.pt"
+    torch.save(_views(), path)
+    ref = torch.load(path, weights_only=True)
+    got = read_state_dict(path)
+    assert_same(ref, got)
+    assert got["base"].untyped_storage().data_ptr() == got["strided"].untyped_storage().data_ptr()
+    assert_same(ref, read_state_dict(path, mmap=False))
+
+
+def test_conversion_keeps_views_and_sharing(tmp_path: Path) -> None:
+    path = tmp_path / "views.pt"
+    torch.save(_views(), path)
+    ref = torch.load(path, weights_only=True)
+    got = read_state_dict(path, dtype=torch.float16)
+    assert sharing(got) == sharing(ref)
+    for name, a in ref.items():
+        b = got[name]
+        expected = a.half() if a.is_floating_point() else a
+        assert (b.dtype, b.shape, b.stride(), b.storage_offset()) == (
+            expected.dtype,
+            a.shape,
+            a.stride(),
+            a.storage_offset(),
+        ), name
+        assert torch.equal(b, expected), name
+
+
+def test_dtype_callable_per_name(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.pt"
+    sd = {"a.weight": torch.randn(4, 4).half(), "b.weight": torch.randn(4).bfloat16(), "n": torch.arange(3)}
+    torch.save(sd, path)
+    seen: list[tuple[str, torch.dtype]] = []
+
+    def plan(name: str, stored: torch.dtype) -> torch.dtype:
+        seen.append((name, stored))
+        return torch.float32 if name.startswith("a.") else stored
+
+    got = read_state_dict(path, dtype=plan)
+    assert seen == [("a.weight", torch.float16), ("b.weight", torch.bfloat16)]
+    assert got["a.weight"].dtype == torch.float32 and torch.equal(got["a.weight"], sd["a.weight"].float())
+    assert got["b.weight"].dtype == torch.bfloat16 and torch.equal(got["b.weight"], sd["b.weight"])
+    assert torch.equal(got["n"], sd["n"])
+    with pytest.raises(TypeError):
+        read_state_dict(path, dtype=lambda n, d: torch.int32)
+    with pytest.raises(TypeError):
+        read_state_dict(path, dtype="float32")  # type: ignore[arg-type]
+
+
+def test_rounding_matches_torch(tmp_path: Path) -> None:
+    path = tmp_path / "f32.pt"
+    g = torch.Generator().manual_seed(1)
+    values = torch.randn(10000, generator=g) * 10.0 ** torch.randint(-9, 6, (10000,), generator=g)
+    values = torch.cat([values, torch.tensor([1e6, -1e6, 65520.0, 6e-8, float("inf"), float("nan")])])
+    torch.save({"x": values, "d": values.double()}, path)
+    for target in (torch.float16, torch.bfloat16):
+        got = read_state_dict(path, dtype=target)
+        for name, src in (("x", values), ("d", values.double())):
+            expected = src.to(target)
+            nan = expected.isnan()
+            assert torch.equal(got[name].isnan(), nan)  # NaN payloads may differ
+            assert torch.equal(raw(got[name][~nan]), raw(expected[~nan])), (target, name)
+
+
+class ForeignHyperParameters:
+    """Stands for an object of the user's training code, pickled into a checkpoint."""
+
+    def __init__(self) -> None:
+        self.lr = 0.1
+
+
+def test_training_checkpoint_with_foreign_objects(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "train.pt"
+    torch.save(
+        {
+            "epoch": 7,
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "hparams": ForeignHyperParameters(),
+            "nested": {"a": [1, 2.5, "x", None, (True, b"b")]},
+        },
+        path,
+    )
+    with pytest.raises(pickle.UnpicklingError):  # torch refuses the whole file in weights_only mode
+        torch.load(path, weights_only=True)
+    ref = torch.load(path, weights_only=False)["state_dict"]
+    assert_same(ref, read_state_dict(path))
+
+
+def test_parameters_and_model_wrapper(tmp_path: Path) -> None:
+    path = tmp_path / "params.pt"
+    params = {"w": torch.nn.Parameter(torch.randn(2, 3)), "f": torch.nn.Parameter(torch.ones(2), False)}
+    torch.save({"model": params, "step": 3}, path)
+    ref = torch.load(path, weights_only=True)["model"]
+    got = read_state_dict(path)
+    assert isinstance(got["w"], torch.nn.Parameter) and got["w"].requires_grad
+    assert_same(ref, got)
+
+
+def test_mmap_is_copy_on_write_and_copy_owns_memory(tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(1000)}, path)
+    before = path.read_bytes()
+    mapped = read_state_dict(path)["w"]
+    mapped += 1  # copy-on-write: the file does not change
+    assert path.read_bytes() == before
+    copied = read_state_dict(path, mmap=False)["w"]
+    with open(path, "r+b") as f:  # truncate in place: the copy does not depend on the file
+        f.truncate(0)
+    assert torch.equal(copied, torch.zeros(1000))
+
+
+def test_path_like_and_str(tmp_path: Path) -> None:
+    path = tmp_path / "p.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    assert list(read_state_dict(str(path))) == list(read_state_dict(path)) == ["w"]
+
+
+# --- safetensors and the legacy format ---
+
+
+def test_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "m.safetensors"
+    tensors = {k: v.contiguous() for k, v in _every_dtype().items() if k != "complex128"}
+    tensors["empty"] = torch.empty(0, 4)
+    tensors["scalar"] = torch.tensor(2.0)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    ref = load_file(str(path))
+    got = read_state_dict(path)
+    assert list(got) == list(ref)
+    for name, a in ref.items():
+        b = got[name]
+        assert (b.dtype, b.shape, b.stride()) == (a.dtype, a.shape, a.stride()), name
+        assert torch.equal(raw(b), raw(a)), name
+    assert inspect_checkpoint(path).format == "safetensors"
+    assert read_state_dict(path, dtype=torch.float32)["float16"].dtype == torch.float32
+
+
+def test_safetensors_unaligned_data_is_copied(tmp_path: Path) -> None:
+    """A hand-written file whose float tensor starts at an odd offset (save_file never does)."""
+    import json
+    import struct
+
+    header = json.dumps(
+        {
+            "b": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+            "f": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]},
+        }
+    ).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes([1, 2, 3]) + struct.pack("<2f", 1.5, -2))
+    for mmap in (True, False):
+        got = read_state_dict(path, mmap=mmap)
+        assert torch.equal(got["b"], torch.tensor([1, 2, 3], dtype=torch.uint8))
+        assert torch.equal(got["f"], torch.tensor([1.5, -2.0]))
+    assert torch.equal(read_state_dict(path, dtype=torch.float16)["f"], torch.tensor([1.5, -2.0]).half())
+
+
+def test_legacy_format_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="legacy") as info:
+        read_state_dict(path)
+    assert str(path) in str(info.value)
+
+
+# --- bad input ---
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        read_state_dict(tmp_path / "nope.pt")
+    assert "nope.pt" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["directory", "empty", "text", "half-zip", "tail-cut", "no-eocd"])
+def test_damaged_files(tmp_path: Path, openai_archive: Callable[[str], Path], kind: str) -> None:
+    good = openai_archive("ViT-B/32").read_bytes()
+    path = tmp_path / f"{kind}.pt"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("not a checkpoint\n")
+    elif kind == "half-zip":
+        path.write_bytes(good[: len(good) // 2])
+    elif kind == "tail-cut":
+        path.write_bytes(good[:-10])
+    else:
+        path.write_bytes(good[:-22] + b"\0" * 22)
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(CheckpointError):
+        inspect_checkpoint(path)
+
+
+@pytest.mark.parametrize("record", ["data.pkl", "data/0", "code/"])
+def test_missing_record(tmp_path: Path, openai_archive: Callable[[str], Path], record: str) -> None:
+    src = openai_archive("ViT-B/32")
+    path = tmp_path / "missing.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w") as zout:
+        for item in zin.infolist():
+            if item.filename.split("/", 1)[1].startswith(record):
+                continue
+            zout.writestr(item, zin.read(item.filename))
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(path)
+    assert str(path) in str(info.value)
+    if record == "data/0":
+        assert "data/0" in str(info.value)
+
+
+def test_storage_record_too_short(tmp_path: Path) -> None:
+    path = tmp_path / "short.pt"
+    torch.save({"w": torch.ones(100)}, path)
+    with zipfile.ZipFile(path) as z:
+        records = {i.filename: z.read(i.filename) for i in z.infolist()}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in records.items():
+            z.writestr(name, data[:10] if name.endswith("data/0") else data)
+    with pytest.raises(CheckpointError, match="data/0"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_attacks_are_refused_and_nothing_runs(tmp_path: Path, attack: str) -> None:
+    marker = tmp_path / "pwned"
+    path = ATTACKS[attack](tmp_path / "evil.pt", marker)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        read_state_dict(path)
+    assert str(path) in str(info.value)
+    module_name = attack.rsplit("-", 1)[1]
+    assert module_name in str(info.value)
+    with pytest.raises(UnsafeCheckpointError):
+        inspect_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_attacks_are_real(tmp_path: Path) -> None:
+    """The attack files do run their command under torch.load(weights_only=False): the test
+    above can fail."""
+    markers = []
+    for name in EXECUTING:
+        marker = tmp_path / f"ran-{name}"
+        ATTACKS[name](tmp_path / f"{name}.pt", marker)
+        markers.append(marker)
+    script = (
+        "import sys, torch\n"
+        "for p in sys.argv[1:]:\n"
+        "    try: torch.load(p, weights_only=False)\n"
+        "    except Exception: pass\n"
+    )
+    files = [str(tmp_path / f"{name}.pt") for name in EXECUTING]
+    subprocess.run([sys.executable, "-c", script, *files], check=True, timeout=120, cwd=tmp_path)
+    assert [m.name for m in markers if not m.exists()] == []
+
+
+def test_foreign_object_outside_the_weights_is_never_called(tmp_path: Path) -> None:
+    """An optimizer/hyper-parameter entry holding os.system(...) does not stop the weights."""
+    marker = tmp_path / "pwned"
+    weight = (
+        b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
+        b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQK\x00K\x02\x85K\x01\x85\x89"
+        b"ccollections\nOrderedDict\n)RtR"
+    )
+    body = (
+        b"}(X\n\x00\x00\x00state_dict}(X\x01\x00\x00\x00w" + weight + b"u"
+        b"X\x07\x00\x00\x00hparams" + payload("os", "system", marker) + b"u"
+    )
+    path = write_torch_zip(tmp_path / "train.pt", body, {"0": b"\0\0\x80?\0\0\0@"})
+    got = read_state_dict(path)
+    assert torch.equal(got["w"], torch.tensor([1.0, 2.0]))
+    assert not marker.exists()
+
+
+def test_global_in_place_of_tensor_names_it(tmp_path: Path) -> None:
+    path = write_torch_zip(tmp_path / "g.pt", b"}(X\x01\x00\x00\x00wcnumpy\nload\nu")
+    with pytest.raises(UnsafeCheckpointError, match=r"numpy\.load"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        lambda: torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.quint8),
+        lambda: torch.ones(3, 3).to_sparse(),
+        lambda: torch.empty(2, 2, device="meta"),
+    ],
+    ids=["quantized", "sparse", "meta"],
+)
+def test_unsupported_tensor_kinds_are_named(tmp_path: Path, tensor: Callable[[], torch.Tensor]) -> None:
+    path = tmp_path / "kind.pt"
+    torch.save({"ok": torch.ones(1), "w": tensor()}, path)
+    with pytest.raises(CheckpointError, match='"w"') as info:
+        read_state_dict(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+
+
+def test_non_tensor_entry_is_a_checkpoint_error(tmp_path: Path) -> None:
+    path = tmp_path / "n.pt"
+    torch.save({"w": torch.ones(1), "epoch": 3}, path)
+    with pytest.raises(CheckpointError, match="epoch") as info:
+        read_state_dict(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
+    torch.save(torch.ones(2), path)
+    with pytest.raises(CheckpointError, match="not a dict of tensors"):
+        read_state_dict(path)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=4096))
+def test_random_bytes_never_crash(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "random.bin"
+    path.write_bytes(data)
+    try:
+        read_state_dict(path)
+    except CheckpointError:
+        pass
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.integers(0, 10**6),
+)
+def test_corrupted_checkpoints_never_crash(tmp_path: Path, edits: list[tuple[int, int]], cut: int) -> None:
+    path = tmp_path / "c.pt"
+    if not path.exists():
+        torch.save({"a": torch.ones(3, 2).half(), "b": torch.arange(4)[1:], "c": torch.tensor(1.0)}, path)
+    good = bytearray((tmp_path / "c.pt").read_bytes())
+    for at, value in edits:
+        good[at % len(good)] = value
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(good[: max(1, len(good) - cut % 64)]))
+    try:
+        sd = read_state_dict(bad, mmap=cut % 2 == 0)
+        for t in sd.values():
+            t.sum() if t.dtype != torch.bool else t.any()
+    except CheckpointError:
+        pass
+
+
+def test_deep_and_cyclic_pickles_are_refused_quickly(tmp_path: Path) -> None:
+    deep = write_torch_zip(tmp_path / "deep.pt", b"(" * 100000 + b"]" + b"t" * 99999 + b"\x85")
+    with pytest.raises(CheckpointError):
+        read_state_dict(deep)
+    cyclic = write_torch_zip(tmp_path / "cyc.pt", b"}q\x00X\x01\x00\x00\x00ah\x00s")
+    with pytest.raises(CheckpointError, match="dict"):
+        read_state_dict(cyclic)
+    huge = write_torch_zip(tmp_path / "huge.pt", b"X\xff\xff\xff\x7fabc")
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_state_dict(huge)
+
+
+def test_no_env_or_cwd_dependence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    monkeypatch.chdir(tmp_path)
+    assert list(read_state_dict(os.path.basename(path))) == ["w"]
