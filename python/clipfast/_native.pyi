@@ -3,6 +3,28 @@
 
 __version__: str
 
+# --- reader ---
+import os
+
+class CheckpointReader:
+    """A checkpoint mapped and parsed (torch.save zip, TorchScript archive, safetensors)."""
+
+    def __new__(cls, path: str | os.PathLike[str]) -> CheckpointReader: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def file_size(self) -> int: ...
+    @property
+    def storages(self) -> list[tuple[str, str, int, int]]:
+        """``[(key, dtype, start, end)]``: each storage's byte range in the file."""
+    @property
+    def tensors(self) -> list[tuple[str, str, list[int], list[int], int, int, bool, bool]]:
+        """``[(name, dtype, shape, stride, storage, storage_offset, requires_grad, is_parameter)]``."""
+    def convert(self, jobs: list[tuple[int, int, str, int, int, str]]) -> None:
+        """Private: fill buffers ``(src_start, src_end, src_dtype, dst_address, dst_nbytes, dst_dtype)``."""
+
 # --- text ---
 from collections.abc import Callable
 
