@@ -49,11 +49,12 @@ impl ClipTokenizer {
         &self,
         text: &str,
         limit: usize,
+        cache: &HashMap<String, Vec<u32>>,
         out: &mut Vec<u32>,
         fresh: &mut HashMap<String, Vec<u32>>,
     ) {
         pretokenize::for_each_word(text, |word| {
-            self.bpe.encode_word(word, out, fresh);
+            self.bpe.encode_word(word, cache, out, fresh);
             out.len() < limit
         });
     }
@@ -189,9 +190,12 @@ impl ClipTokenizer {
         Ok(py.detach(|| {
             let mut ids = Vec::new();
             let mut fresh = HashMap::new();
+            let cache = self.bpe.cache();
             for text in &prepared {
-                self.encode_cleaned(&text.cleaned(), usize::MAX, &mut ids, &mut fresh);
+                let cleaned = text.cleaned();
+                self.encode_cleaned(&cleaned, usize::MAX, &cache, &mut ids, &mut fresh);
             }
+            drop(cache);
             self.bpe.remember(fresh);
             ids
         }))
@@ -211,11 +215,13 @@ impl ClipTokenizer {
         let mut fresh = HashMap::new();
         let mut ids = Vec::new();
         let mut first_too_long = None;
+        let cache = self.bpe.cache();
         for (i, (text, row)) in texts.iter().zip(rows.chunks_mut(width)).enumerate() {
             ids.clear();
             ids.push(self.bpe.vocab.start_of_text);
             // Enough ids to know the text is too long: start + width ids + end > width.
-            self.encode_cleaned(&text.cleaned(), width + 1, &mut ids, &mut fresh);
+            let cleaned = text.cleaned();
+            self.encode_cleaned(&cleaned, width + 1, &cache, &mut ids, &mut fresh);
             ids.push(self.bpe.vocab.end_of_text);
             if ids.len() > width {
                 if !truncate {
@@ -229,6 +235,7 @@ impl ClipTokenizer {
                 *slot = id as i32;
             }
         }
+        drop(cache);
         self.bpe.remember(fresh);
         first_too_long
     }

@@ -243,7 +243,27 @@ def _stable_characters() -> list[str]:
     return [chr(c) for a, b in pairs for c in range(int(a, 16), int(b, 16) + 1)]
 
 
+def _char_list(name: str) -> list[str]:
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).parents[1] / "rust" / "tokenizer" / "char_classes.rs").read_text()
+    start = source.index(f"pub const {name}:")
+    body = source[start : source.index("];", start)]
+    return [chr(int(code, 16)) for code in re.findall(r"\\u\{([0-9A-F]+)\}", body)]
+
+
 STABLE = _stable_characters()
+APOSTROPHES = _char_list("FTFY_APOSTROPHES")
+SPACES = _char_list("FTFY_SPACES")
+
+
+def test_apostrophes_and_spaces_clean_like_clip() -> None:
+    assert "\u2019" in APOSTROPHES and "\xa0" in SPACES
+    for ch in APOSTROPHES + SPACES:
+        for text in (f"It{ch}s", f"{ch}A{ch}{ch}b{ch}", f"caf\u00e9{ch}\u6771{ch}s {ch}", ch):
+            assert _native.clip_fast_clean(text, True) == _reference_clean(text), repr(text)
+            _same_as_clip([text])
 
 
 def test_extended_fast_path_is_enabled_here() -> None:
@@ -273,16 +293,18 @@ def test_extended_fast_path_is_exactly_clips_cleaning_for_every_stable_character
 
 
 fast_text = st.lists(
-    st.one_of(st.sampled_from(STABLE), st.sampled_from([*"aZ09 .,!?'\"<>\t\n\x0c", "A"])), max_size=40
+    st.one_of(
+        st.sampled_from(STABLE),
+        st.sampled_from([*"aZ09 .,!?'\"<>\t\n\x0c", "A"]),
+        st.sampled_from(APOSTROPHES + SPACES),
+    ),
+    max_size=40,
 ).map("".join)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(fast_text)
 def test_extended_fast_path_random_texts(text: str) -> None:
-    import ftfy
-
-    assert ftfy.fix_text(text) == text
     assert _native.clip_fast_clean(text, True) == _reference_clean(text)
     _same_as_clip([text], truncate=True)
 

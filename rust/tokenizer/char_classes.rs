@@ -3071,3 +3071,12 @@ pub const FTFY_STABLE: &[(u32, u32)] = &[
     (0xF0000, 0xFFFFD),
     (0x100000, 0x10FFFD),
 ];
+
+/// Non-ASCII apostrophes ftfy turns into `'` (and nothing else does).
+pub const FTFY_APOSTROPHES: &[char] = &['\u{02BC}', '\u{2019}', '\u{201B}'];
+
+/// Non-ASCII whitespace ftfy keeps; clip's whitespace cleaning makes it a space.
+pub const FTFY_SPACES: &[char] = &[
+    '\u{00A0}', '\u{1680}', '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}',
+    '\u{2008}', '\u{2009}', '\u{200A}', '\u{202F}', '\u{205F}',
+];

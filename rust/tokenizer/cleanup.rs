@@ -15,10 +15,13 @@
 //! The extended fast path also admits the non-ASCII characters of `FTFY_STABLE` (generated,
 //! with the argument, by `generate_tables.py`): lower-case or caseless, NFC-inert, not
 //! whitespace, not touched by any ftfy fixer, unable to make ftfy's mojibake heuristic fire.
-//! They pass cleaning unchanged. That set is only valid for the ftfy and Unicode versions it
-//! was generated with; the caller enables it only when those are installed.
+//! They pass cleaning unchanged. Two small sets join them: `FTFY_APOSTROPHES` (’ and two
+//! others, which ftfy only uncurls to `'`) and `FTFY_SPACES` (no-break and other spaces ftfy
+//! keeps, which the whitespace cleaning turns into one space). These sets are only valid for the
+//! ftfy and Unicode versions they were generated with; the caller enables them only when those
+//! are installed.
 
-use super::char_classes::FTFY_STABLE;
+use super::char_classes::{FTFY_APOSTROPHES, FTFY_SPACES, FTFY_STABLE};
 use super::pretokenize::in_table;
 
 fn is_plain_ascii_byte(b: u8) -> bool {
@@ -42,23 +45,29 @@ pub fn is_fast(text: &str, extended: bool) -> bool {
                 is_plain_ascii_byte(c as u8)
             } else {
                 in_table(FTFY_STABLE, c)
+                    || FTFY_APOSTROPHES.contains(&c)
+                    || FTFY_SPACES.contains(&c)
             }
         })
 }
 
-/// clip's cleaning of a text for which `is_fast` holds: ASCII whitespace runs become one
-/// space, the ends are stripped, ASCII letters are lower-cased (the other characters are
-/// lower-case already or caseless).
+/// clip's cleaning of a text for which `is_fast` holds: whitespace runs become one space, the
+/// ends are stripped, curly apostrophes become `'`, ASCII letters are lower-cased (the other
+/// characters are lower-case already or caseless).
 pub fn clean_fast(text: &str) -> String {
+    let is_space = |c: char| matches!(c, '\t' | '\n' | '\x0c' | ' ') || FTFY_SPACES.contains(&c);
     let mut out = String::with_capacity(text.len());
-    for word in text
-        .split(['\t', '\n', '\x0c', ' '])
-        .filter(|w| !w.is_empty())
-    {
+    for word in text.split(is_space).filter(|w| !w.is_empty()) {
         if !out.is_empty() {
             out.push(' ');
         }
-        out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
+        out.extend(word.chars().map(|c| {
+            if FTFY_APOSTROPHES.contains(&c) {
+                '\''
+            } else {
+                c.to_ascii_lowercase()
+            }
+        }));
     }
     out
 }
@@ -86,7 +95,8 @@ mod tests {
         assert!(is_fast("caf\u{e9} \u{6771}\u{4eac} \u{1f436}", true));
         assert!(!is_fast("caf\u{e9}", false));
         assert!(!is_fast("CAF\u{c9}", true)); // upper case: lower() changes it
-        assert!(!is_fast("it\u{2019}s", true)); // ftfy uncurls it
+        assert!(is_fast("it\u{2019}s", true)); // ftfy only uncurls it
+        assert!(!is_fast("\u{201c}quoted\u{201d}", true)); // start/end punctuation: heuristic
         assert!(!is_fast("cafe\u{301}", true)); // combining mark: NFC composes it
         assert!(!is_fast("a\u{3000}b", true)); // ideographic space: width fix, whitespace
         assert!(!is_fast("\u{c3}\u{a9}t\u{c3}\u{a9}", true)); // mojibake
@@ -100,6 +110,7 @@ mod tests {
             "a photo of a dog."
         );
         assert_eq!(clean_fast("  Caf\u{e9}  AU\tLait "), "caf\u{e9} au lait");
+        assert_eq!(clean_fast("\u{a0}It\u{2019}S\u{2009} ok\u{a0}"), "it's ok");
         assert_eq!(clean_fast(" \t "), "");
         assert_eq!(clean_fast(""), "");
     }

@@ -131,6 +131,50 @@ def ftfy_stable() -> list[tuple[int, int]]:
     return out
 
 
+def _only_in_common(ch: str) -> bool:
+    """True when ``ch`` is in no mojibake class of ftfy but "common". That class only feeds the
+    alternative ``[ØÙ][common...][ØÙ][common...]`` of ``BADNESS_RE``, which needs an upper-case
+    letter; ``\xa0`` also appears as a literal after ``[ÂÃÎÐ]``, ``Ã`` and ``β€``, which need an
+    upper-case letter or ``€`` (never on the fast path)."""
+    import re
+
+    from ftfy import badness
+
+    found = [k for k, v in badness.MOJIBAKE_CATEGORIES.items() if re.match("[" + v + "]", ch)]
+    return found in ([], ["common"])
+
+
+def ftfy_apostrophes() -> list[int]:
+    """Characters ftfy's ``uncurl_quotes`` turns into ``'`` and that cannot make ``is_bad`` fire."""
+    from ftfy import chardata
+
+    return [
+        code
+        for code in range(0x80, 0x110000)
+        if chardata.SINGLE_QUOTE_RE.match(chr(code)) and _only_in_common(chr(code))
+    ]
+
+
+def ftfy_spaces() -> list[int]:
+    """Non-ASCII whitespace that ftfy leaves alone (not a line break, width form or control, NFC
+    stable) and that clip's cleaning then turns into a plain space."""
+    import ftfy
+    from ftfy import chardata
+
+    whitespace = regex.compile(r"\s")
+    out = []
+    for code in range(0x80, 0x110000):
+        ch = chr(code)
+        if not (whitespace.match(ch) and ch.isspace()) or code in (0x85, 0x2028, 0x2029):
+            continue
+        if code in chardata.WIDTH_MAP or code in chardata.CONTROL_CHARS or not _only_in_common(ch):
+            continue
+        if unicodedata.normalize("NFC", ch) != ch or ftfy.fix_text(f"a{ch}b") != f"a{ch}b":
+            continue
+        out.append(code)
+    return out
+
+
 def main() -> None:
     import ftfy
 
@@ -156,6 +200,14 @@ def main() -> None:
         lines.extend(f"    (0x{a:04X}, 0x{b:04X})," for a, b in table)
         lines.append("];")
         lines.append("")
+    lines.append("/// Non-ASCII apostrophes ftfy turns into `'` (and nothing else does).")
+    apostrophes = ", ".join(f"'\\u{{{c:04X}}}'" for c in ftfy_apostrophes())
+    lines.append(f"pub const FTFY_APOSTROPHES: &[char] = &[{apostrophes}];")
+    lines.append("")
+    lines.append("/// Non-ASCII whitespace ftfy keeps; clip's whitespace cleaning makes it a space.")
+    spaces = ", ".join(f"'\\u{{{c:04X}}}'" for c in ftfy_spaces())
+    lines.append(f"pub const FTFY_SPACES: &[char] = &[{spaces}];")
+    lines.append("")
     out = Path(__file__).with_name("char_classes.rs")
     out.write_text("\n".join(lines))
     print(f"wrote {out}: " + ", ".join(f"{k} {len(v)} ranges" for k, v in tables.items()), file=sys.stderr)
