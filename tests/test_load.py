@@ -109,7 +109,7 @@ def test_archive_outputs_match_clip_load(name: str, loaded: Callable[[str, str],
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["RN50", "RN50x4", "ViT-B/32", "ViT-L/14@336px"])
+@pytest.mark.parametrize("name", ["RN50", "ViT-B/32"])  # files other tests generate anyway
 def test_state_dict_file_equals_clip_load(name: str, loaded: Callable[[str, str], Loaded]) -> None:
     model, _, reference, _ = loaded(name, "state_dict")
     assert_same_state(model.state_dict(), reference.state_dict())
