@@ -404,7 +404,9 @@ def test_load_does_not_wake_torchs_compiler(openai_archive: Callable[[str], Path
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("variant", ["safetensors", "fp32", "bf16", "wrapped", "non_contiguous"])
+@pytest.mark.parametrize(
+    "variant", ["safetensors", "fp32", "bf16", "wrapped", "non_contiguous", "no_num_batches_tracked"]
+)
 def test_other_layouts_of_the_same_weights(
     variant: str, state_dict_file: Callable[[str], Path], tmp_path: Path
 ) -> None:
@@ -423,6 +425,8 @@ def test_other_layouts_of_the_same_weights(
         torch.save({k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}, path)
     elif variant == "wrapped":
         torch.save({"epoch": 3, "state_dict": state}, path)
+    elif variant == "no_num_batches_tracked":  # older BatchNorm state: torch fills in zeros
+        torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, path)
     else:  # a transposed view, as a hand-edited checkpoint might hold
         key = "visual.attnpool.c_proj.weight"
         state[key] = state[key].t().contiguous().t()
