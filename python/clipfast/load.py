@@ -155,7 +155,9 @@ def load(
         if _is_torchscript(path):
             from .jit import load_jit
 
-            scripted = load_jit(path, device)
+            scripted = load_jit(
+                path, device if isinstance(device, (str, torch.device)) else torch.device(device)
+            )
             return scripted, for_resolution(int(scripted.input_resolution.item()))
         warnings.warn(f"File {path} is not a JIT archive. Loading as a state dict instead", stacklevel=2)
 
