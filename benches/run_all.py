@@ -83,8 +83,8 @@ def summary_rows(results: Path = RESULTS) -> list[tuple[str, float, float]]:
 
 
 def plot(results: Path = RESULTS) -> Path | None:
-    """Reference vs clipfast time for every benchmark row, log scale, with the speed-up written on."""
-    rows = summary_rows(results)
+    """The speed-up over the reference (reference time / clipfast time) of every benchmark row."""
+    rows = [(label, ref / ours) for label, ref, ours in summary_rows(results) if ours > 0]
     if not rows:
         return None
     import matplotlib
@@ -92,20 +92,19 @@ def plot(results: Path = RESULTS) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) + 2), 4.5))
-    xs = range(len(rows))
-    width = 0.38
-    ax.bar([x - width / 2 for x in xs], [r[1] for r in rows], width, label="reference", color="#999999")
-    ax.bar([x + width / 2 for x in xs], [r[2] for r in rows], width, label="clipfast", color="#1f77b4")
-    for x, (_, ref, ours) in zip(xs, rows):
-        if ours > 0:
-            ax.annotate(f"{ref / ours:.1f}x", (x + width / 2, ours), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([r[0] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("seconds (median, log scale)")
+    fig, ax = plt.subplots(figsize=(7.0, 1.0 + 0.45 * len(rows)))
+    ys = list(range(len(rows)))[::-1]
+    speedups = [r[1] for r in rows]
+    ax.barh(ys, speedups, color=["#1f77b4" if x >= 1 else "#d62728" for x in speedups])
+    for y, x in zip(ys, speedups):
+        ax.annotate(f" {x:.1f}x", (x, y), va="center", fontsize=8)
+    ax.axvline(1.0, color="#555555", linewidth=0.8)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([r[0] for r in rows], fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(min(0.5, min(speedups) / 1.5), max(speedups) * 1.8)  # room for the labels
+    ax.set_xlabel("speed-up over the reference (median times, log scale)")
     ax.set_title("clipfast vs the reference")
-    ax.legend()
     fig.tight_layout()
     out = results / "summary.png"
     fig.savefig(out, dpi=120)

@@ -328,3 +328,82 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CheckpointReader>()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zip::tests::build;
+
+    /// `{"w": _rebuild_tensor_v2(storage "0" of 4 floats, offset 1, size (2,), stride (1,))}`.
+    fn state_dict_pickle() -> Vec<u8> {
+        let mut p =
+            b"\x80\x02}q\x00(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+        p.extend_from_slice(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000");
+        p.extend_from_slice(b"X\x03\x00\x00\x00cpuK\x04tQK\x01K\x02\x85K\x01\x85\x89");
+        p.extend_from_slice(b"ccollections\nOrderedDict\n)RtRu.");
+        p
+    }
+
+    fn archive() -> Vec<u8> {
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        build(
+            &[
+                ("a/data.pkl", &state_dict_pickle()),
+                ("a/byteorder", b"little"),
+                ("a/data/0", &data),
+            ],
+            false,
+        )
+    }
+
+    #[test]
+    fn reads_a_torch_save_archive() {
+        let bytes = archive();
+        let c = read(Path::new("f.pt"), &bytes).unwrap();
+        assert_eq!(c.format, Format::TorchSave);
+        let t = &c.tensors[0];
+        assert_eq!(
+            (t.name.as_str(), t.dtype, t.storage_offset),
+            ("w", Dtype::F32, 1)
+        );
+        assert_eq!((t.shape.clone(), t.stride.clone()), (vec![2], vec![1]));
+        let s = &c.storages[t.storage];
+        assert_eq!(&bytes[s.bytes.clone()][..4], &1.0f32.to_le_bytes());
+        assert_eq!(s.bytes.len(), 16);
+    }
+
+    #[test]
+    fn damaged_archives_are_errors_not_panics() {
+        let bytes = archive();
+        for len in 0..bytes.len() {
+            assert!(
+                read(Path::new("f.pt"), &bytes[..len]).is_err(),
+                "length {len}"
+            );
+        }
+        for at in 0..bytes.len() {
+            for value in [0u8, 1, 0x7F, 0x80, 0xFF] {
+                let mut bad = bytes.clone();
+                bad[at] = value;
+                if let Err(e) = read(Path::new("f.pt"), &bad) {
+                    assert!(e.to_string().starts_with("f.pt: "), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_and_unknown_files_are_named() {
+        let mut legacy = LEGACY_MAGIC.to_vec();
+        legacy.push(b'.');
+        let e = read(Path::new("old.pt"), &legacy).unwrap_err().to_string();
+        assert!(e.contains("old.pt") && e.contains("legacy"), "{e}");
+        let e = read(Path::new("x.bin"), b"hello world")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.bin") && e.contains("not a checkpoint"), "{e}");
+    }
+}

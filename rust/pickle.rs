@@ -132,6 +132,10 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(PickleError(msg.into()))
 }
 
+/// At most this many values (about 70 bytes each): a hostile pickle of one-byte opcodes cannot
+/// make us allocate more than a few GiB, and no checkpoint pickle comes near it.
+const MAX_VALUES: usize = 1 << 25;
+
 /// Parses `bytes` as one pickle.
 pub fn parse(bytes: &[u8]) -> Result<Pickle> {
     Machine::new(bytes).run()
@@ -159,6 +163,9 @@ impl<'a> Machine<'a> {
     }
 
     fn alloc(&mut self, value: Value) -> Result<Id> {
+        if self.nodes.len() >= MAX_VALUES {
+            return err(format!("pickle has more than {MAX_VALUES} values"));
+        }
         let id = u32::try_from(self.nodes.len()).or_else(|_| err("pickle has too many values"))?;
         self.nodes.push(value);
         Ok(Id(id))

@@ -1,6 +1,6 @@
 //! clip's `tokenize` in Rust: pre-tokenization, byte-level BPE with a cache, batch-parallel
-//! with the GIL released. Text cleaning that needs ftfy stays in Python (a callback); plain
-//! ASCII text takes a proven fast path (see `cleanup`).
+//! with the GIL released. Text cleaning that needs ftfy stays in Python (a callback); text
+//! that provably passes ftfy unchanged takes a fast path (see `cleanup`).
 
 mod bpe;
 mod char_classes;
@@ -11,7 +11,7 @@ mod vocab;
 use bpe::Bpe;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyList};
+use pyo3::types::{PyByteArray, PyList, PyString};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use vocab::Vocab;
@@ -19,17 +19,17 @@ use vocab::Vocab;
 /// Texts per parallel work item: big enough to amortise the cache lock, small enough to balance.
 const CHUNK: usize = 64;
 
-/// A text ready for pre-tokenization: either raw plain ASCII (cleaned here) or already cleaned
-/// by clip's Python cleaning.
+/// A text ready for pre-tokenization: either raw fast-path text (cleaned here) or already
+/// cleaned by clip's Python cleaning.
 enum Prepared {
-    PlainAscii(String),
+    Fast(String),
     Cleaned(String),
 }
 
 impl Prepared {
     fn cleaned(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Prepared::PlainAscii(text) => cleanup::clean_plain_ascii(text).into(),
+            Prepared::Fast(text) => cleanup::clean_fast(text).into(),
             Prepared::Cleaned(text) => text.as_str().into(),
         }
     }
@@ -39,6 +39,8 @@ impl Prepared {
 #[pyclass(frozen, module = "clipfast._native")]
 pub struct ClipTokenizer {
     bpe: Bpe,
+    /// Whether non-ASCII `FTFY_STABLE` text takes the fast path (the installed versions match).
+    extended_fast_path: bool,
 }
 
 impl ClipTokenizer {
@@ -47,31 +49,40 @@ impl ClipTokenizer {
         &self,
         text: &str,
         limit: usize,
+        cache: &HashMap<String, Vec<u32>>,
         out: &mut Vec<u32>,
         fresh: &mut HashMap<String, Vec<u32>>,
     ) {
         pretokenize::for_each_word(text, |word| {
-            self.bpe.encode_word(word, out, fresh);
+            self.bpe.encode_word(word, cache, out, fresh);
             out.len() < limit
         });
     }
 
     /// Takes each text out of `texts`, sending those off the fast path through `clean`.
-    fn prepare(texts: &Bound<'_, PyList>, clean: &Bound<'_, PyAny>) -> PyResult<Vec<Prepared>> {
+    fn prepare(
+        &self,
+        texts: &Bound<'_, PyList>,
+        clean: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<Prepared>> {
         let mut out = Vec::with_capacity(texts.len());
         for (index, item) in texts.iter().enumerate() {
-            let text: String = item.extract().map_err(|_| {
+            let Ok(string) = item.cast::<PyString>() else {
                 let kind = item
                     .get_type()
                     .name()
                     .map(|n| n.to_string())
                     .unwrap_or_else(|_| "?".into());
-                PyTypeError::new_err(format!("texts[{index}] is {kind}, not str"))
-            })?;
-            if cleanup::is_plain_ascii(&text) {
-                out.push(Prepared::PlainAscii(text));
-            } else {
-                out.push(Prepared::Cleaned(clean.call1((item,))?.extract()?));
+                return Err(PyTypeError::new_err(format!(
+                    "texts[{index}] is {kind}, not str"
+                )));
+            };
+            // A str with lone surrogates has no UTF-8 form: ftfy repairs those, so clean it.
+            match string.to_cow() {
+                Ok(text) if cleanup::is_fast(&text, self.extended_fast_path) => {
+                    out.push(Prepared::Fast(text.into_owned()))
+                }
+                _ => out.push(Prepared::Cleaned(clean.call1((item,))?.extract()?)),
             }
         }
         Ok(out)
@@ -80,15 +91,31 @@ impl ClipTokenizer {
 
 #[pymethods]
 impl ClipTokenizer {
-    /// `merges` is the decompressed text of `bpe_simple_vocab_16e6.txt.gz`.
+    /// `merges` is the decompressed text of `bpe_simple_vocab_16e6.txt.gz`; `ftfy_version` and
+    /// `unicode_version` are the installed ftfy's and Python's `unicodedata.unidata_version`:
+    /// non-ASCII text takes the fast path only when they are those the tables were made with.
     #[new]
-    fn new(py: Python<'_>, merges: &str) -> PyResult<Self> {
+    #[pyo3(signature = (merges, ftfy_version=None, unicode_version=None))]
+    fn new(
+        py: Python<'_>,
+        merges: &str,
+        ftfy_version: Option<&str>,
+        unicode_version: Option<&str>,
+    ) -> PyResult<Self> {
         let vocab = py
             .detach(|| Vocab::from_merges(merges))
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let extended_fast_path = ftfy_version == Some(char_classes::FTFY_VERSION)
+            && unicode_version == Some(char_classes::UNICODE_VERSION);
         Ok(ClipTokenizer {
             bpe: Bpe::new(vocab),
+            extended_fast_path,
         })
+    }
+
+    #[getter]
+    fn extended_fast_path(&self) -> bool {
+        self.extended_fast_path
     }
 
     #[getter]
@@ -122,7 +149,7 @@ impl ClipTokenizer {
         context_length: usize,
         truncate: bool,
     ) -> PyResult<(Bound<'py, PyByteArray>, Option<usize>)> {
-        let prepared = Self::prepare(texts, clean)?;
+        let prepared = self.prepare(texts, clean)?;
         let width = context_length;
         let (rows, too_long) = py.detach(|| {
             let mut rows = vec![0i32; prepared.len() * width];
@@ -135,30 +162,8 @@ impl ClipTokenizer {
                     .zip(rows.par_chunks_mut(CHUNK * width))
                     .enumerate()
                     .filter_map(|(chunk_index, (texts, rows))| {
-                        let mut fresh = HashMap::new();
-                        let mut ids = Vec::new();
-                        let mut first_too_long = None;
-                        for (i, (text, row)) in texts.iter().zip(rows.chunks_mut(width)).enumerate()
-                        {
-                            ids.clear();
-                            ids.push(self.bpe.vocab.start_of_text);
-                            // Enough ids to know the text is too long: start + width ids + end > width.
-                            self.encode_cleaned(&text.cleaned(), width + 1, &mut ids, &mut fresh);
-                            ids.push(self.bpe.vocab.end_of_text);
-                            if ids.len() > width {
-                                if !truncate {
-                                    first_too_long.get_or_insert(chunk_index * CHUNK + i);
-                                    continue;
-                                }
-                                ids.truncate(width);
-                                ids[width - 1] = self.bpe.vocab.end_of_text;
-                            }
-                            for (slot, &id) in row.iter_mut().zip(&ids) {
-                                *slot = id as i32;
-                            }
-                        }
-                        self.bpe.remember(fresh);
-                        first_too_long
+                        self.encode_rows(texts, rows, width, truncate)
+                            .map(|i| chunk_index * CHUNK + i)
                     })
                     .min()
             };
@@ -181,16 +186,58 @@ impl ClipTokenizer {
         clean: &Bound<'_, PyAny>,
     ) -> PyResult<Vec<u32>> {
         let list = PyList::new(py, [text])?;
-        let prepared = Self::prepare(&list, clean)?;
+        let prepared = self.prepare(&list, clean)?;
         Ok(py.detach(|| {
             let mut ids = Vec::new();
             let mut fresh = HashMap::new();
+            let cache = self.bpe.cache();
             for text in &prepared {
-                self.encode_cleaned(&text.cleaned(), usize::MAX, &mut ids, &mut fresh);
+                let cleaned = text.cleaned();
+                self.encode_cleaned(&cleaned, usize::MAX, &cache, &mut ids, &mut fresh);
             }
+            drop(cache);
             self.bpe.remember(fresh);
             ids
         }))
+    }
+}
+
+impl ClipTokenizer {
+    /// Fills one row of `width` ids per text; returns the index (in `texts`) of the first text
+    /// that does not fit when not truncating.
+    fn encode_rows(
+        &self,
+        texts: &[Prepared],
+        rows: &mut [i32],
+        width: usize,
+        truncate: bool,
+    ) -> Option<usize> {
+        let mut fresh = HashMap::new();
+        let mut ids = Vec::new();
+        let mut first_too_long = None;
+        let cache = self.bpe.cache();
+        for (i, (text, row)) in texts.iter().zip(rows.chunks_mut(width)).enumerate() {
+            ids.clear();
+            ids.push(self.bpe.vocab.start_of_text);
+            // Enough ids to know the text is too long: start + width ids + end > width.
+            let cleaned = text.cleaned();
+            self.encode_cleaned(&cleaned, width + 1, &cache, &mut ids, &mut fresh);
+            ids.push(self.bpe.vocab.end_of_text);
+            if ids.len() > width {
+                if !truncate {
+                    first_too_long.get_or_insert(i);
+                    continue;
+                }
+                ids.truncate(width);
+                ids[width - 1] = self.bpe.vocab.end_of_text;
+            }
+            for (slot, &id) in row.iter_mut().zip(&ids) {
+                *slot = id as i32;
+            }
+        }
+        drop(cache);
+        self.bpe.remember(fresh);
+        first_too_long
     }
 }
 
@@ -205,15 +252,24 @@ fn clip_pretokenize(text: &str) -> Vec<String> {
     words
 }
 
-/// Whether the text is on the fast path, and its cleaning there (exposed for tests).
+/// The fast path's cleaning of `text`, or None when it is not on the fast path (exposed for
+/// tests; `extended` admits the non-ASCII characters of `FTFY_STABLE`).
 #[pyfunction]
-fn clip_plain_ascii_clean(text: &str) -> Option<String> {
-    cleanup::is_plain_ascii(text).then(|| cleanup::clean_plain_ascii(text))
+#[pyo3(signature = (text, extended=false))]
+fn clip_fast_clean(text: &str, extended: bool) -> Option<String> {
+    cleanup::is_fast(text, extended).then(|| cleanup::clean_fast(text))
+}
+
+/// The ftfy and Unicode versions the extended fast path was proven for.
+#[pyfunction]
+fn clip_fast_path_versions() -> (&'static str, &'static str) {
+    (char_classes::FTFY_VERSION, char_classes::UNICODE_VERSION)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ClipTokenizer>()?;
     m.add_function(wrap_pyfunction!(clip_pretokenize, m)?)?;
-    m.add_function(wrap_pyfunction!(clip_plain_ascii_clean, m)?)?;
+    m.add_function(wrap_pyfunction!(clip_fast_clean, m)?)?;
+    m.add_function(wrap_pyfunction!(clip_fast_path_versions, m)?)?;
     Ok(())
 }

@@ -290,11 +290,11 @@ fn read_central_entry(bytes: &[u8], at: usize, end: usize) -> Result<(Entry, usi
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Writes a minimal archive with stored entries (and optionally ZIP64 fields).
-    fn build(entries: &[(&str, &[u8])], zip64: bool) -> Vec<u8> {
+    pub(crate) fn build(entries: &[(&str, &[u8])], zip64: bool) -> Vec<u8> {
         let mut out = Vec::new();
         let mut central = Vec::new();
         for (name, data) in entries {

@@ -42,6 +42,9 @@ ALL_DTYPES = [
     torch.uint64,
     torch.float8_e4m3fn,
     torch.float8_e5m2,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2fnuz,
+    torch.float8_e8m0fnu,
 ]
 
 
@@ -173,6 +176,15 @@ def _views() -> dict[str, torch.Tensor]:
         "expanded": torch.ones(3, 1).expand(3, 4),
         "int_view": torch.arange(12).reshape(3, 4)[:, 1:3],
     }
+
+
+@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
+def test_every_pickle_protocol(tmp_path: Path, protocol: int) -> None:
+    path = tmp_path / f"p{protocol}.pt"
+    sd = {**_views(), "p": torch.nn.Parameter(torch.randn(3)), "long_name_" * 30: torch.ones(300)}
+    torch.save(sd, path, pickle_protocol=protocol)
+    # torch's weights-only unpickler lacks opcodes of protocols 1 (INT) and 4-5 (FRAME); the file is ours.
+    assert_same(torch.load(path, weights_only=protocol in (2, 3)), read_state_dict(path))
 
 
 def test_views_offsets_strides_and_sharing(tmp_path: Path) -> None:
@@ -319,6 +331,26 @@ def test_safetensors(tmp_path: Path) -> None:
     assert read_state_dict(path, dtype=torch.float32)["float16"].dtype == torch.float32
 
 
+def test_safetensors_unaligned_data_is_copied(tmp_path: Path) -> None:
+    """A hand-written file whose float tensor starts at an odd offset (save_file never does)."""
+    import json
+    import struct
+
+    header = json.dumps(
+        {
+            "b": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+            "f": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]},
+        }
+    ).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes([1, 2, 3]) + struct.pack("<2f", 1.5, -2))
+    for mmap in (True, False):
+        got = read_state_dict(path, mmap=mmap)
+        assert torch.equal(got["b"], torch.tensor([1, 2, 3], dtype=torch.uint8))
+        assert torch.equal(got["f"], torch.tensor([1.5, -2.0]))
+    assert torch.equal(read_state_dict(path, dtype=torch.float16)["f"], torch.tensor([1.5, -2.0]).half())
+
+
 def test_legacy_format_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "legacy.pt"
     torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
@@ -442,6 +474,23 @@ def test_global_in_place_of_tensor_names_it(tmp_path: Path) -> None:
     path = write_torch_zip(tmp_path / "g.pt", b"}(X\x01\x00\x00\x00wcnumpy\nload\nu")
     with pytest.raises(UnsafeCheckpointError, match=r"numpy\.load"):
         read_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        lambda: torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.quint8),
+        lambda: torch.ones(3, 3).to_sparse(),
+        lambda: torch.empty(2, 2, device="meta"),
+    ],
+    ids=["quantized", "sparse", "meta"],
+)
+def test_unsupported_tensor_kinds_are_named(tmp_path: Path, tensor: Callable[[], torch.Tensor]) -> None:
+    path = tmp_path / "kind.pt"
+    torch.save({"ok": torch.ones(1), "w": tensor()}, path)
+    with pytest.raises(CheckpointError, match='"w"') as info:
+        read_state_dict(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
 
 
 def test_non_tensor_entry_is_a_checkpoint_error(tmp_path: Path) -> None:

@@ -210,7 +210,7 @@ def test_random_unicode_matches_clip(texts: list[str]) -> None:
 def test_fast_path_is_exactly_clips_cleaning(text: str) -> None:
     # The fast path claims: ftfy and html.unescape leave such text unchanged, so clip's cleaning is
     # whitespace collapsing and lower-casing only.
-    fast = _native.clip_plain_ascii_clean(text)
+    fast = _native.clip_fast_clean(text)
     if fast is None:
         return
     import html
@@ -223,14 +223,90 @@ def test_fast_path_is_exactly_clips_cleaning(text: str) -> None:
 
 
 def test_fast_path_covers_the_printable_ascii_alphabet() -> None:
-    allowed = [chr(c) for c in range(128) if _native.clip_plain_ascii_clean(chr(c)) is not None]
+    allowed = [chr(c) for c in range(128) if _native.clip_fast_clean(chr(c)) is not None]
     assert "".join(allowed) == "\t\n\x0c" + "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "&")
     import ftfy
 
     for ch in allowed:
         sample = f"x{ch}Y{ch}{ch}z"
         assert ftfy.fix_text(sample) == sample
-        assert _native.clip_plain_ascii_clean(sample) == _reference_clean(sample)
+        assert _native.clip_fast_clean(sample) == _reference_clean(sample)
+
+
+def _stable_characters() -> list[str]:
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).parents[1] / "rust" / "tokenizer" / "char_classes.rs").read_text()
+    table = source[source.index("pub const FTFY_STABLE") :]
+    pairs = re.findall(r"\(0x([0-9A-F]+), 0x([0-9A-F]+)\)", table)
+    return [chr(c) for a, b in pairs for c in range(int(a, 16), int(b, 16) + 1)]
+
+
+def _char_list(name: str) -> list[str]:
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).parents[1] / "rust" / "tokenizer" / "char_classes.rs").read_text()
+    start = source.index(f"pub const {name}:")
+    body = source[start : source.index("];", start)]
+    return [chr(int(code, 16)) for code in re.findall(r"\\u\{([0-9A-F]+)\}", body)]
+
+
+STABLE = _stable_characters()
+APOSTROPHES = _char_list("FTFY_APOSTROPHES")
+SPACES = _char_list("FTFY_SPACES")
+
+
+def test_apostrophes_and_spaces_clean_like_clip() -> None:
+    assert "\u2019" in APOSTROPHES and "\xa0" in SPACES
+    for ch in APOSTROPHES + SPACES:
+        for text in (f"It{ch}s", f"{ch}A{ch}{ch}b{ch}", f"caf\u00e9{ch}\u6771{ch}s {ch}", ch):
+            assert _native.clip_fast_clean(text, True) == _reference_clean(text), repr(text)
+            _same_as_clip([text])
+
+
+def test_extended_fast_path_is_enabled_here() -> None:
+    import unicodedata
+
+    import ftfy
+
+    versions = (ftfy.__version__, unicodedata.unidata_version)
+    assert clipfast.tokenizer.native_tokenizer().extended_fast_path == (
+        versions == _native.clip_fast_path_versions()
+    )
+    assert _native.clip_fast_path_versions() == versions, "regenerate rust/tokenizer/char_classes.rs"
+
+
+def test_extended_fast_path_is_exactly_clips_cleaning_for_every_stable_character() -> None:
+    # Every stable character, next to ASCII, doubled, and beside its neighbours in code point
+    # order (so ftfy's heuristic sees many pairs): ftfy must leave the text alone, and the fast
+    # cleaning must equal clip's.
+    import ftfy
+
+    step = 4096
+    for start in range(0, len(STABLE), step):
+        chunk = STABLE[start : start + step]
+        text = "".join(f"A{c}{c}b {c}" for c in chunk) + "".join(chunk)
+        assert ftfy.fix_text(text) == text
+        assert _native.clip_fast_clean(text, True) == _reference_clean(text)
+
+
+fast_text = st.lists(
+    st.one_of(
+        st.sampled_from(STABLE),
+        st.sampled_from([*"aZ09 .,!?'\"<>\t\n\x0c", "A"]),
+        st.sampled_from(APOSTROPHES + SPACES),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(fast_text)
+def test_extended_fast_path_random_texts(text: str) -> None:
+    assert _native.clip_fast_clean(text, True) == _reference_clean(text)
+    _same_as_clip([text], truncate=True)
 
 
 def test_pretokenizer_matches_clips_regex_on_every_code_point() -> None:

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
-from ._native import __version__
 from . import download  # a callable module: download(url, ...) and download.resolve_model(name)
+from . import model as model  # `clipfast.model`, as `clip.model` is after `import clip`
+from ._native import __version__
+from .arch import Architecture, infer_architecture
 from .errors import (
     ArchitectureError,
     CheckpointError,
@@ -22,6 +24,7 @@ from .tokenizer import tokenize
 from .transforms import preprocess_batch
 
 __all__ = [
+    "Architecture",
     "ArchitectureError",
     "CheckpointError",
     "ChecksumError",
@@ -32,6 +35,7 @@ __all__ = [
     "__version__",
     "available_models",
     "download",
+    "infer_architecture",
     "load",
     "preprocess_batch",
     "tokenize",

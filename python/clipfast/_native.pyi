@@ -69,12 +69,19 @@ def free_disk_bytes(path: str | os.PathLike[str]) -> int: ...
 
 # --- reader ---
 
+# --- reader ---
+import os
+import pathlib
+from typing import final
+
+@final
 class CheckpointReader:
     """A checkpoint mapped and parsed (torch.save zip, TorchScript archive, safetensors)."""
 
     def __new__(cls, path: str | os.PathLike[str]) -> CheckpointReader: ...
     @property
     def path(self) -> str: ...
+    def path(self) -> pathlib.Path: ...
     @property
     def format(self) -> str: ...
     @property
@@ -110,11 +117,17 @@ def preprocess_into(
 
 def simd_level() -> str:
     """"avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""
+
 # --- text ---
 from collections.abc import Callable
 
 class ClipTokenizer:
     def __new__(cls, merges: str) -> ClipTokenizer: ...
+    def __new__(
+        cls, merges: str, ftfy_version: str | None = None, unicode_version: str | None = None
+    ) -> ClipTokenizer: ...
+    @property
+    def extended_fast_path(self) -> bool: ...
     @property
     def vocab_size(self) -> int: ...
     @property
@@ -129,3 +142,5 @@ class ClipTokenizer:
 
 def clip_pretokenize(text: str) -> list[str]: ...
 def clip_plain_ascii_clean(text: str) -> str | None: ...
+def clip_fast_clean(text: str, extended: bool = False) -> str | None: ...
+def clip_fast_path_versions() -> tuple[str, str]: ...

@@ -217,14 +217,18 @@ def check_shapes(
     shapes = _Shapes(state_dict, os.fspath(source) if source is not None else None)
     wanted = dict(expected)
     for key, shape in wanted.items():
-        if key not in state_dict:
+        value = state_dict.get(key)
+        if value is None:
             if key.endswith(".num_batches_tracked"):
                 continue  # torch's BatchNorm fills it in when absent, as for clip
             raise shapes.error(f"missing tensor {key!r} (expected shape {list(shape)})")
-        found = tuple(int(d) for d in getattr(state_dict[key], "shape", ()))
-        if found != shape:
+        found = getattr(value, "shape", None)
+        if found is None:
+            raise shapes.error(f"{key!r} is not a tensor (found {type(value).__name__})")
+        if tuple(found) != shape:
             raise shapes.error(f"{key!r} has shape {list(found)}, the model needs {list(shape)}")
-    extra = [key for key in state_dict if key not in wanted and key not in ARCHIVE_ONLY_KEYS]
-    if extra:
-        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
-        raise shapes.error(f"unexpected tensors {extra[:3]}{more} for this architecture")
+    if len(state_dict) != len(wanted):
+        extra = [key for key in state_dict if key not in wanted and key not in ARCHIVE_ONLY_KEYS]
+        if extra:
+            more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+            raise shapes.error(f"unexpected tensors {extra[:3]}{more} for this architecture")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -19,7 +18,6 @@ from .errors import ModelNotFoundError
 from .registry import MODELS, available_models
 
 if TYPE_CHECKING:
-    from .arch import Architecture
     from .model import CLIP
     from .transforms import Compose
 
@@ -44,6 +42,8 @@ def _resolve(name: Union[str, os.PathLike[str]], download_root: Optional[str], v
 
 def _is_torchscript(path: str) -> bool:
     """TorchScript archives are zip files with compiled code and constants beside the pickled module."""
+    import zipfile
+
     try:
         with zipfile.ZipFile(path) as archive:
             return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
@@ -80,7 +80,7 @@ def dtype_plan(device: DeviceLike, dtype: DtypeLike, half_names: frozenset[str])
     if isinstance(dtype, torch.dtype):
         if dtype in (torch.float16, torch.bfloat16):
             return _clip_half_layout(half_names, dtype)
-        if dtype.is_floating_point and not dtype.is_complex:
+        if dtype.is_floating_point:
             return _uniform(dtype)
         raise ValueError(f"dtype={dtype} is not a floating dtype")
     if callable(dtype):
@@ -136,7 +136,8 @@ def load(
     gives fp32 weights (clip only does so for the exact string ``"cpu"``); ``dtype`` chooses the
     weights' dtypes (see ``dtype_plan``); ``verify=True`` re-hashes a cached official file;
     ``mmap=True`` leaves tensors whose dtype does not change backed by a copy-on-write map of the
-    file (faster, less memory; the file must not be replaced while the model lives);
+    file (faster, less memory; the file must not be truncated or rewritten in place while the model
+    lives: replacing it with a new file is safe);
     ``vision_heads`` / ``transformer_heads`` override the head counts shapes cannot reveal.
     No pickle code is ever run, unless ``jit=True`` (TorchScript is loaded by torch itself).
 
@@ -145,6 +146,8 @@ def load(
     not describe a CLIP model; a failed load returns nothing half-built."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is not None:
+        dtype_plan(device, dtype, frozenset())  # a wrong dtype fails before any download or read
     path = _resolve(name, download_root, verify)
     from .transforms import for_resolution
 
@@ -152,7 +155,9 @@ def load(
         if _is_torchscript(path):
             from .jit import load_jit
 
-            scripted = load_jit(path, device)
+            scripted = load_jit(
+                path, device if isinstance(device, (str, torch.device)) else torch.device(device)
+            )
             return scripted, for_resolution(int(scripted.input_resolution.item()))
         warnings.warn(f"File {path} is not a JIT archive. Loading as a state dict instead", stacklevel=2)
 
@@ -169,42 +174,76 @@ def _load_eager(
     transformer_heads: Optional[int],
 ) -> CLIP:
     from .checkpoint import read_state_dict
-    from .model import assign_state_dict, construct_on_meta, half_precision_names
+    from .model import assign_state_dict, half_precision_names
 
     target = torch.device(device)
     on_cpu = target.type == "cpu"
+    if on_cpu:
+        target = torch.device("cpu")  # "cpu:0" is the same memory; comparing it would copy every tensor
     uniform = _uniform_dtype(target, dtype)
     direct: Union[torch.dtype, DtypePlan, None] = uniform
     if direct is None and callable(dtype) and not isinstance(dtype, torch.dtype):
         direct = dtype  # the caller's own plan needs no knowledge of the architecture
     plan: Optional[DtypePlan] = None
+    heads = (vision_heads, transformer_heads)
     if on_cpu and direct is not None:
-        # The common case: one read, converted once (in Rust, in parallel), straight into the model.
-        tensors = read_state_dict(path, mmap=mmap, dtype=direct)
-        model = construct_on_meta(_infer(tensors, path, vision_heads, transformer_heads))
+        # The common case: one read, converted once in Rust (GIL released) while this thread
+        # builds the meta model from the shapes the file declares.
+        tensors, model = _read_while_building(path, mmap, direct, heads)
     elif on_cpu:
-        # The plan depends on which tensors are conv/linear/attention weights: learn the architecture
-        # from a map of the file (no copy), then read once more, converting as planned.
-        stored = read_state_dict(path, mmap=True)
-        model = construct_on_meta(_infer(stored, path, vision_heads, transformer_heads))
-        del stored
+        # The plan depends on which tensors are conv/linear/attention weights: build the model
+        # from the declared shapes first, then read once, converting as planned.
+        model = _build_from_declared_shapes(path, heads)
         tensors = read_state_dict(
             path, mmap=mmap, dtype=dtype_plan(target, dtype, half_precision_names(model))
         )
     else:
         # Each tensor is copied once, from a map of the file to the device, and converted there.
         tensors = read_state_dict(path, mmap=True)
-        model = construct_on_meta(_infer(tensors, path, vision_heads, transformer_heads))
+        model = _build(tensors, path, heads)
         plan = dtype_plan(target, dtype, half_precision_names(model))
     _place(tensors, plan, target)
     return assign_state_dict(model, tensors, source=path)
 
 
-def _infer(
-    tensors: Any, path: str, vision_heads: Optional[int], transformer_heads: Optional[int]
-) -> Architecture:
+def _build(tensors: Any, path: str, heads: tuple[Optional[int], Optional[int]]) -> CLIP:
+    """The meta-device model for the shapes of ``tensors`` (a mapping of names to objects with ``.shape``)."""
     from .arch import infer_architecture
+    from .model import construct_on_meta
 
-    return infer_architecture(
-        tensors, vision_heads=vision_heads, transformer_heads=transformer_heads, source=path
-    )
+    arch = infer_architecture(tensors, vision_heads=heads[0], transformer_heads=heads[1], source=path)
+    return construct_on_meta(arch)
+
+
+def _build_from_declared_shapes(path: str, heads: tuple[Optional[int], Optional[int]]) -> CLIP:
+    from .checkpoint import inspect_checkpoint
+
+    return _build({entry.name: entry for entry in inspect_checkpoint(path).tensors}, path, heads)
+
+
+def _read_while_building(
+    path: str, mmap: bool, dtype: Union[torch.dtype, DtypePlan], heads: tuple[Optional[int], Optional[int]]
+) -> tuple[OrderedDict[str, torch.Tensor], CLIP]:
+    """read_state_dict in a second thread, the meta model in this one; errors of either propagate
+    (the model's first: a file that is not a CLIP checkpoint fails there before its data is read)."""
+    import threading
+
+    from .checkpoint import read_state_dict
+
+    outcome: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            outcome["tensors"] = read_state_dict(path, mmap=mmap, dtype=dtype)
+        except BaseException as error:  # handed over to the calling thread
+            outcome["error"] = error
+
+    reader = threading.Thread(target=read, name="clipfast-read", daemon=True)
+    reader.start()
+    try:
+        model = _build_from_declared_shapes(path, heads)
+    finally:
+        reader.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["tensors"], model

@@ -3,7 +3,10 @@
 The cleaning is clip's (``ftfy.fix_text``, ``html.unescape`` twice, whitespace collapsed and
 stripped, lower-case). Text that is plain ASCII (printable characters other than ``&``, tab,
 line feed, form feed) provably passes ftfy and ``html.unescape`` unchanged, so its cleaning is
-done in Rust; every other text is cleaned here, by the same calls clip makes. Pre-tokenization
+done in Rust; so does text that adds only non-ASCII characters from a generated set (lower-case
+or caseless letters, CJK, emoji, ... that no ftfy fixer touches, that cannot trigger ftfy's
+mojibake heuristic and that NFC leaves alone), when the installed ftfy and Unicode database are
+those the set was proven for. Every other text is cleaned here, by the same calls clip makes. Pre-tokenization
 (clip's regular expression, with character classes generated from the ``regex`` package) and
 byte-level BPE (with a word cache) run in Rust over the whole batch in parallel, without the GIL.
 """
@@ -42,8 +45,14 @@ def native_tokenizer(bpe_path: Union[str, Path, None] = None) -> ClipTokenizer:
         with _lock:
             tokenizer = _tokenizers.get(key)
             if tokenizer is None:
+                import unicodedata
+
+                import ftfy
+
                 with gzip.open(key) as f:
-                    tokenizer = ClipTokenizer(f.read().decode("utf-8"))
+                    merges = f.read().decode("utf-8")
+                # Non-ASCII text skips ftfy only where the proof was made (same ftfy, same Unicode).
+                tokenizer = ClipTokenizer(merges, ftfy.__version__, unicodedata.unidata_version)
                 _tokenizers[key] = tokenizer
     return tokenizer
 

@@ -8,7 +8,9 @@ use super::Dtype;
 use crate::error::{Error, Result};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use memmap2::{Mmap, UncheckedAdvice};
+use memmap2::Mmap;
+#[cfg(unix)]
+use memmap2::UncheckedAdvice;
 use rayon::prelude::*;
 use std::ops::Range;
 use std::path::Path;
@@ -213,6 +215,7 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
 
 /// Drops the whole pages inside `range` from the map: they are read again from the page cache
 /// if anyone touches them later.
+#[cfg(unix)]
 fn release(map: &Mmap, range: &Range<usize>) {
     let base = map.as_ptr() as usize;
     let start = (base + range.start).div_ceil(PAGE) * PAGE - base;

@@ -19,10 +19,13 @@ pub enum Dtype {
     Bool,
     F8E4M3,
     F8E5M2,
+    F8E4M3Fnuz,
+    F8E5M2Fnuz,
+    F8E8M0,
 }
 
 /// `(dtype, torch attribute name, legacy storage class name, safetensors name, itemsize)`.
-const TABLE: [(Dtype, &str, &str, &str, usize); 17] = [
+const TABLE: [(Dtype, &str, &str, &str, usize); 20] = [
     (Dtype::F16, "float16", "HalfStorage", "F16", 2),
     (Dtype::BF16, "bfloat16", "BFloat16Storage", "BF16", 2),
     (Dtype::F32, "float32", "FloatStorage", "F32", 4),
@@ -46,6 +49,9 @@ const TABLE: [(Dtype, &str, &str, &str, usize); 17] = [
     (Dtype::Bool, "bool", "BoolStorage", "BOOL", 1),
     (Dtype::F8E4M3, "float8_e4m3fn", "", "F8_E4M3", 1),
     (Dtype::F8E5M2, "float8_e5m2", "", "F8_E5M2", 1),
+    (Dtype::F8E4M3Fnuz, "float8_e4m3fnuz", "", "F8_E4M3FNUZ", 1),
+    (Dtype::F8E5M2Fnuz, "float8_e5m2fnuz", "", "F8_E5M2FNUZ", 1),
+    (Dtype::F8E8M0, "float8_e8m0fnu", "", "F8_E8M0", 1),
 ];
 
 /// torch's aliases for the same dtypes (`torch.half is torch.float16`, ...).

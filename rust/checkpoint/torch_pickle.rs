@@ -37,6 +37,14 @@ fn is_allowed(module: &str, name: &str) -> bool {
     }
 }
 
+/// torch's own rebuild functions for tensors this reader does not support: data, not code, so
+/// they are a plain `CheckpointError` rather than an unsafe global.
+fn is_unsupported_tensor_kind(global: &str) -> bool {
+    global.starts_with("torch._utils._rebuild_")
+        || global.starts_with("torch._tensor._rebuild_")
+        || global.starts_with("torch.nested._internal.")
+}
+
 /// Turns the records of one pickle into tensors over the storages of one zip archive.
 pub struct Rebuilder<'a> {
     path: &'a Path,
@@ -242,6 +250,10 @@ impl<'a> Rebuilder<'a> {
     /// The error for `id` found where tensor `name` should be: unsafe when it names code.
     pub fn not_a_tensor(&self, id: Id, name: &str) -> Error {
         match self.foreign_name(id) {
+            Some(global) if is_unsupported_tensor_kind(&global) => self.fail(format!(
+                "{name:?} is a tensor kind clipfast does not read ({global}: quantized, sparse, \
+                 meta or nested tensors are not supported)"
+            )),
             Some(global) => Error::unsafe_global(
                 self.path,
                 format!(

@@ -3,7 +3,7 @@
 
 use super::vocab::{Vocab, END_OF_TEXT, START_OF_TEXT};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockReadGuard};
 
 /// Most words kept in the cache; past this it stops growing (captions reuse few words).
 const CACHE_LIMIT: usize = 1 << 18;
@@ -69,30 +69,31 @@ impl Bpe {
         symbols
     }
 
-    /// Appends the ids of `word` to `out`, through the shared cache. Words not cached yet are
-    /// collected in `fresh` so the caller adds them under one write lock.
+    /// The shared word cache, for reading; hold it over a whole batch chunk, not per word.
+    pub fn cache(&self) -> RwLockReadGuard<'_, HashMap<String, Vec<u32>>> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
+        self.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends the ids of `word` to `out`, looking in `cache` (from `cache()`) and `fresh` first.
+    /// Words not known yet are encoded and kept in `fresh`, for `remember` to add to the cache.
     pub fn encode_word(
         &self,
         word: &str,
+        cache: &HashMap<String, Vec<u32>>,
         out: &mut Vec<u32>,
         fresh: &mut HashMap<String, Vec<u32>>,
     ) {
-        if let Some(ids) = fresh.get(word) {
+        if let Some(ids) = cache.get(word).or_else(|| fresh.get(word)) {
             out.extend_from_slice(ids);
             return;
         }
-        // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
-        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(ids) = cache.get(word) {
-            out.extend_from_slice(ids);
-            return;
-        }
-        drop(cache);
         let ids = self.encode_word_uncached(word);
         out.extend_from_slice(&ids);
         fresh.insert(word.to_string(), ids);
     }
 
+    /// Adds the words of `fresh` to the shared cache (call without holding `cache()`).
     pub fn remember(&self, fresh: HashMap<String, Vec<u32>>) {
         if fresh.is_empty() {
             return;

@@ -11,25 +11,63 @@
 //! ASCII alone. `html.unescape` returns its input when there is no `&`. What remains is ASCII
 //! whitespace collapsing and ASCII lower-casing, done here. Everything else goes through
 //! clip's own Python cleaning.
+//!
+//! The extended fast path also admits the non-ASCII characters of `FTFY_STABLE` (generated,
+//! with the argument, by `generate_tables.py`): lower-case or caseless, NFC-inert, not
+//! whitespace, not touched by any ftfy fixer, unable to make ftfy's mojibake heuristic fire.
+//! They pass cleaning unchanged. Two small sets join them: `FTFY_APOSTROPHES` (’ and two
+//! others, which ftfy only uncurls to `'`) and `FTFY_SPACES` (no-break and other spaces ftfy
+//! keeps, which the whitespace cleaning turns into one space). These sets are only valid for the
+//! ftfy and Unicode versions they were generated with; the caller enables them only when those
+//! are installed.
 
-/// Whether `text` is on the fast path (see the module comment).
-pub fn is_plain_ascii(text: &str) -> bool {
-    text.bytes()
-        .all(|b| matches!(b, b'\t' | b'\n' | b'\x0c' | b' '..=b'~') && b != b'&')
+use super::char_classes::{FTFY_APOSTROPHES, FTFY_SPACES, FTFY_STABLE};
+use super::pretokenize::in_table;
+
+fn is_plain_ascii_byte(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | b'\x0c' | b' '..=b'~') && b != b'&'
 }
 
-/// clip's cleaning of a text for which `is_plain_ascii` holds: whitespace runs become one
-/// space, the ends are stripped, letters are lower-cased.
-pub fn clean_plain_ascii(text: &str) -> String {
+/// Whether `text` is on the ASCII fast path (see the module comment).
+pub fn is_plain_ascii(text: &str) -> bool {
+    text.bytes().all(is_plain_ascii_byte)
+}
+
+/// Whether `text` is on the fast path, with the non-ASCII characters of `FTFY_STABLE` when
+/// `extended`.
+pub fn is_fast(text: &str, extended: bool) -> bool {
+    if is_plain_ascii(text) {
+        return true;
+    }
+    extended
+        && text.chars().all(|c| {
+            if c.is_ascii() {
+                is_plain_ascii_byte(c as u8)
+            } else {
+                in_table(FTFY_STABLE, c)
+                    || FTFY_APOSTROPHES.contains(&c)
+                    || FTFY_SPACES.contains(&c)
+            }
+        })
+}
+
+/// clip's cleaning of a text for which `is_fast` holds: whitespace runs become one space, the
+/// ends are stripped, curly apostrophes become `'`, ASCII letters are lower-cased (the other
+/// characters are lower-case already or caseless).
+pub fn clean_fast(text: &str) -> String {
+    let is_space = |c: char| matches!(c, '\t' | '\n' | '\x0c' | ' ') || FTFY_SPACES.contains(&c);
     let mut out = String::with_capacity(text.len());
-    for word in text
-        .split(['\t', '\n', '\x0c', ' '])
-        .filter(|w| !w.is_empty())
-    {
+    for word in text.split(is_space).filter(|w| !w.is_empty()) {
         if !out.is_empty() {
             out.push(' ');
         }
-        out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
+        out.extend(word.chars().map(|c| {
+            if FTFY_APOSTROPHES.contains(&c) {
+                '\''
+            } else {
+                c.to_ascii_lowercase()
+            }
+        }));
     }
     out
 }
@@ -53,12 +91,27 @@ mod tests {
     }
 
     #[test]
+    fn extended_fast_path_admits_only_stable_characters() {
+        assert!(is_fast("caf\u{e9} \u{6771}\u{4eac} \u{1f436}", true));
+        assert!(!is_fast("caf\u{e9}", false));
+        assert!(!is_fast("CAF\u{c9}", true)); // upper case: lower() changes it
+        assert!(is_fast("it\u{2019}s", true)); // ftfy only uncurls it
+        assert!(!is_fast("\u{201c}quoted\u{201d}", true)); // start/end punctuation: heuristic
+        assert!(!is_fast("cafe\u{301}", true)); // combining mark: NFC composes it
+        assert!(!is_fast("a\u{3000}b", true)); // ideographic space: width fix, whitespace
+        assert!(!is_fast("\u{c3}\u{a9}t\u{c3}\u{a9}", true)); // mojibake
+        assert!(!is_fast("fish &amp; chips \u{e9}", true));
+    }
+
+    #[test]
     fn cleans_like_clip() {
         assert_eq!(
-            clean_plain_ascii("  A  Photo\tOF\n\na DOG.  "),
+            clean_fast("  A  Photo\tOF\n\na DOG.  "),
             "a photo of a dog."
         );
-        assert_eq!(clean_plain_ascii(" \t "), "");
-        assert_eq!(clean_plain_ascii(""), "");
+        assert_eq!(clean_fast("  Caf\u{e9}  AU\tLait "), "caf\u{e9} au lait");
+        assert_eq!(clean_fast("\u{a0}It\u{2019}S\u{2009} ok\u{a0}"), "it's ok");
+        assert_eq!(clean_fast(" \t "), "");
+        assert_eq!(clean_fast(""), "");
     }
 }

@@ -29,7 +29,7 @@ enum Class {
     Skipped,
 }
 
-fn in_table(table: &[(u32, u32)], c: char) -> bool {
+pub fn in_table(table: &[(u32, u32)], c: char) -> bool {
     let code = c as u32;
     table
         .binary_search_by(|&(lo, hi)| {
