@@ -4,9 +4,9 @@
 //! without a child inheriting locked pool state.
 
 use super::crop::Geometry;
-use super::normalize::rgb_to_chw;
-use super::pipeline::{resize_crop_u8, to_rgb};
-use super::pixels::{Mode, Source};
+use super::normalize::pixels_to_chw;
+use super::pipeline::{resize_crop_u8, rgb_bytes};
+use super::pixels::Source;
 use std::sync::Mutex;
 
 /// One image of a batch: its pixel rows and what they are.
@@ -24,14 +24,10 @@ pub fn process<T: Copy>(
 ) -> Result<(), String> {
     let src = &item.source;
     let g = Geometry::new(src.width, src.height, n)?;
+    let rgb = rgb_bytes(src.mode)
+        .ok_or_else(|| format!("mode {:?} is converted to RGB before this step", src.mode))?;
     let px = resize_crop_u8(src, &g, simd);
-    let rgb = match src.mode {
-        // Packed RGB that needs no resize is already what we need.
-        Mode::Rgb if src.ps == 3 => px,
-        mode => to_rgb(mode, src.ps, &px)
-            .ok_or_else(|| format!("mode {mode:?} is converted to RGB before this step"))?,
-    };
-    rgb_to_chw(&rgb, lut, out);
+    pixels_to_chw(&px, src.ps, rgb, lut, out);
     Ok(())
 }
 

@@ -79,39 +79,92 @@ mod avx2 {
         _mm_cvtsi128_si32(_mm_packus_epi16(v16, v16)) as u32
     }
 
-    /// Horizontal pass over 4-byte pixels: two taps (8 lanes) per multiply.
+    /// Horizontal pass over 4-byte pixels: two taps (8 lanes) per multiply, two rows per weight load.
     #[target_feature(enable = "avx2")]
     pub fn horizontal4(src: &Rows<'_>, axis: &Axis, out: &mut [u8]) {
         let count = axis.count();
-        for (row, dst) in src.rows.iter().zip(out.chunks_exact_mut(count * 4)) {
+        // Each pair of taps as one vector (k0 x4, k1 x4), so the inner loop only loads it.
+        let pairs_per_slot = axis.ksize / 2;
+        let mut weights = vec![0i32; count * pairs_per_slot * 8];
+        for slot in 0..count {
+            for (j, w) in axis.fixed_of(slot).chunks_exact(2).enumerate() {
+                let at = (slot * pairs_per_slot + j) * 8;
+                weights[at..at + 4].fill(w[0]);
+                weights[at + 4..at + 8].fill(w[1]);
+            }
+        }
+        let width = count * 4;
+        let mut rows = src.rows.chunks_exact(2);
+        let mut dsts = out.chunks_exact_mut(width);
+        for pair in &mut rows {
+            let (Some(d0), Some(d1)) = (dsts.next(), dsts.next()) else {
+                break;
+            };
             for slot in 0..count {
                 let k = axis.fixed_of(slot);
                 let first = (axis.start[slot] - src.col0) * 4;
-                let window = &row[first..first + k.len() * 4];
-                let mut acc = _mm256_setzero_si256();
-                let mut pairs = window.chunks_exact(8).zip(k.chunks_exact(2));
-                for (px, w) in &mut pairs {
-                    let bytes = u64::from_le_bytes([
-                        px[0], px[1], px[2], px[3], px[4], px[5], px[6], px[7],
-                    ]);
-                    let wide = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes as i64));
-                    let weights = _mm256_set_m128i(_mm_set1_epi32(w[1]), _mm_set1_epi32(w[0]));
-                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(wide, weights));
+                let w0 = &pair[0][first..first + k.len() * 4];
+                let w1 = &pair[1][first..first + k.len() * 4];
+                let mut acc0 = _mm256_setzero_si256();
+                let mut acc1 = _mm256_setzero_si256();
+                let wv = &weights[slot * pairs_per_slot * 8..];
+                for j in 0..k.len() / 2 {
+                    // SAFETY: 8 * j + 8 <= 4 * k.len() == w0.len() == w1.len(), and wv holds
+                    // pairs_per_slot >= k.len() / 2 vectors of 8 weights for this slot.
+                    unsafe {
+                        let w = _mm256_loadu_si256(wv.as_ptr().add(8 * j) as *const __m256i);
+                        let p0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                            w0.as_ptr().add(8 * j) as *const __m128i
+                        ));
+                        let p1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                            w1.as_ptr().add(8 * j) as *const __m128i
+                        ));
+                        acc0 = _mm256_add_epi32(acc0, _mm256_mullo_epi32(p0, w));
+                        acc1 = _mm256_add_epi32(acc1, _mm256_mullo_epi32(p1, w));
+                    }
                 }
-                let mut sum = _mm_add_epi32(
-                    _mm256_castsi256_si128(acc),
-                    _mm256_extracti128_si256::<1>(acc),
+                let mut s0 = _mm_add_epi32(
+                    _mm256_castsi256_si128(acc0),
+                    _mm256_extracti128_si256::<1>(acc0),
+                );
+                let mut s1 = _mm_add_epi32(
+                    _mm256_castsi256_si128(acc1),
+                    _mm256_extracti128_si256::<1>(acc1),
                 );
                 if k.len() % 2 == 1 {
                     let j = k.len() - 1;
-                    let px = &window[j * 4..j * 4 + 4];
-                    let bytes = u32::from_le_bytes([px[0], px[1], px[2], px[3]]);
-                    let wide = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes as i32));
-                    sum = _mm_add_epi32(sum, _mm_mullo_epi32(wide, _mm_set1_epi32(k[j])));
+                    let w = _mm_set1_epi32(k[j]);
+                    s0 = _mm_add_epi32(s0, _mm_mullo_epi32(pixel4(&w0[j * 4..j * 4 + 4]), w));
+                    s1 = _mm_add_epi32(s1, _mm_mullo_epi32(pixel4(&w1[j * 4..j * 4 + 4]), w));
                 }
-                dst[slot * 4..slot * 4 + 4].copy_from_slice(&finish4(sum).to_le_bytes());
+                d0[slot * 4..slot * 4 + 4].copy_from_slice(&finish4(s0).to_le_bytes());
+                d1[slot * 4..slot * 4 + 4].copy_from_slice(&finish4(s1).to_le_bytes());
             }
         }
+        // An odd last row goes through the one-row loop.
+        if let ([last], Some(d)) = (rows.remainder(), dsts.next()) {
+            for slot in 0..count {
+                let k = axis.fixed_of(slot);
+                let first = (axis.start[slot] - src.col0) * 4;
+                let window = &last[first..first + k.len() * 4];
+                let mut sum = _mm_setzero_si128();
+                for (j, &w) in k.iter().enumerate() {
+                    sum = _mm_add_epi32(
+                        sum,
+                        _mm_mullo_epi32(pixel4(&window[j * 4..j * 4 + 4]), _mm_set1_epi32(w)),
+                    );
+                }
+                d[slot * 4..slot * 4 + 4].copy_from_slice(&finish4(sum).to_le_bytes());
+            }
+        }
+    }
+
+    /// Four bytes widened to four 32-bit lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn pixel4(px: &[u8]) -> __m128i {
+        let bytes = u32::from_le_bytes([px[0], px[1], px[2], px[3]]);
+        _mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes as i32))
     }
 
     /// Horizontal pass over 1-byte pixels: eight taps per multiply, then a lane sum.
