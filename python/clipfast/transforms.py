@@ -218,9 +218,9 @@ def _item(img: Image.Image, n_px: int) -> tuple[Any, int, int, str]:
     if w == 0 or h == 0:
         raise ImageError(f"image has zero size ({w}x{h})")
     if mode in _DIRECT_MODES:
-        return (img.getim() if _CAPSULE_OK else img.tobytes()), w, h, mode
+        return _pixels(img), w, h, mode
     if mode in _RESIZED_MODES:
-        native = _native.resize_crop(img.getim() if _CAPSULE_OK else img.tobytes(), w, h, mode, n_px, _SIMD)
+        native = _native.resize_crop(_pixels(img), w, h, mode, n_px, _SIMD)
         img = Image.frombytes(mode, (n_px, n_px), native).convert("RGB")
     else:
         img = _pillow_steps(img, n_px)
@@ -253,7 +253,14 @@ def _probe_capsule() -> bool:
         return False
 
 
-_CAPSULE_OK = _probe_capsule()
+_CAPSULE_STATE: list[bool] = []  # filled on first use: [whether Rust may read Pillow's rows in place]
+
+
+def _pixels(img: Image.Image) -> Any:
+    """Pillow's own rows (zero copy) when the struct layout is recognised, else packed bytes."""
+    if not _CAPSULE_STATE:
+        _CAPSULE_STATE.append(_probe_capsule())
+    return img.getim() if _CAPSULE_STATE[0] else img.tobytes()
 
 
 def _new_output(count: int, n_px: int, dtype: torch.dtype) -> torch.Tensor:
