@@ -79,84 +79,129 @@ mod avx2 {
         _mm_cvtsi128_si32(_mm_packus_epi16(v16, v16)) as u32
     }
 
-    /// Horizontal pass over 4-byte pixels: two taps (8 lanes) per multiply, two rows per weight load.
+    /// Bits of the low half when a 22-bit weight is split into two 16-bit halves.
+    const SPLIT: i32 = 11;
+
+    /// Horizontal pass over 4-byte pixels, four taps per step, two rows per weight load.
+    ///
+    /// `_mm256_madd_epi16` multiplies 16-bit values, so each weight is split exactly into
+    /// `hi * 2^11 + lo` (lo in 0..2048, |hi| < 2^12): `sum(p * k) = (sum(p * hi) << 11) + sum(p * lo)`
+    /// in wrapping 32-bit arithmetic equals the scalar reference's sum whenever that fits in 32 bits,
+    /// which Pillow's own arithmetic already requires. Taps past a window get weight 0.
     #[target_feature(enable = "avx2")]
     pub fn horizontal4(src: &Rows<'_>, axis: &Axis, out: &mut [u8]) {
         let count = axis.count();
-        // Each pair of taps as one vector (k0 x4, k1 x4), so the inner loop only loads it.
-        let pairs_per_slot = axis.ksize / 2;
-        let mut weights = vec![0i32; count * pairs_per_slot * 8];
+        let groups = axis.ksize.div_ceil(4);
+        // Per slot and group of four taps: 16 words (k0 k1) x4 | (k2 k3) x4, for lo and for hi.
+        let mut lo = vec![0i16; count * groups * 16];
+        let mut hi = vec![0i16; count * groups * 16];
         for slot in 0..count {
-            for (j, w) in axis.fixed_of(slot).chunks_exact(2).enumerate() {
-                let at = (slot * pairs_per_slot + j) * 8;
-                weights[at..at + 4].fill(w[0]);
-                weights[at + 4..at + 8].fill(w[1]);
+            for (j, &k) in axis.fixed_of(slot).iter().enumerate() {
+                let base = (slot * groups + j / 4) * 16 + (j % 4 / 2) * 8 + j % 2;
+                for c in 0..4 {
+                    lo[base + 2 * c] = (k & ((1 << SPLIT) - 1)) as i16;
+                    hi[base + 2 * c] = (k >> SPLIT) as i16;
+                }
             }
         }
+        // Bytes p0 p1 p2 p3 (RGBA each) -> p0r p1r p0g p1g p0b p1b p0a p1a | p2r p3r ...
+        let order = _mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
         let width = count * 4;
+        let row_len = src.rows.first().map_or(0, |r| r.len());
         let mut rows = src.rows.chunks_exact(2);
         let mut dsts = out.chunks_exact_mut(width);
         for pair in &mut rows {
             let (Some(d0), Some(d1)) = (dsts.next(), dsts.next()) else {
                 break;
             };
+            let (r0, r1) = (pair[0], pair[1]);
+            if r0.len() != row_len || r1.len() != row_len {
+                horizontal4_rows(pair, src.col0, axis, d0, d1);
+                continue;
+            }
             for slot in 0..count {
-                let k = axis.fixed_of(slot);
+                let taps = axis.len[slot];
                 let first = (axis.start[slot] - src.col0) * 4;
-                let w0 = &pair[0][first..first + k.len() * 4];
-                let w1 = &pair[1][first..first + k.len() * 4];
-                let mut acc0 = _mm256_setzero_si256();
-                let mut acc1 = _mm256_setzero_si256();
-                let wv = &weights[slot * pairs_per_slot * 8..];
-                for j in 0..k.len() / 2 {
-                    // SAFETY: 8 * j + 8 <= 4 * k.len() == w0.len() == w1.len(), and wv holds
-                    // pairs_per_slot >= k.len() / 2 vectors of 8 weights for this slot.
+                let steps = taps.div_ceil(4);
+                if first + steps * 16 > row_len {
+                    // The zero-weight padding would read past the row: take the exact slow path.
+                    let k = axis.fixed_of(slot);
+                    d0[slot * 4..slot * 4 + 4]
+                        .copy_from_slice(&one_pixel(&r0[first..first + taps * 4], k).to_le_bytes());
+                    d1[slot * 4..slot * 4 + 4]
+                        .copy_from_slice(&one_pixel(&r1[first..first + taps * 4], k).to_le_bytes());
+                    continue;
+                }
+                let mut lo0 = _mm256_setzero_si256();
+                let mut hi0 = _mm256_setzero_si256();
+                let mut lo1 = _mm256_setzero_si256();
+                let mut hi1 = _mm256_setzero_si256();
+                let wbase = slot * groups * 16;
+                for g in 0..steps {
+                    // SAFETY: first + 16 * g + 16 <= row_len == r0.len() == r1.len() (checked above);
+                    // wbase + 16 * g + 16 <= lo.len() == hi.len() since g < steps <= groups.
                     unsafe {
-                        let w = _mm256_loadu_si256(wv.as_ptr().add(8 * j) as *const __m256i);
-                        let p0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                            w0.as_ptr().add(8 * j) as *const __m128i
-                        ));
-                        let p1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                            w1.as_ptr().add(8 * j) as *const __m128i
-                        ));
-                        acc0 = _mm256_add_epi32(acc0, _mm256_mullo_epi32(p0, w));
-                        acc1 = _mm256_add_epi32(acc1, _mm256_mullo_epi32(p1, w));
+                        let wl =
+                            _mm256_loadu_si256(lo.as_ptr().add(wbase + 16 * g) as *const __m256i);
+                        let wh =
+                            _mm256_loadu_si256(hi.as_ptr().add(wbase + 16 * g) as *const __m256i);
+                        let b0 = _mm_loadu_si128(r0.as_ptr().add(first + 16 * g) as *const __m128i);
+                        let b1 = _mm_loadu_si128(r1.as_ptr().add(first + 16 * g) as *const __m128i);
+                        let p0 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(b0, order));
+                        let p1 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(b1, order));
+                        lo0 = _mm256_add_epi32(lo0, _mm256_madd_epi16(p0, wl));
+                        hi0 = _mm256_add_epi32(hi0, _mm256_madd_epi16(p0, wh));
+                        lo1 = _mm256_add_epi32(lo1, _mm256_madd_epi16(p1, wl));
+                        hi1 = _mm256_add_epi32(hi1, _mm256_madd_epi16(p1, wh));
                     }
                 }
-                let mut s0 = _mm_add_epi32(
-                    _mm256_castsi256_si128(acc0),
-                    _mm256_extracti128_si256::<1>(acc0),
+                let t0 = _mm256_add_epi32(_mm256_slli_epi32::<SPLIT>(hi0), lo0);
+                let t1 = _mm256_add_epi32(_mm256_slli_epi32::<SPLIT>(hi1), lo1);
+                let s0 = _mm_add_epi32(
+                    _mm256_castsi256_si128(t0),
+                    _mm256_extracti128_si256::<1>(t0),
                 );
-                let mut s1 = _mm_add_epi32(
-                    _mm256_castsi256_si128(acc1),
-                    _mm256_extracti128_si256::<1>(acc1),
+                let s1 = _mm_add_epi32(
+                    _mm256_castsi256_si128(t1),
+                    _mm256_extracti128_si256::<1>(t1),
                 );
-                if k.len() % 2 == 1 {
-                    let j = k.len() - 1;
-                    let w = _mm_set1_epi32(k[j]);
-                    s0 = _mm_add_epi32(s0, _mm_mullo_epi32(pixel4(&w0[j * 4..j * 4 + 4]), w));
-                    s1 = _mm_add_epi32(s1, _mm_mullo_epi32(pixel4(&w1[j * 4..j * 4 + 4]), w));
-                }
                 d0[slot * 4..slot * 4 + 4].copy_from_slice(&finish4(s0).to_le_bytes());
                 d1[slot * 4..slot * 4 + 4].copy_from_slice(&finish4(s1).to_le_bytes());
             }
         }
-        // An odd last row goes through the one-row loop.
+        // An odd last row goes through the one-pixel path.
         if let ([last], Some(d)) = (rows.remainder(), dsts.next()) {
             for slot in 0..count {
                 let k = axis.fixed_of(slot);
                 let first = (axis.start[slot] - src.col0) * 4;
-                let window = &last[first..first + k.len() * 4];
-                let mut sum = _mm_setzero_si128();
-                for (j, &w) in k.iter().enumerate() {
-                    sum = _mm_add_epi32(
-                        sum,
-                        _mm_mullo_epi32(pixel4(&window[j * 4..j * 4 + 4]), _mm_set1_epi32(w)),
-                    );
-                }
-                d[slot * 4..slot * 4 + 4].copy_from_slice(&finish4(sum).to_le_bytes());
+                d[slot * 4..slot * 4 + 4].copy_from_slice(
+                    &one_pixel(&last[first..first + k.len() * 4], k).to_le_bytes(),
+                );
             }
         }
+    }
+
+    /// Two rows of unequal length (never from our callers): every pixel through `one_pixel`.
+    #[target_feature(enable = "avx2")]
+    fn horizontal4_rows(pair: &[&[u8]], col0: usize, axis: &Axis, d0: &mut [u8], d1: &mut [u8]) {
+        for slot in 0..axis.count() {
+            let k = axis.fixed_of(slot);
+            let first = (axis.start[slot] - col0) * 4;
+            d0[slot * 4..slot * 4 + 4]
+                .copy_from_slice(&one_pixel(&pair[0][first..first + k.len() * 4], k).to_le_bytes());
+            d1[slot * 4..slot * 4 + 4]
+                .copy_from_slice(&one_pixel(&pair[1][first..first + k.len() * 4], k).to_le_bytes());
+        }
+    }
+
+    /// One output pixel from its window of 4-byte pixels, one tap per 32-bit multiply.
+    #[target_feature(enable = "avx2")]
+    fn one_pixel(window: &[u8], k: &[i32]) -> u32 {
+        let mut sum = _mm_setzero_si128();
+        for (px, &w) in window.chunks_exact(4).zip(k) {
+            sum = _mm_add_epi32(sum, _mm_mullo_epi32(pixel4(px), _mm_set1_epi32(w)));
+        }
+        finish4(sum)
     }
 
     /// Four bytes widened to four 32-bit lanes.
