@@ -4,17 +4,26 @@
 //! without a child inheriting locked pool state.
 
 use super::crop::Geometry;
+use super::decode::decode_jpeg;
 use super::normalize::pixels_to_chw;
 use super::pipeline::{resize_crop_u8, rgb_bytes};
-use super::pixels::Source;
+use super::pixels::{Mode, Source};
 use std::sync::Mutex;
 
-/// One image of a batch: its pixel rows and what they are.
-pub struct Item<'a> {
-    pub source: Source<'a>,
+/// One image of a batch.
+pub enum Item<'a> {
+    /// Decoded pixels.
+    Pixels(Source<'a>),
+    /// JPEG bytes for the fast decoder, with the decompression-bomb limit.
+    Jpeg {
+        data: &'a [u8],
+        max_pixels: Option<u64>,
+    },
+    /// Python already found this item bad.
+    Failed,
 }
 
-/// Resize, crop, convert and normalise one 8-bit image into `out` (3 x n x n values).
+/// Decode (fast mode) if needed, then [`process_source`].
 pub fn process<T: Copy>(
     item: &Item<'_>,
     n: usize,
@@ -22,7 +31,25 @@ pub fn process<T: Copy>(
     out: &mut [T],
     simd: bool,
 ) -> Result<(), String> {
-    let src = &item.source;
+    match item {
+        Item::Pixels(src) => process_source(src, n, lut, out, simd),
+        Item::Jpeg { data, max_pixels } => {
+            let img = decode_jpeg(data, *max_pixels)?;
+            let src = Source::packed(&img.rgb, img.width, img.height, Mode::Rgb)?;
+            process_source(&src, n, lut, out, simd)
+        }
+        Item::Failed => Err("failed before preprocessing".into()),
+    }
+}
+
+/// Resize, crop, convert and normalise one 8-bit image into `out` (3 x n x n values).
+pub fn process_source<T: Copy>(
+    src: &Source<'_>,
+    n: usize,
+    lut: &[T],
+    out: &mut [T],
+    simd: bool,
+) -> Result<(), String> {
     let g = Geometry::new(src.width, src.height, n)?;
     let rgb = rgb_bytes(src.mode)
         .ok_or_else(|| format!("mode {:?} is converted to RGB before this step", src.mode))?;
