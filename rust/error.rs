@@ -40,6 +40,9 @@ pub enum Error {
     /// Ctrl-C arrived while the GIL was released.
     #[error("interrupted")]
     Interrupted,
+    /// A Python callback (progress, signal handler) raised while Rust was working: re-raised as is.
+    #[error("{0}")]
+    Python(PyErr),
 }
 
 impl Error {
@@ -71,6 +74,7 @@ impl From<Error> for PyErr {
             Error::Download { .. } => DownloadError::new_err(text),
             Error::Image { .. } => ImageError::new_err(text),
             Error::Interrupted => PyKeyboardInterrupt::new_err(text),
+            Error::Python(err) => err,
         }
     }
 }

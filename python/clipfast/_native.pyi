@@ -3,6 +3,27 @@
 
 __version__: str
 
+# --- reader ---
+import os
+
+class CheckpointReader:
+    """A checkpoint mapped and parsed (torch.save zip, TorchScript archive, safetensors)."""
+
+    def __new__(cls, path: str | os.PathLike[str]) -> CheckpointReader: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def file_size(self) -> int: ...
+    @property
+    def storages(self) -> list[tuple[str, str, int, int]]:
+        """``[(key, dtype, start, end)]``: each storage's byte range in the file."""
+    @property
+    def tensors(self) -> list[tuple[str, str, list[int], list[int], int, int, bool, bool]]:
+        """``[(name, dtype, shape, stride, storage, storage_offset, requires_grad, is_parameter)]``."""
+    def convert(self, jobs: list[tuple[int, int, str, int, int, str]]) -> None:
+        """Private: fill buffers ``(src_start, src_end, src_dtype, dst_address, dst_nbytes, dst_dtype)``."""
 # --- image ---
 def resize_crop(
     pixels: bytes | object, width: int, height: int, mode: str, n_px: int, simd: bool = True
@@ -28,3 +49,22 @@ def preprocess_into(
 
 def simd_level() -> str:
     """"avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""
+# --- text ---
+from collections.abc import Callable
+
+class ClipTokenizer:
+    def __new__(cls, merges: str) -> ClipTokenizer: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def start_of_text(self) -> int: ...
+    @property
+    def end_of_text(self) -> int: ...
+    def symbols(self) -> list[str]: ...
+    def encode_batch(
+        self, texts: list[str], clean: Callable[[str], str], context_length: int, truncate: bool
+    ) -> tuple[bytearray, int | None]: ...
+    def encode(self, text: str, clean: Callable[[str], str]) -> list[int]: ...
+
+def clip_pretokenize(text: str) -> list[str]: ...
+def clip_plain_ascii_clean(text: str) -> str | None: ...

@@ -1,0 +1,180 @@
+"""Read checkpoints without running their pickles: torch.save zip files, TorchScript archives
+(OpenAI's published CLIP files) and safetensors.
+
+The Rust reader (``clipfast._native.CheckpointReader``) parses the file with its own restricted
+unpickler, which never imports or calls anything, and reports where each tensor's bytes lie in
+the file. This module turns that layout into ``torch.Tensor`` objects:
+
+* ``mmap=True`` (default): tensors are views of one copy-on-write mapping of the file
+  (``torch.UntypedStorage.from_file(path, shared=False)``), read lazily, kept alive by the
+  tensors. Writing to them never changes the file. Replacing the file (a new file renamed over
+  it) is safe; truncating the same file in place while the tensors live makes the lost pages
+  raise SIGBUS on access, exactly as with ``torch.load(mmap=True)``: use ``mmap=False`` if the
+  file may be truncated under you.
+* ``mmap=False``, or a ``dtype`` conversion: tensors own their memory, filled by Rust in
+  parallel with the GIL released; source pages are dropped once converted, so an fp16 file does
+  not stay resident beside its fp32 copy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Union
+
+from . import _native
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CheckpointInfo", "TensorEntry", "inspect_checkpoint", "read_state_dict"]
+
+#: A target dtype for floating tensors: one dtype, or ``(name, stored_dtype) -> dtype``.
+DtypeArg = Union["torch.dtype", Callable[[str, "torch.dtype"], "torch.dtype"], None]
+
+_FLOATING = ("float16", "bfloat16", "float32", "float64")
+
+
+class TensorEntry(NamedTuple):
+    """One tensor of a checkpoint, as stored."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint holds, read without loading any tensor data."""
+
+    path: str
+    #: ``"torchscript"``, ``"torch.save"`` or ``"safetensors"``.
+    format: str
+    tensor_count: int
+    #: torch dtype name (``"float16"``, ...) -> number of tensors.
+    dtype_counts: dict[str, int]
+    #: Bytes of tensor data (each shared storage counted once).
+    total_bytes: int
+    file_size: int
+    tensors: tuple[TensorEntry, ...]
+
+    def __str__(self) -> str:
+        dtypes = ", ".join(f"{n} {d}" for d, n in sorted(self.dtype_counts.items()))
+        lines = [
+            f"{self.path}: {self.format}, {self.tensor_count} tensors ({dtypes}), "
+            f"{self.total_bytes / 2**20:.1f} MiB of tensor data in {self.file_size / 2**20:.1f} MiB",
+        ]
+        lines += [f"  {t.name}: {t.dtype} {list(t.shape)}" for t in self.tensors]
+        return "\n".join(lines)
+
+
+def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """Describe the tensors of a checkpoint (format, count, dtypes, bytes, names and shapes)
+    without reading their data. Raises ``CheckpointError`` (naming the file) for a damaged or
+    unknown file, ``UnsafeCheckpointError`` where a pickle names code in place of a weight."""
+    reader = _native.CheckpointReader(os.fspath(path))
+    rows = reader.tensors
+    used = {row[4] for row in rows}
+    total = sum(end - start for i, (_, _, start, end) in enumerate(reader.storages) if i in used)
+    return CheckpointInfo(
+        path=os.fspath(path),
+        format=reader.format,
+        tensor_count=len(rows),
+        dtype_counts=dict(Counter(row[1] for row in rows)),
+        total_bytes=total,
+        file_size=reader.file_size,
+        tensors=tuple(TensorEntry(row[0], row[1], tuple(row[2])) for row in rows),
+    )
+
+
+def read_state_dict(
+    path: str | os.PathLike[str], *, mmap: bool = True, dtype: DtypeArg = None
+) -> OrderedDict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint, never executing its pickle.
+
+    - TorchScript archive (OpenAI's CLIP files): exactly ``torch.jit.load(path).state_dict()``
+      (parameters and buffers, same names and order).
+    - ``torch.save`` zip file: the dict of tensors at the top level, or under ``"state_dict"`` /
+      ``"model"`` (training checkpoints; other entries such as optimizer state are not read), as
+      ``torch.load(path, weights_only=True)`` gives it: same dtypes, shapes, strides, storage
+      offsets and storage sharing; parameters come back as ``torch.nn.Parameter``.
+    - safetensors: the tensors in file order, as ``safetensors.torch.load_file`` gives them.
+
+    ``dtype``: a ``torch.dtype`` for every floating tensor, or a callable
+    ``(name, stored_dtype) -> dtype`` (return the stored dtype, or None, to keep it); integer and
+    bool tensors are never converted. The conversion runs in Rust, in parallel.
+
+    ``mmap=True``: unconverted tensors are copy-on-write views of the mapped file (no copy, no
+    read until used; do not truncate the file in place while they live: SIGBUS). ``mmap=False``
+    copies every tensor into memory it owns.
+
+    Raises ``FileNotFoundError`` for a missing file, ``CheckpointError`` (a ``ValueError``
+    naming the file and the problem) for anything that is not a readable checkpoint, and
+    ``UnsafeCheckpointError`` where the pickle names code (``os.system``, a foreign class, ...)
+    in place of a weight.
+    """
+    import torch
+
+    file = os.fspath(path)
+    reader = _native.CheckpointReader(file)
+    storages = reader.storages
+    rows = reader.tensors
+    targets = [_target(dtype, row[0], row[1]) for row in rows]
+
+    bases: dict[tuple[int, str], torch.UntypedStorage] = {}
+    owned: list[torch.Tensor] = []
+    jobs: list[tuple[int, int, str, int, int, str]] = []
+    mapped: torch.UntypedStorage | None = None
+    for row, target in zip(rows, targets):
+        key = (row[4], target)
+        if key in bases:
+            continue
+        _, stored, start, end = storages[row[4]]
+        itemsize = getattr(torch, stored).itemsize
+        if mmap and target == stored and start % itemsize == 0:
+            if mapped is None:
+                mapped = torch.UntypedStorage.from_file(file, shared=False, nbytes=reader.file_size)
+            bases[key] = mapped[start:end]
+        else:
+            buffer = torch.empty((end - start) // itemsize, dtype=getattr(torch, target))
+            if buffer.numel():
+                jobs.append((start, end, stored, buffer.data_ptr(), buffer.nbytes, target))
+            owned.append(buffer)
+            bases[key] = buffer.untyped_storage()
+    if jobs:
+        # The buffers stay referenced by `owned` until convert returns (its safety contract).
+        reader.convert(jobs)
+    del owned
+
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for (name, _, shape, stride, storage, offset, requires_grad, is_parameter), target in zip(rows, targets):
+        tensor = torch.empty(0, dtype=getattr(torch, target)).set_(
+            bases[(storage, target)], offset, shape, stride
+        )
+        if is_parameter:
+            tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)
+        elif requires_grad:
+            tensor.requires_grad_(True)
+        out[name] = tensor
+    return out
+
+
+def _target(dtype: DtypeArg, name: str, stored: str) -> str:
+    """The torch dtype name tensor `name` (stored as `stored`) is returned in."""
+    if dtype is None or stored not in _FLOATING:
+        return stored
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        wanted: torch.dtype | None = dtype
+    elif callable(dtype):
+        wanted = dtype(name, getattr(torch, stored))
+        if wanted is None:
+            return stored
+    else:
+        raise TypeError(f"dtype must be a torch.dtype or a callable, not {type(dtype).__name__}")
+    if not isinstance(wanted, torch.dtype) or str(wanted).removeprefix("torch.") not in _FLOATING:
+        raise TypeError(f"dtype for {name!r} must be a floating torch.dtype, not {wanted!r}")
+    return str(wanted).removeprefix("torch.")

@@ -1,0 +1,287 @@
+//! Fills destination buffers from storages in the map, converting dtypes, in parallel.
+//!
+//! Work is cut into chunks of about `CHUNK_BYTES` of source; once a chunk is converted its
+//! source pages are dropped from the map (`MADV_DONTNEED`) so the fp16 file does not stay
+//! resident beside the fp32 weights (the pages remain in the page cache, not in our RSS).
+
+use super::Dtype;
+use crate::error::{Error, Result};
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use memmap2::{Mmap, UncheckedAdvice};
+use rayon::prelude::*;
+use std::ops::Range;
+use std::path::Path;
+
+/// Source bytes per unit of parallel work: large enough to amortize scheduling, small enough to
+/// balance two cores and bound what is resident at once.
+const CHUNK_BYTES: usize = 4 << 20;
+
+const PAGE: usize = 4096;
+
+/// One storage to fill.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub src: Range<usize>,
+    pub src_dtype: Dtype,
+    pub dst_address: usize,
+    pub dst_len: usize,
+    pub dst_dtype: Dtype,
+}
+
+/// Element types that any bit pattern is a valid value of.
+///
+/// # Safety
+/// Implementors must be plain data with no invalid bit patterns and no padding.
+unsafe trait Plain: Copy + Default + Send + Sync + 'static {}
+// SAFETY: IEEE floats and their 16-bit forms accept every bit pattern and have no padding.
+unsafe impl Plain for f16 {}
+// SAFETY: as above.
+unsafe impl Plain for bf16 {}
+// SAFETY: as above.
+unsafe impl Plain for f32 {}
+// SAFETY: as above.
+unsafe impl Plain for f64 {}
+
+/// `bytes` as a slice of `T`, borrowed when aligned, copied otherwise.
+fn typed<T: Plain>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]> {
+    let size = std::mem::size_of::<T>();
+    // SAFETY: `T: Plain` accepts every bit pattern; align_to only reinterprets the aligned middle.
+    let (head, mid, tail) = unsafe { bytes.align_to::<T>() };
+    if head.is_empty() && tail.is_empty() {
+        return std::borrow::Cow::Borrowed(mid);
+    }
+    let mut out = vec![T::default(); bytes.len() / size];
+    // SAFETY: `out` holds exactly bytes.len() / size elements of size `size`, and the two
+    // buffers cannot overlap (one is freshly allocated).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            out.as_mut_ptr().cast::<u8>(),
+            out.len() * size,
+        );
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `bytes` as a mutable slice of `T`; the destination must be aligned (torch allocations are).
+fn typed_mut<T: Plain>(bytes: &mut [u8]) -> Option<&mut [T]> {
+    // SAFETY: `T: Plain` accepts every bit pattern; only the aligned middle is reinterpreted.
+    let (head, mid, tail) = unsafe { bytes.align_to_mut::<T>() };
+    (head.is_empty() && tail.is_empty()).then_some(mid)
+}
+
+/// Converts `src` (elements of `from`) into `dst` (the same number of elements of `to`).
+/// Returns false for a pair of dtypes it does not convert.
+fn convert_slice(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> bool {
+    if from == to {
+        dst.copy_from_slice(src);
+        return true;
+    }
+    macro_rules! pair {
+        ($S:ty, $D:ty, |$s:ident, $d:ident| $body:expr) => {{
+            let $s = typed::<$S>(src);
+            let Some($d) = typed_mut::<$D>(dst) else {
+                return false;
+            };
+            $body;
+            true
+        }};
+    }
+    match (from, to) {
+        (Dtype::F16, Dtype::F32) => pair!(f16, f32, |s, d| s.convert_to_f32_slice(d)),
+        (Dtype::BF16, Dtype::F32) => pair!(bf16, f32, |s, d| s.convert_to_f32_slice(d)),
+        (Dtype::F32, Dtype::F16) => pair!(f32, f16, |s, d| d.convert_from_f32_slice(&s)),
+        (Dtype::F32, Dtype::BF16) => pair!(f32, bf16, |s, d| d.convert_from_f32_slice(&s)),
+        (Dtype::F16, Dtype::F64) => pair!(f16, f64, |s, d| s.convert_to_f64_slice(d)),
+        (Dtype::BF16, Dtype::F64) => pair!(bf16, f64, |s, d| s.convert_to_f64_slice(d)),
+        (Dtype::F64, Dtype::F16) => pair!(f64, f16, |s, d| d.convert_from_f64_slice(&s)),
+        (Dtype::F64, Dtype::BF16) => pair!(f64, bf16, |s, d| d.convert_from_f64_slice(&s)),
+        (Dtype::F32, Dtype::F64) => pair!(f32, f64, |s, d| {
+            d.iter_mut()
+                .zip(s.iter())
+                .for_each(|(d, s)| *d = f64::from(*s))
+        }),
+        (Dtype::F64, Dtype::F32) => pair!(f64, f32, |s, d| {
+            d.iter_mut().zip(s.iter()).for_each(|(d, s)| *d = *s as f32)
+        }),
+        (Dtype::F16, Dtype::BF16) => pair!(f16, bf16, |s, d| {
+            d.iter_mut()
+                .zip(s.iter())
+                .for_each(|(d, s)| *d = bf16::from_f32(s.to_f32()))
+        }),
+        (Dtype::BF16, Dtype::F16) => pair!(bf16, f16, |s, d| {
+            d.iter_mut()
+                .zip(s.iter())
+                .for_each(|(d, s)| *d = f16::from_f32(s.to_f32()))
+        }),
+        _ => false,
+    }
+}
+
+/// A piece of one job: elements `elems` of job `job`.
+struct Piece {
+    job: usize,
+    elems: Range<usize>,
+}
+
+pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
+    let fail = |msg: String| Error::checkpoint(path, msg);
+    let mut pieces = Vec::new();
+    for (index, job) in jobs.iter().enumerate() {
+        let (si, di) = (job.src_dtype.itemsize(), job.dst_dtype.itemsize());
+        if job.src.start > job.src.end || job.src.end > map.len() {
+            return Err(fail(format!(
+                "conversion source {:?} lies outside the file",
+                job.src
+            )));
+        }
+        let count = job.src.len() / si;
+        if job.src.len() % si != 0 || count.checked_mul(di) != Some(job.dst_len) {
+            return Err(fail(format!(
+                "conversion of {} bytes of {} into {} bytes of {} does not match",
+                job.src.len(),
+                job.src_dtype.torch_name(),
+                job.dst_len,
+                job.dst_dtype.torch_name()
+            )));
+        }
+        if job.dst_len > 0 && (job.dst_address == 0 || job.dst_address % di != 0) {
+            return Err(fail("conversion destination is null or misaligned".into()));
+        }
+        let probe_src = [0u8; 16];
+        let mut probe_dst = [0u8; 16];
+        // Check the dtype pair is supported before any work starts.
+        if !convert_slice(
+            &probe_src[..si],
+            job.src_dtype,
+            &mut probe_dst[..di],
+            job.dst_dtype,
+        ) {
+            return Err(fail(format!(
+                "no conversion from {} to {}",
+                job.src_dtype.torch_name(),
+                job.dst_dtype.torch_name()
+            )));
+        }
+        let per_chunk = (CHUNK_BYTES / si).max(1);
+        let mut start = 0;
+        while start < count {
+            let end = (start + per_chunk).min(count);
+            pieces.push(Piece {
+                job: index,
+                elems: start..end,
+            });
+            start = end;
+        }
+    }
+    let failed = pieces.par_iter().any(|piece| {
+        let job = &jobs[piece.job];
+        let (si, di) = (job.src_dtype.itemsize(), job.dst_dtype.itemsize());
+        let src_range =
+            job.src.start + piece.elems.start * si..job.src.start + piece.elems.end * si;
+        let src = &map[src_range.clone()];
+        // SAFETY: the caller guarantees (see CheckpointReader.convert) that `dst_address` starts
+        // `dst_len` writable bytes that outlive this call and that no one else touches; pieces of
+        // one job cover disjoint element ranges, so no two threads write the same bytes.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                (job.dst_address + piece.elems.start * di) as *mut u8,
+                piece.elems.len() * di,
+            )
+        };
+        let ok = convert_slice(src, job.src_dtype, dst, job.dst_dtype);
+        release(map, &src_range);
+        !ok
+    });
+    if failed {
+        return Err(fail(
+            "dtype conversion failed (misaligned destination)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Drops the whole pages inside `range` from the map: they are read again from the page cache
+/// if anyone touches them later.
+fn release(map: &Mmap, range: &Range<usize>) {
+    let base = map.as_ptr() as usize;
+    let start = (base + range.start).div_ceil(PAGE) * PAGE - base;
+    let end = ((base + range.end) / PAGE) * PAGE - base;
+    if end > start {
+        // SAFETY: a read-only, file-backed shared map: MADV_DONTNEED only drops our page table
+        // entries; later reads fault the same file contents back in. No slice of these pages is
+        // being written, and readers of neighbouring chunks see identical bytes either way.
+        let _ =
+            unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_all_float_pairs() {
+        let values = [0.0f32, 1.0, -2.5, 65504.0, 1e-3, f32::INFINITY];
+        let floats = [Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::F64];
+        for from in floats {
+            for to in floats {
+                let src = encode(&values, from);
+                let mut dst = vec![0u64; values.len() * 2];
+                // SAFETY: reinterpreting a u64 buffer as bytes for an aligned destination.
+                let dst_bytes = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dst.as_mut_ptr().cast::<u8>(),
+                        values.len() * to.itemsize(),
+                    )
+                };
+                assert!(
+                    convert_slice(&src, from, dst_bytes, to),
+                    "{from:?} -> {to:?}"
+                );
+                assert_eq!(
+                    dst_bytes,
+                    &encode(&decode(&src, from), to)[..],
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unaligned_source_is_copied() {
+        let mut src = vec![0u8; 1];
+        src.extend(encode(&[1.5, -3.0], Dtype::F16));
+        let mut dst = [0f32; 2];
+        // SAFETY: the f32 array viewed as its bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 8) };
+        assert!(convert_slice(&src[1..], Dtype::F16, bytes, Dtype::F32));
+        assert_eq!(dst, [1.5, -3.0]);
+    }
+
+    fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &v in values {
+            match dtype {
+                Dtype::F16 => out.extend(f16::from_f32(v).to_le_bytes()),
+                Dtype::BF16 => out.extend(bf16::from_f32(v).to_le_bytes()),
+                Dtype::F32 => out.extend(v.to_le_bytes()),
+                _ => out.extend(f64::from(v).to_le_bytes()),
+            }
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
+        bytes
+            .chunks(dtype.itemsize())
+            .map(|c| match dtype {
+                Dtype::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                Dtype::BF16 => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                Dtype::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                _ => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+            })
+            .collect()
+    }
+}
