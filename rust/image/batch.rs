@@ -23,8 +23,23 @@ pub enum Item<'a> {
     Failed,
 }
 
-/// Decode (fast mode) if needed, then [`process_source`].
+/// [`process_item`], with a panic (a bug, never expected) turned into this item's error so that
+/// one bad image cannot take the batch or the interpreter down.
 pub fn process<T: Copy>(
+    item: &Item<'_>,
+    n: usize,
+    lut: &[T],
+    out: &mut [T],
+    simd: bool,
+) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        process_item(item, n, lut, out, simd)
+    }))
+    .unwrap_or_else(|_| Err("internal error while preprocessing this image".into()))
+}
+
+/// Decode (fast mode) if needed, then [`process_source`].
+pub fn process_item<T: Copy>(
     item: &Item<'_>,
     n: usize,
     lut: &[T],
