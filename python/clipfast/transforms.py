@@ -390,18 +390,25 @@ def preprocess_batch(
 
     needs_decode = any(not isinstance(x, (Image.Image, np.ndarray)) for x in items)
     if needs_decode and workers > 1 and len(items) > 1:
-        # Pillow releases the GIL while decoding; the pool lives only for this call (fork-safe).
-        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-            prepared = list(pool.map(prepare, range(len(items))))
-    else:
-        prepared = [prepare(i) for i in range(len(items))]
+        # Each worker decodes one item (Pillow releases the GIL while decoding) and preprocesses it
+        # straight into its slot (Rust releases the GIL), so decoded images never pile up. The pool
+        # lives only for this call, so a later fork inherits no threads.
+        def work(i: int) -> None:
+            prepared = prepare(i)
+            if prepared is not None:
+                err = _run([prepared], out[i : i + 1], n_px, lut, 1)[0]
+                if err is not None:
+                    errors[i] = err
 
-    placeholder = (b"\0\0\0", 1, 1, "RGB")
-    batch = [p if p is not None else placeholder for p in prepared]
-    run_errors = _run(batch, out, n_px, lut, workers)
-    for i, err in enumerate(run_errors):
-        if errors[i] is None and err is not None:
-            errors[i] = err
+        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            list(pool.map(work, range(len(items))))
+    else:
+        placeholder = (b"\0\0\0", 1, 1, "RGB")
+        batch = [p if p is not None else placeholder for p in map(prepare, range(len(items)))]
+        run_errors = _run(batch, out, n_px, lut, workers)
+        for i, err in enumerate(run_errors):
+            if errors[i] is None and err is not None:
+                errors[i] = err
     bad = [i for i, e in enumerate(errors) if e is not None]
     if on_error == "raise":
         if bad:
