@@ -365,3 +365,34 @@ def test_default_threads_follow_torch() -> None:
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, clipfast.preprocess_batch(imgs, threads=3))
+
+
+# --- fast decode mode -----------------------------------------------------------------------------
+
+
+def test_fast_decode_is_close_to_pillow_and_exact_after_decoding() -> None:
+    jpegs = [p.read_bytes() for p in PHOTOS if p.suffix == ".jpg"]
+    exact = clipfast.preprocess_batch(jpegs, dtype=torch.uint8, threads=2).int()
+    fast = clipfast.preprocess_batch(jpegs, dtype=torch.uint8, threads=2, decode="fast").int()
+    diff = (exact - fast).abs()
+    # zune-jpeg's IDCT/upsampling differ from libjpeg-turbo's by a few levels (docs/preprocess.md).
+    assert 0 < diff.max().item() <= 4 and diff.float().mean().item() < 0.5
+    # Non-JPEG bytes fall back to Pillow, so they stay exact.
+    png = (IMAGES / "chelsea.png").read_bytes()
+    assert torch.equal(
+        clipfast.preprocess_batch([png], decode="fast"), reference(Image.open(io.BytesIO(png)), 224)[None]
+    )
+
+
+def test_fast_decode_bad_inputs() -> None:
+    jpeg = next(p for p in PHOTOS if p.suffix == ".jpg").read_bytes()
+    for bad in (jpeg[: len(jpeg) // 3], b"\xff\xd8\xff\xe0 broken", jpeg[:2]):
+        with pytest.raises(ImageError, match=r"item 1\b"):
+            clipfast.preprocess_batch([jpeg, bad], decode="fast", threads=2)
+
+
+def test_fast_decode_honours_max_image_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    jpeg = next(p for p in PHOTOS if p.suffix == ".jpg").read_bytes()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    out, bad = clipfast.preprocess_batch([jpeg], decode="fast", on_error="skip")
+    assert bad == [0] and out.shape[0] == 0

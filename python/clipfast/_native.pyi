@@ -112,8 +112,10 @@ def preprocess_into(
     kind: str,
     threads: int = 1,
     simd: bool = True,
+    max_pixels: int | None = None,
 ) -> list[str | None]:
-    """Resize, crop, convert and normalise ``items`` (L, LA, RGB, RGBA) into the tensor at ``out_addr``."""
+    """Resize, crop, convert and normalise ``items`` (L, LA, RGB, RGBA; mode "jpeg": JPEG bytes
+    decoded in Rust) into the tensor at ``out_addr``; one error message (or None) per item."""
 
 def simd_level() -> str:
     """"avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""

@@ -218,9 +218,9 @@ def _item(img: Image.Image, n_px: int) -> tuple[Any, int, int, str]:
     if w == 0 or h == 0:
         raise ImageError(f"image has zero size ({w}x{h})")
     if mode in _DIRECT_MODES:
-        return (img.getim() if _CAPSULE_OK else img.tobytes()), w, h, mode
+        return _pixels(img), w, h, mode
     if mode in _RESIZED_MODES:
-        native = _native.resize_crop(img.getim() if _CAPSULE_OK else img.tobytes(), w, h, mode, n_px, _SIMD)
+        native = _native.resize_crop(_pixels(img), w, h, mode, n_px, _SIMD)
         img = Image.frombytes(mode, (n_px, n_px), native).convert("RGB")
     else:
         img = _pillow_steps(img, n_px)
@@ -253,7 +253,14 @@ def _probe_capsule() -> bool:
         return False
 
 
-_CAPSULE_OK = _probe_capsule()
+_CAPSULE_STATE: list[bool] = []  # filled on first use: [whether Rust may read Pillow's rows in place]
+
+
+def _pixels(img: Image.Image) -> Any:
+    """Pillow's own rows (zero copy) when the struct layout is recognised, else packed bytes."""
+    if not _CAPSULE_STATE:
+        _CAPSULE_STATE.append(_probe_capsule())
+    return img.getim() if _CAPSULE_STATE[0] else img.tobytes()
 
 
 def _new_output(count: int, n_px: int, dtype: torch.dtype) -> torch.Tensor:
@@ -269,8 +276,17 @@ def _run(
     lut: bytes,
     threads: int,
 ) -> list[str | None]:
+    limit = Image.MAX_IMAGE_PIXELS
     return _native.preprocess_into(
-        items, n_px, lut, out.data_ptr(), out.numel(), _OUTPUT_KINDS[out.dtype], threads, _SIMD
+        items,
+        n_px,
+        lut,
+        out.data_ptr(),
+        out.numel(),
+        _OUTPUT_KINDS[out.dtype],
+        threads,
+        _SIMD,
+        None if limit is None else int(limit),
     )
 
 
@@ -307,12 +323,25 @@ def _decode(item: Any) -> Image.Image:
     return img
 
 
-def _prepare(item: Any, n_px: int) -> tuple[Any, int, int, str]:
+def _is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def _prepare(item: Any, n_px: int, fast: bool) -> tuple[Any, int, int, str]:
     if isinstance(item, Image.Image):
         return _item(item, n_px)
     if isinstance(item, np.ndarray):
         return _array_item(item, n_px)
     if isinstance(item, (bytes, bytearray, memoryview, str, os.PathLike)):
+        if fast:
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                data = bytes(item)
+            else:
+                with open(item, "rb") as f:
+                    data = f.read()
+            if _is_jpeg(data):
+                return data, 0, 0, "jpeg"  # decoded in Rust, on the worker threads
+            item = data
         return _item(_decode(item), n_px)
     raise ImageError(f"cannot preprocess an object of type {type(item).__name__}")
 
@@ -324,6 +353,7 @@ def preprocess_batch(
     threads: int | None = None,
     dtype: torch.dtype = torch.float32,
     on_error: Literal["raise", "skip"] = "raise",
+    decode: Literal["exact", "fast"] = "exact",
     mean: Sequence[float] = MEAN,
     std: Sequence[float] = STD,
 ) -> Any:
@@ -334,10 +364,15 @@ def preprocess_batch(
     (default: ``torch.get_num_threads()``) with the GIL released. ``dtype`` is float32 (default),
     float16 (the float32 result rounded) or uint8 (resized and cropped RGB bytes, not normalised).
     With ``on_error="skip"`` the result is ``(tensor_of_good_items, bad_indices)``; with "raise" a
-    bad item raises :class:`clipfast.ImageError` naming its index.
+    bad item raises :class:`clipfast.ImageError` naming its index. ``decode="fast"`` decodes JPEG
+    files and bytes in Rust (zune-jpeg) instead of Pillow: faster, but pixels may differ from
+    Pillow's decode by a few levels (see docs/preprocess.md); everything else stays exact.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip", not {on_error!r}')
+    if decode not in ("exact", "fast"):
+        raise ValueError(f'decode must be "exact" or "fast", not {decode!r}')
+    fast = decode == "fast"
     if not isinstance(n_px, int) or n_px <= 0:
         raise ValueError(f"n_px must be a positive int, not {n_px!r}")
     items = list(items)
@@ -348,25 +383,32 @@ def preprocess_batch(
 
     def prepare(i: int) -> tuple[Any, int, int, str] | None:
         try:
-            return _prepare(items[i], n_px)
+            return _prepare(items[i], n_px, fast)
         except Exception as exc:  # any failure is reported per item (typed below)
             errors[i] = f"{type(exc).__name__}: {exc}"
             return None
 
     needs_decode = any(not isinstance(x, (Image.Image, np.ndarray)) for x in items)
     if needs_decode and workers > 1 and len(items) > 1:
-        # Pillow releases the GIL while decoding; the pool lives only for this call (fork-safe).
-        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-            prepared = list(pool.map(prepare, range(len(items))))
-    else:
-        prepared = [prepare(i) for i in range(len(items))]
+        # Each worker decodes one item (Pillow releases the GIL while decoding) and preprocesses it
+        # straight into its slot (Rust releases the GIL), so decoded images never pile up. The pool
+        # lives only for this call, so a later fork inherits no threads.
+        def work(i: int) -> None:
+            prepared = prepare(i)
+            if prepared is not None:
+                err = _run([prepared], out[i : i + 1], n_px, lut, 1)[0]
+                if err is not None:
+                    errors[i] = err
 
-    placeholder = (b"\0\0\0", 1, 1, "RGB")
-    batch = [p if p is not None else placeholder for p in prepared]
-    run_errors = _run(batch, out, n_px, lut, workers)
-    for i, err in enumerate(run_errors):
-        if errors[i] is None and err is not None:
-            errors[i] = err
+        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            list(pool.map(work, range(len(items))))
+    else:
+        placeholder = (b"\0\0\0", 1, 1, "RGB")
+        batch = [p if p is not None else placeholder for p in map(prepare, range(len(items)))]
+        run_errors = _run(batch, out, n_px, lut, workers)
+        for i, err in enumerate(run_errors):
+            if errors[i] is None and err is not None:
+                errors[i] = err
     bad = [i for i, e in enumerate(errors) if e is not None]
     if on_error == "raise":
         if bad:

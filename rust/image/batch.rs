@@ -4,17 +4,27 @@
 //! without a child inheriting locked pool state.
 
 use super::crop::Geometry;
-use super::normalize::rgb_to_chw;
-use super::pipeline::{resize_crop_u8, to_rgb};
+use super::decode::decode_jpeg;
+use super::normalize::pixels_to_chw;
+use super::pipeline::{resize_crop_u8, rgb_bytes};
 use super::pixels::{Mode, Source};
 use std::sync::Mutex;
 
-/// One image of a batch: its pixel rows and what they are.
-pub struct Item<'a> {
-    pub source: Source<'a>,
+/// One image of a batch.
+pub enum Item<'a> {
+    /// Decoded pixels.
+    Pixels(Source<'a>),
+    /// JPEG bytes for the fast decoder, with the decompression-bomb limit.
+    Jpeg {
+        data: &'a [u8],
+        max_pixels: Option<u64>,
+    },
+    /// Python already found this item bad.
+    Failed,
 }
 
-/// Resize, crop, convert and normalise one 8-bit image into `out` (3 x n x n values).
+/// [`process_item`], with a panic (a bug, never expected) turned into this item's error so that
+/// one bad image cannot take the batch or the interpreter down.
 pub fn process<T: Copy>(
     item: &Item<'_>,
     n: usize,
@@ -22,16 +32,44 @@ pub fn process<T: Copy>(
     out: &mut [T],
     simd: bool,
 ) -> Result<(), String> {
-    let src = &item.source;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        process_item(item, n, lut, out, simd)
+    }))
+    .unwrap_or_else(|_| Err("internal error while preprocessing this image".into()))
+}
+
+/// Decode (fast mode) if needed, then [`process_source`].
+pub fn process_item<T: Copy>(
+    item: &Item<'_>,
+    n: usize,
+    lut: &[T],
+    out: &mut [T],
+    simd: bool,
+) -> Result<(), String> {
+    match item {
+        Item::Pixels(src) => process_source(src, n, lut, out, simd),
+        Item::Jpeg { data, max_pixels } => {
+            let img = decode_jpeg(data, *max_pixels)?;
+            let src = Source::packed(&img.rgb, img.width, img.height, Mode::Rgb)?;
+            process_source(&src, n, lut, out, simd)
+        }
+        Item::Failed => Err("failed before preprocessing".into()),
+    }
+}
+
+/// Resize, crop, convert and normalise one 8-bit image into `out` (3 x n x n values).
+pub fn process_source<T: Copy>(
+    src: &Source<'_>,
+    n: usize,
+    lut: &[T],
+    out: &mut [T],
+    simd: bool,
+) -> Result<(), String> {
     let g = Geometry::new(src.width, src.height, n)?;
+    let rgb = rgb_bytes(src.mode)
+        .ok_or_else(|| format!("mode {:?} is converted to RGB before this step", src.mode))?;
     let px = resize_crop_u8(src, &g, simd);
-    let rgb = match src.mode {
-        // Packed RGB that needs no resize is already what we need.
-        Mode::Rgb if src.ps == 3 => px,
-        mode => to_rgb(mode, src.ps, &px)
-            .ok_or_else(|| format!("mode {mode:?} is converted to RGB before this step"))?,
-    };
-    rgb_to_chw(&rgb, lut, out);
+    pixels_to_chw(&px, src.ps, rgb, lut, out);
     Ok(())
 }
 

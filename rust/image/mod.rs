@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod coeffs;
 pub mod crop;
+pub mod decode;
 pub mod normalize;
 pub mod pipeline;
 pub mod pixels;
@@ -104,8 +105,9 @@ fn lut_values<T>(lut: &[u8], size: usize, from: impl Fn(&[u8]) -> T) -> PyResult
 
 /// Preprocess `items` (tuples of pixels, width, height, mode) into the contiguous output tensor
 /// at `out_addr` (B x 3 x n x n elements of `kind`). Returns one error message (or None) per item.
+/// Mode "jpeg" means the pixels are JPEG bytes for the fast Rust decoder (width and height unused).
 #[pyfunction]
-#[pyo3(signature = (items, n_px, lut, out_addr, out_len, kind, threads=1, simd=true))]
+#[pyo3(signature = (items, n_px, lut, out_addr, out_len, kind, threads=1, simd=true, max_pixels=None))]
 #[allow(clippy::too_many_arguments)]
 fn preprocess_into(
     py: Python<'_>,
@@ -117,6 +119,7 @@ fn preprocess_into(
     kind: &str,
     threads: usize,
     simd: bool,
+    max_pixels: Option<u64>,
 ) -> PyResult<Vec<Option<String>>> {
     let kind =
         OutKind::parse(kind).ok_or_else(|| image_error(format!("unknown output kind {kind:?}")))?;
@@ -126,19 +129,21 @@ fn preprocess_into(
     let mut errors = vec![None; items.len()];
     let mut batch = Vec::with_capacity(items.len());
     for (i, (obj, w, h, mode)) in items.iter().enumerate() {
-        match source(obj, *w, *h, mode) {
-            Ok(source) => batch.push(batch::Item { source }),
+        let item = if mode == "jpeg" {
+            obj.cast::<PyBytes>()
+                .map(|b| batch::Item::Jpeg {
+                    data: b.as_bytes(),
+                    max_pixels,
+                })
+                .map_err(|_| image_error("JPEG data must be bytes"))
+        } else {
+            source(obj, *w, *h, mode).map(batch::Item::Pixels)
+        };
+        match item {
+            Ok(item) => batch.push(item),
             Err(e) => {
                 errors[i] = Some(e.to_string());
-                batch.push(batch::Item {
-                    source: Source {
-                        rows: Vec::new(),
-                        ps: 3,
-                        width: 0,
-                        height: 0,
-                        mode: Mode::Rgb,
-                    },
-                });
+                batch.push(batch::Item::Failed);
             }
         }
     }

@@ -32,17 +32,29 @@ impl OutKind {
     }
 }
 
-/// Write packed RGB (`n * n * 3` bytes) into a CHW plane triple through `lut` (3 x 256 entries).
-pub fn rgb_to_chw<T: Copy>(rgb: &[u8], lut: &[T], out: &mut [T]) {
-    let plane = rgb.len() / 3;
+/// Write pixels of `ps` bytes into a CHW plane triple through `lut` (3 x 256 entries), taking
+/// red, green and blue from bytes `rgb` of each pixel (L and LA use byte 0 three times: that is
+/// Pillow's conversion to RGB, done here without an intermediate image).
+pub fn to_chw<T: Copy, const PS: usize>(px: &[u8], rgb: [usize; 3], lut: &[T], out: &mut [T]) {
+    let plane = px.len() / PS;
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
     let (lr, rest) = lut.split_at(256);
     let (lg, lb) = rest.split_at(256);
-    for (i, px) in rgb.chunks_exact(3).enumerate() {
-        r[i] = lr[usize::from(px[0])];
-        g[i] = lg[usize::from(px[1])];
-        b[i] = lb[usize::from(px[2])];
+    for (i, p) in px.chunks_exact(PS).enumerate() {
+        r[i] = lr[usize::from(p[rgb[0]])];
+        g[i] = lg[usize::from(p[rgb[1]])];
+        b[i] = lb[usize::from(p[rgb[2]])];
+    }
+}
+
+/// [`to_chw`] for a run-time pixel size.
+pub fn pixels_to_chw<T: Copy>(px: &[u8], ps: usize, rgb: [usize; 3], lut: &[T], out: &mut [T]) {
+    match ps {
+        1 => to_chw::<T, 1>(px, rgb, lut, out),
+        2 => to_chw::<T, 2>(px, rgb, lut, out),
+        3 => to_chw::<T, 3>(px, rgb, lut, out),
+        _ => to_chw::<T, 4>(px, rgb, lut, out),
     }
 }
 
@@ -55,7 +67,10 @@ mod tests {
         let lut: Vec<u16> = (0..768u16).collect();
         let rgb = [1u8, 2, 3, 4, 5, 6];
         let mut out = [0u16; 6];
-        rgb_to_chw(&rgb, &lut, &mut out);
+        pixels_to_chw(&rgb, 3, [0, 1, 2], &lut, &mut out);
         assert_eq!(out, [1, 4, 258, 261, 515, 518]);
+        let la = [7u8, 200, 9, 100];
+        pixels_to_chw(&la, 2, [0, 0, 0], &lut, &mut out[..6]);
+        assert_eq!(out, [7, 9, 263, 265, 519, 521]);
     }
 }

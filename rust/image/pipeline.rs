@@ -169,23 +169,12 @@ fn pack(mode: Mode, ps: usize, px: Vec<u8>) -> Vec<u8> {
     }
 }
 
-/// Packed n x n pixels of an 8-bit mode -> packed RGB (L and LA replicate the grey band).
-/// `None` for modes whose RGB conversion Python leaves to Pillow.
-pub fn to_rgb(mode: Mode, ps: usize, px: &[u8]) -> Option<Vec<u8>> {
-    let count = px.len() / ps;
-    let mut rgb = Vec::with_capacity(count * 3);
+/// Which bytes of a pixel are red, green and blue after Pillow's `convert("RGB")`: L and LA
+/// repeat the grey band, RGB and RGBA drop the rest. `None` for modes Pillow converts (CMYK).
+pub fn rgb_bytes(mode: Mode) -> Option<[usize; 3]> {
     match mode {
-        Mode::L | Mode::LA => {
-            for p in px.chunks_exact(ps) {
-                rgb.extend_from_slice(&[p[0], p[0], p[0]]);
-            }
-        }
-        Mode::Rgb | Mode::Rgba => {
-            for p in px.chunks_exact(ps) {
-                rgb.extend_from_slice(&p[..3]);
-            }
-        }
-        _ => return None,
+        Mode::L | Mode::LA => Some([0, 0, 0]),
+        Mode::Rgb | Mode::Rgba => Some([0, 1, 2]),
+        _ => None,
     }
-    Some(rgb)
 }

@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn constant_image_stays_constant() {
-        let row = vec![77u8; 50 * 3];
+        let row = [77u8; 50 * 3];
         let rows = Rows {
             rows: vec![&row[..]; 40],
             row0: 0,

@@ -1,0 +1,193 @@
+"""Preprocessing throughput: clip's PIL + torchvision pipeline vs clipfast, side by side.
+
+Inputs: the public-domain photos in tests/images (451x300 to 640x427) and synthetic photo-like
+images of 1024x768 and 4000x3000 (written once to benches/.cache/ as JPEG, quality 90).
+
+- decoded, 1 core:  ``clip.clip._transform(224)(img)`` vs ``clipfast`` preprocess (same object API)
+                    on already decoded PIL images; torch limited to one thread.
+- JPEG bytes, 1 core: ``Image.open(BytesIO(b))`` + clip's pipeline vs
+                    ``clipfast.preprocess_batch(bytes, threads=1)`` (exact mode: Pillow decodes).
+- all cores:        clip's pipeline in a fork process pool with one worker per core (what a DataLoader
+                    does) vs ``clipfast.preprocess_batch(items, threads=cores)``.
+
+Every case is timed ``--repeats`` times; the table shows medians in images per second and ratios.
+Results must be exact: each run also checks clipfast's tensors equal clip's.
+
+    python benches/bench_preprocess.py [--quick] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python"))
+CACHE = ROOT / "benches" / ".cache"
+RESULTS = ROOT / "benches" / "results"
+PHOTOS = ROOT / "tests" / "images"
+
+import clipfast  # noqa: E402
+from clipfast import transforms  # noqa: E402
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import clip
+
+N_PX = 224
+_REFERENCE = clip.clip._transform(N_PX)
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores, SIMD {clipfast._native.simd_level()}, Pillow {Image.__version__}"
+
+
+def synthetic_jpeg(w: int, h: int) -> bytes:
+    path = CACHE / f"synthetic_{w}x{h}.jpg"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(w * h)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = np.stack(
+            [
+                127 + 100 * np.sin(xx / w * 9) * np.cos(yy / h * 4),
+                127 + 100 * np.cos((xx + yy) / (w + h) * 13),
+                (xx // 3 + yy // 5) % 256,
+            ],
+            axis=-1,
+        )
+        img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(path, quality=90)
+    return path.read_bytes()
+
+
+def inputs(quick: bool) -> dict[str, list[bytes]]:
+    photos = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))]
+    sets = {"photos (451-640 px)": photos, "1024x768": [synthetic_jpeg(1024, 768)]}
+    if not quick:
+        sets["4000x3000"] = [synthetic_jpeg(4000, 3000)]
+    return sets
+
+
+def decode(b: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(b))
+    img.load()
+    return img
+
+
+def clip_from_bytes(b: bytes) -> torch.Tensor:
+    return _REFERENCE(decode(b))
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small inputs, few repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    repeats = args.repeats or (2 if args.quick else 5)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    pre = transforms.for_resolution(N_PX)
+    rows: list[dict[str, Any]] = []
+
+    def add(case: str, count: int, ref_s: float, fast_s: float) -> None:
+        rows.append(
+            {
+                "case": case,
+                "reference_s": ref_s / count,
+                "clipfast_s": fast_s / count,
+                "reference_img_s": count / ref_s,
+                "clipfast_img_s": count / fast_s,
+                "ratio": ref_s / fast_s,
+            }
+        )
+        speeds = f"clip {count / ref_s:8.1f} img/s   clipfast {count / fast_s:8.1f} img/s"
+        print(f"{case:48s} {speeds}   x{ref_s / fast_s:.1f}")
+
+    torch.set_num_threads(1)
+    for name, encoded in inputs(args.quick).items():
+        images = [decode(b) for b in encoded]
+        expected = torch.stack([_REFERENCE(im) for im in images])
+        assert torch.equal(torch.stack([pre(im) for im in images]), expected), "not exact"
+        assert torch.equal(clipfast.preprocess_batch(encoded, threads=1), expected), "not exact"
+
+        ref = timed(lambda images=images: [_REFERENCE(im) for im in images], repeats)
+        fast = timed(lambda images=images: [pre(im) for im in images], repeats)
+        add(f"{name}, decoded, 1 core", len(images), ref, fast)
+
+        ref = timed(lambda encoded=encoded: [clip_from_bytes(b) for b in encoded], repeats)
+        fast = timed(lambda encoded=encoded: clipfast.preprocess_batch(encoded, threads=1), repeats)
+        add(f"{name}, JPEG bytes (exact), 1 core", len(encoded), ref, fast)
+
+        if cores > 1:
+            batch = encoded * max(1, (4 * cores) // len(encoded))
+            decoded = [decode(b) for b in batch]
+            with ProcessPoolExecutor(cores, mp_context=get_context("fork"), initializer=_init_worker) as pool:
+                list(pool.map(clip_from_bytes, batch[:cores]))  # start the workers
+                ref = timed(lambda batch=batch, pool=pool: list(pool.map(clip_from_bytes, batch)), repeats)
+            fast = timed(lambda batch=batch: clipfast.preprocess_batch(batch, threads=cores), repeats)
+            add(f"{name}, JPEG bytes (exact), {cores} cores", len(batch), ref, fast)
+            fast1 = timed(lambda d=decoded: clipfast.preprocess_batch(d, threads=1), repeats)
+            fastn = timed(lambda d=decoded: clipfast.preprocess_batch(d, threads=cores), repeats)
+            print(f"{'':45s} clipfast decoded: {cores} cores / 1 core = x{fast1 / fastn:.2f}")
+            rows[-1]["clipfast_decoded_scaling"] = fast1 / fastn
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    head = f"Preprocessing to 3x{N_PX}x{N_PX} float32, images per second (median of {repeats}); {machine()}"
+    table = [
+        head,
+        "",
+        "| case | clip (PIL + torchvision) | clipfast | speed-up |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {r['case']} | {r['reference_img_s']:.1f} | {r['clipfast_img_s']:.1f} | {r['ratio']:.1f}x |"
+            for r in rows
+        ),
+    ]
+    (RESULTS / "preprocess.md").write_text("\n".join(table) + "\n")
+    (RESULTS / "preprocess.json").write_text(json.dumps({"rows": rows, "machine": machine()}, indent=2))
+    print(f"wrote {RESULTS / 'preprocess.md'}")
+
+
+if __name__ == "__main__":
+    main()
