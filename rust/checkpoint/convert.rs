@@ -192,9 +192,10 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
         let src_range =
             job.src.start + piece.elems.start * si..job.src.start + piece.elems.end * si;
         let src = &map[src_range.clone()];
-        // SAFETY: the caller guarantees (see CheckpointReader.convert) that `dst_address` starts
-        // `dst_len` writable bytes that outlive this call and that no one else touches; pieces of
-        // one job cover disjoint element ranges, so no two threads write the same bytes.
+        // SAFETY: `dst_address` is the data pointer of a contiguous CPU tensor of `dst_len` bytes
+        // that CheckpointReader.convert holds a reference to until this returns; destinations
+        // were checked not to overlap, and the pieces of one job cover disjoint element ranges,
+        // so no two threads write the same bytes.
         let dst = unsafe {
             std::slice::from_raw_parts_mut(
                 (job.dst_address + piece.elems.start * di) as *mut u8,
