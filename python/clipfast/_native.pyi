@@ -27,3 +27,46 @@ class CheckpointReader:
         """``[(name, dtype, shape, stride, storage, storage_offset, requires_grad, is_parameter)]``."""
     def convert(self, jobs: list[tuple[int, int, str, Any]]) -> None:
         """Fill contiguous CPU tensors from ``(src_start, src_end, src_dtype, destination)``."""
+
+# --- image ---
+def resize_crop(
+    pixels: bytes | object, width: int, height: int, mode: str, n_px: int, simd: bool = True
+) -> bytes:
+    """Resize (Pillow-exact bicubic) + centre-crop one image in its own mode; packed n x n bytes.
+
+    ``pixels`` is packed bytes (``Image.tobytes()`` layout) or the capsule of ``Image.getim()``.
+    """
+
+def preprocess_into(
+    items: list[tuple[bytes | object, int, int, str]],
+    n_px: int,
+    lut: bytes,
+    out_addr: int,
+    out_len: int,
+    kind: str,
+    threads: int = 1,
+    simd: bool = True,
+) -> list[str | None]:
+    """Resize, crop, convert and normalise ``items`` (L, LA, RGB, RGBA) into the tensor at ``out_addr``."""
+
+def simd_level() -> str:
+    """"avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""
+# --- text ---
+from collections.abc import Callable
+
+class ClipTokenizer:
+    def __new__(cls, merges: str) -> ClipTokenizer: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def start_of_text(self) -> int: ...
+    @property
+    def end_of_text(self) -> int: ...
+    def symbols(self) -> list[str]: ...
+    def encode_batch(
+        self, texts: list[str], clean: Callable[[str], str], context_length: int, truncate: bool
+    ) -> tuple[bytearray, int | None]: ...
+    def encode(self, text: str, clean: Callable[[str], str]) -> list[int]: ...
+
+def clip_pretokenize(text: str) -> list[str]: ...
+def clip_plain_ascii_clean(text: str) -> str | None: ...

@@ -1,11 +1,207 @@
-"""Placeholder: clipfast.load (issue 3)."""
+"""``clipfast.load``: openai/CLIP's ``clip.load``, many times faster and in less memory.
+
+resolve (name -> file) -> read (Rust: mmap, zip, restricted unpickler, one dtype conversion in
+parallel) -> infer the architecture from shapes -> build on ``meta`` -> assign the tensors -> place.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import warnings
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-__all__ = ["load"]
+import torch
+
+from .errors import ModelNotFoundError
+from .registry import MODELS, available_models
+
+if TYPE_CHECKING:
+    from .arch import Architecture
+    from .model import CLIP
+    from .transforms import Compose
+
+__all__ = ["DtypePlan", "dtype_plan", "load"]
+
+# (state-dict key, stored dtype) -> the dtype the tensor gets; called for floating tensors only.
+DtypePlan = Callable[[str, torch.dtype], torch.dtype]
+DeviceLike = Union[str, torch.device, int]
+DtypeLike = Union[torch.dtype, DtypePlan, None]
 
 
-def load(name: str, device: Any = None, jit: bool = False, download_root: str | None = None) -> Any:
-    raise NotImplementedError("clipfast.load is not built yet")
+def _resolve(name: Union[str, os.PathLike[str]], download_root: Optional[str], verify: bool) -> str:
+    if isinstance(name, str) and name in MODELS:
+        from .download import resolve_model
+
+        return resolve_model(name, download_root, verify=verify)
+    path = os.fspath(name)
+    if os.path.isfile(path):
+        return path
+    raise ModelNotFoundError(f"Model {name} not found; available models = {available_models()}")
+
+
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives are zip files with compiled code and constants beside the pickled module."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _uniform(dtype: torch.dtype) -> DtypePlan:
+    def plan(name: str, stored: torch.dtype) -> torch.dtype:
+        return dtype
+
+    return plan
+
+
+def _clip_half_layout(half: frozenset[str], half_dtype: torch.dtype) -> DtypePlan:
+    def plan(name: str, stored: torch.dtype) -> torch.dtype:
+        return half_dtype if name in half else torch.float32
+
+    return plan
+
+
+def dtype_plan(device: DeviceLike, dtype: DtypeLike, half_names: frozenset[str]) -> DtypePlan:
+    """The dtype each floating tensor gets, for ``load(..., device=device, dtype=dtype)``.
+
+    - ``dtype=None``: fp32 on every CPU device; elsewhere openai/CLIP's layout: fp16 for the tensors
+      ``convert_weights`` converts (``half_names``), fp32 for the rest, whatever the file stores.
+    - ``torch.float32`` / ``torch.float64``: every floating tensor in that dtype.
+    - ``torch.float16`` / ``torch.bfloat16``: openai/CLIP's layout with that half type.
+    - a callable ``(name, stored_dtype) -> dtype``: used as given."""
+    if dtype is None:
+        if torch.device(device).type == "cpu":
+            return _uniform(torch.float32)
+        return _clip_half_layout(half_names, torch.float16)
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float16, torch.bfloat16):
+            return _clip_half_layout(half_names, dtype)
+        if dtype.is_floating_point and not dtype.is_complex:
+            return _uniform(dtype)
+        raise ValueError(f"dtype={dtype} is not a floating dtype")
+    if callable(dtype):
+        return dtype
+    raise TypeError(f"dtype must be None, a torch.dtype or a callable (name, dtype) -> dtype, not {dtype!r}")
+
+
+def _uniform_dtype(device: DeviceLike, dtype: DtypeLike) -> Optional[torch.dtype]:
+    """The single dtype of every floating tensor when the plan does not depend on the architecture."""
+    if dtype is None and torch.device(device).type == "cpu":
+        return torch.float32
+    if isinstance(dtype, torch.dtype) and dtype not in (torch.float16, torch.bfloat16):
+        return dtype if dtype.is_floating_point else None
+    return None
+
+
+def _place(tensors: OrderedDict[str, torch.Tensor], plan: Optional[DtypePlan], device: torch.device) -> None:
+    """Give every tensor its final device and dtype, in place, contiguous as openai/CLIP's are.
+
+    Off the CPU the stored bytes are copied to the device first and converted there."""
+    for key, tensor in tensors.items():
+        dtype = plan(key, tensor.dtype) if plan is not None and tensor.is_floating_point() else tensor.dtype
+        if tensor.device != device:
+            tensor = tensor.to(device=device)
+        if tensor.dtype != dtype:
+            tensor = tensor.to(dtype=dtype)
+        tensors[key] = tensor.contiguous()
+
+
+def load(
+    name: Union[str, os.PathLike[str]],
+    device: Optional[DeviceLike] = None,
+    jit: bool = False,
+    download_root: Optional[str] = None,
+    *,
+    verify: bool = False,
+    dtype: DtypeLike = None,
+    mmap: bool = False,
+    vision_heads: Optional[int] = None,
+    transformer_heads: Optional[int] = None,
+) -> tuple[Any, Compose]:
+    """Load a CLIP model; the same arguments and results as openai/CLIP's ``clip.load``.
+
+    ``name`` is one of ``available_models()`` (downloaded to ``download_root``, by default
+    ``~/.cache/clip``) or the path of a checkpoint: an OpenAI TorchScript archive, a ``torch.save``d
+    state dict, or a ``.safetensors`` file. Returns ``(model, preprocess)``: the model in eval mode on
+    ``device`` (default: CUDA when available, else CPU), and the preprocess for its input resolution.
+
+    Differences from clip.load: every CPU device (``"cpu"``, ``"cpu:0"``, ``torch.device("cpu")``)
+    gives fp32 weights (clip only does so for the exact string ``"cpu"``); ``dtype`` chooses the
+    weights' dtypes (see ``dtype_plan``); ``verify=True`` re-hashes a cached official file;
+    ``mmap=True`` leaves tensors whose dtype does not change backed by a copy-on-write map of the
+    file (faster, less memory; the file must not be replaced while the model lives);
+    ``vision_heads`` / ``transformer_heads`` override the head counts shapes cannot reveal.
+    No pickle code is ever run, unless ``jit=True`` (TorchScript is loaded by torch itself).
+
+    Raises ``ModelNotFoundError`` (a RuntimeError, as in clip), ``CheckpointError`` /
+    ``UnsafeCheckpointError`` for damaged or unsafe files, ``ArchitectureError`` when the tensors do
+    not describe a CLIP model; a failed load returns nothing half-built."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = _resolve(name, download_root, verify)
+    from .transforms import for_resolution
+
+    if jit:
+        if _is_torchscript(path):
+            from .jit import load_jit
+
+            scripted = load_jit(path, device)
+            return scripted, for_resolution(int(scripted.input_resolution.item()))
+        warnings.warn(f"File {path} is not a JIT archive. Loading as a state dict instead", stacklevel=2)
+
+    model = _load_eager(path, device, dtype, mmap, vision_heads, transformer_heads)
+    return model, for_resolution(model.visual.input_resolution)
+
+
+def _load_eager(
+    path: str,
+    device: DeviceLike,
+    dtype: DtypeLike,
+    mmap: bool,
+    vision_heads: Optional[int],
+    transformer_heads: Optional[int],
+) -> CLIP:
+    from .checkpoint import read_state_dict
+    from .model import assign_state_dict, construct_on_meta, half_precision_names
+
+    target = torch.device(device)
+    on_cpu = target.type == "cpu"
+    uniform = _uniform_dtype(target, dtype)
+    direct: Union[torch.dtype, DtypePlan, None] = uniform
+    if direct is None and callable(dtype) and not isinstance(dtype, torch.dtype):
+        direct = dtype  # the caller's own plan needs no knowledge of the architecture
+    plan: Optional[DtypePlan] = None
+    if on_cpu and direct is not None:
+        # The common case: one read, converted once (in Rust, in parallel), straight into the model.
+        tensors = read_state_dict(path, mmap=mmap, dtype=direct)
+        model = construct_on_meta(_infer(tensors, path, vision_heads, transformer_heads))
+    elif on_cpu:
+        # The plan depends on which tensors are conv/linear/attention weights: learn the architecture
+        # from a map of the file (no copy), then read once more, converting as planned.
+        stored = read_state_dict(path, mmap=True)
+        model = construct_on_meta(_infer(stored, path, vision_heads, transformer_heads))
+        del stored
+        tensors = read_state_dict(
+            path, mmap=mmap, dtype=dtype_plan(target, dtype, half_precision_names(model))
+        )
+    else:
+        # Each tensor is copied once, from a map of the file to the device, and converted there.
+        tensors = read_state_dict(path, mmap=True)
+        model = construct_on_meta(_infer(tensors, path, vision_heads, transformer_heads))
+        plan = dtype_plan(target, dtype, half_precision_names(model))
+    _place(tensors, plan, target)
+    return assign_state_dict(model, tensors, source=path)
+
+
+def _infer(
+    tensors: Any, path: str, vision_heads: Optional[int], transformer_heads: Optional[int]
+) -> Architecture:
+    from .arch import infer_architecture
+
+    return infer_architecture(
+        tensors, vision_heads=vision_heads, transformer_heads=transformer_heads, source=path
+    )

@@ -1,0 +1,512 @@
+"""The CLIP model: openai/CLIP's module classes, attribute and parameter names, and numerics.
+
+Code written for ``clip.model`` works with this module unchanged (``build_model``, ``convert_weights``,
+``CLIP.encode_image`` / ``encode_text`` / ``forward`` and the ``dtype`` property). The difference is how
+a model is made from a checkpoint: ``build_model`` constructs it on the ``meta`` device (no random
+initialisation, no memory) and then assigns the checkpoint's tensors, converted once to their final
+dtype, instead of allocating a random model and copying into it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .arch import ARCHIVE_ONLY_KEYS, Architecture, check_shapes, infer_architecture
+
+__all__ = [
+    "CLIP",
+    "AttentionPool2d",
+    "Bottleneck",
+    "LayerNorm",
+    "ModifiedResNet",
+    "QuickGELU",
+    "ResidualAttentionBlock",
+    "Transformer",
+    "VisionTransformer",
+    "assign_state_dict",
+    "build_model",
+    "construct_on_meta",
+    "convert_weights",
+    "half_precision_names",
+]
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck with anti-aliased downsampling: strided blocks average-pool instead of
+    striding their convolutions."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        outplanes = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.avgpool: nn.Module = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, outplanes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(outplanes)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.downsample: Optional[nn.Sequential] = None
+        self.stride = stride
+        if stride > 1 or inplanes != outplanes:
+            # The shortcut pools first, then projects with an unstrided 1x1 convolution.
+            self.downsample = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("-1", nn.AvgPool2d(stride)),
+                        ("0", nn.Conv2d(inplanes, outplanes, 1, stride=1, bias=False)),
+                        ("1", nn.BatchNorm2d(outplanes)),
+                    ]
+                )
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.avgpool(out)))
+        out += shortcut
+        return self.relu3(out)
+
+
+class AttentionPool2d(nn.Module):
+    """Pools a feature map with one query (the mean token) attending over all positions."""
+
+    def __init__(
+        self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: Optional[int] = None
+    ) -> None:
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim**2 + 1, embed_dim) / embed_dim**0.5)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim or embed_dim)
+        self.num_heads = num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(start_dim=2).permute(2, 0, 1)  # NCHW -> (HW)NC
+        tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+        tokens = tokens + self.positional_embedding[:, None, :].to(tokens.dtype)
+        pooled, _ = F.multi_head_attention_forward(
+            query=tokens[:1],
+            key=tokens,
+            value=tokens,
+            embed_dim_to_check=tokens.shape[-1],
+            num_heads=self.num_heads,
+            q_proj_weight=self.q_proj.weight,
+            k_proj_weight=self.k_proj.weight,
+            v_proj_weight=self.v_proj.weight,
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=self.c_proj.weight,
+            out_proj_bias=self.c_proj.bias,
+            use_separate_proj_weight=True,
+            training=self.training,
+            need_weights=False,
+        )
+        return pooled.squeeze(0)
+
+
+class ModifiedResNet(nn.Module):
+    """openai/CLIP's ResNet: a three-convolution stem with an average pool, anti-aliased strided
+    blocks, and attention pooling instead of global average pooling."""
+
+    def __init__(
+        self,
+        layers: Union[tuple[int, int, int, int], list[int]],
+        output_dim: int,
+        heads: int,
+        input_resolution: int = 224,
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        self.output_dim = output_dim
+        self.input_resolution = input_resolution
+        half = width // 2
+        self.conv1 = nn.Conv2d(3, half, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(half)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(half, half, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(half)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(half, width, kernel_size=3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(2)
+
+        self._inplanes = width  # the input width of the next block, advanced by _make_layer
+        self.layer1 = self._make_layer(width, layers[0])
+        self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
+
+        self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        stage = [Bottleneck(self._inplanes, planes, stride)]
+        self._inplanes = planes * Bottleneck.expansion
+        stage.extend(Bottleneck(self._inplanes, planes) for _ in range(1, blocks))
+        return nn.Sequential(*stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.type(self.conv1.weight.dtype)
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        x = self.relu3(self.bn3(self.conv3(x)))
+        x = self.avgpool(x)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+        return self.attnpool(x)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input dtype; the result has the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.type(torch.float32)).type(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """The sigmoid approximation of GELU that OpenAI's models were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block: self-attention, then a 4x QuickGELU MLP."""
+
+    def __init__(self, d_model: int, n_head: int, attn_mask: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d_model, n_head)
+        self.ln_1 = LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(d_model, d_model * 4)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(d_model * 4, d_model)),
+                ]
+            )
+        )
+        self.ln_2 = LayerNorm(d_model)
+        self.attn_mask = attn_mask  # a plain attribute, not state: it is never saved or loaded
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        mask = None
+        if self.attn_mask is not None:
+            n_ctx = x.shape[0]
+            mask = self.attn_mask[..., -n_ctx:, -n_ctx:].to(dtype=x.dtype, device=x.device)
+        return self.attn(x, x, x, need_weights=False, attn_mask=mask)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks sharing one (optional) attention mask."""
+
+    def __init__(self, width: int, layers: int, heads: int, attn_mask: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.Sequential(
+            *(ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resblocks(x)
+
+
+class VisionTransformer(nn.Module):
+    """ViT image tower: patch embedding, class token, pre-norm transformer, projection of the class token."""
+
+    def __init__(
+        self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int
+    ) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.output_dim = output_dim
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        scale = width**-0.5
+        grid = input_resolution // patch_size
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj: Optional[nn.Parameter] = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)  # [N, width, grid, grid]
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [N, grid**2, width]
+        cls = self.class_embedding.to(x.dtype) + torch.zeros(
+            x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device
+        )
+        x = torch.cat([cls, x], dim=1)
+        x = x + self.positional_embedding.to(x.dtype)
+        x = self.ln_pre(x)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # the blocks take LND
+        x = self.ln_post(x[:, 0, :])
+        if self.proj is not None:
+            x = x @ self.proj
+        return x
+
+
+def _causal_mask(context_length: int) -> torch.Tensor:
+    """Additive mask: -inf above the diagonal. Real memory even while the model is built on ``meta``
+    (it is a plain attribute, so assigning the state dict never replaces it)."""
+    device = torch.get_default_device()
+    if device.type == "meta":
+        device = torch.device("cpu")
+    mask = torch.full((context_length, context_length), float("-inf"), device=device)
+    return mask.triu_(1)
+
+
+class CLIP(nn.Module):
+    """openai/CLIP's model: an image tower (ModifiedResNet or VisionTransformer) and a causal text
+    transformer projected into one embedding space.
+
+    Same constructor as ``clip.model.CLIP``; ``vision_heads`` (keyword only) overrides the head count of
+    the image tower, which openai/CLIP derives from its width."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        image_resolution: int,
+        vision_layers: Union[tuple[int, int, int, int], int],
+        vision_width: int,
+        vision_patch_size: Optional[int],
+        context_length: int,
+        vocab_size: int,
+        transformer_width: int,
+        transformer_heads: int,
+        transformer_layers: int,
+        *,
+        vision_heads: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.visual: Union[ModifiedResNet, VisionTransformer]
+        if isinstance(vision_layers, (tuple, list)):
+            self.visual = ModifiedResNet(
+                layers=tuple(vision_layers),  # type: ignore[arg-type]
+                output_dim=embed_dim,
+                heads=vision_heads if vision_heads is not None else vision_width * 32 // 64,
+                input_resolution=image_resolution,
+                width=vision_width,
+            )
+        else:
+            if vision_patch_size is None:
+                raise ValueError("a VisionTransformer needs vision_patch_size")
+            self.visual = VisionTransformer(
+                input_resolution=image_resolution,
+                patch_size=vision_patch_size,
+                width=vision_width,
+                layers=vision_layers,
+                heads=vision_heads if vision_heads is not None else vision_width // 64,
+                output_dim=embed_dim,
+            )
+        self.transformer = Transformer(
+            width=transformer_width,
+            layers=transformer_layers,
+            heads=transformer_heads,
+            attn_mask=self.build_attention_mask(),
+        )
+        self.vocab_size = vocab_size
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(self.context_length, transformer_width))
+        self.ln_final = LayerNorm(transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
+        self.initialize_parameters()
+
+    def initialize_parameters(self) -> None:
+        """openai/CLIP's initialisation (costs nothing on the meta device)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        if isinstance(self.visual, ModifiedResNet):
+            pool = self.visual.attnpool
+            std = pool.c_proj.in_features**-0.5
+            for linear in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
+                nn.init.normal_(linear.weight, std=std)
+            for stage in (self.visual.layer1, self.visual.layer2, self.visual.layer3, self.visual.layer4):
+                for name, param in stage.named_parameters():
+                    if name.endswith("bn3.weight"):
+                        nn.init.zeros_(param)
+        width, layers = self.transformer.width, self.transformer.layers
+        proj_std = (width**-0.5) * ((2 * layers) ** -0.5)
+        attn_std = width**-0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            assert isinstance(block, ResidualAttentionBlock)
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.text_projection, std=width**-0.5)
+
+    def build_attention_mask(self) -> torch.Tensor:
+        """The causal mask of the text transformer (additive, -inf above the diagonal)."""
+        return _causal_mask(self.context_length)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype inputs are cast to: that of the image tower's first convolution."""
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.visual(image.type(self.dtype))
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        n_ctx = text.shape[-1]
+        x = self.token_embedding(text).type(self.dtype)  # [batch, n_ctx, width]
+        x = x + self.positional_embedding[:n_ctx].type(self.dtype)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        x = self.ln_final(x).type(self.dtype)
+        # The end-of-text token has the highest id in each sequence: its features represent the text.
+        eot = x[torch.arange(x.shape[0]), text.argmax(dim=-1)]
+        return eot @ self.text_projection
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image_features = self.encode_image(image)
+        text_features = self.encode_text(text)
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
+        return logits_per_image, logits_per_image.t()
+
+
+_MHA_HALF_ATTRIBUTES = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+_MHA_HALF_ATTRIBUTES += ("in_proj_bias", "bias_k", "bias_v")
+
+
+def _half_precision_attributes(module: nn.Module) -> Iterator[str]:
+    """The attribute names of ``module``'s own tensors that openai/CLIP's convert_weights makes fp16."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+        yield "weight"
+        if module.bias is not None:
+            yield "bias"
+    if isinstance(module, nn.MultiheadAttention):
+        yield from (name for name in _MHA_HALF_ATTRIBUTES if getattr(module, name) is not None)
+    for name in ("text_projection", "proj"):
+        if getattr(module, name, None) is not None:
+            yield name
+
+
+def half_precision_names(model: nn.Module) -> frozenset[str]:
+    """The state-dict keys of the tensors that ``convert_weights`` stores in half precision: conv and
+    linear weights and biases, attention projections, ``text_projection`` and ``visual.proj``."""
+    names = set()
+    for prefix, module in model.named_modules():
+        for attribute in _half_precision_attributes(module):
+            names.add(f"{prefix}.{attribute}" if prefix else attribute)
+    return frozenset(names)
+
+
+def convert_weights(model: nn.Module) -> None:
+    """Convert the applicable parameters to fp16, in place, as openai/CLIP's ``convert_weights`` does
+    (layer norms, batch norms, embeddings and the logit scale stay as they are)."""
+
+    def convert(module: nn.Module) -> None:
+        for attribute in _half_precision_attributes(module):
+            tensor = getattr(module, attribute)
+            tensor.data = tensor.data.half()
+
+    model.apply(convert)
+
+
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Makes the in-place random/constant initialisers no-ops on meta tensors: there is nothing to
+    fill, and torch runs them there through slow Python decompositions (0.4 s for ViT-B/32)."""
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Optional[dict[str, Any]] = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in _INITIALISERS:
+            # Tensor methods get the tensor first; torch.nn.init passes it as ``tensor=``.
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
+# Matched by name: torch hands some of them over as TensorBase methods, some as Tensor methods.
+_INITIALISERS = frozenset(
+    {"normal_", "uniform_", "zero_", "fill_", "random_", "zeros_", "ones_", "constant_", "trunc_normal_"}
+    | {"kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_"}
+)
+
+
+def construct_on_meta(arch: Architecture) -> CLIP:
+    """An uninitialised CLIP of this architecture whose parameters take no memory (``meta`` device)."""
+    with torch.device("meta"), _SkipInitOnMeta():
+        return CLIP(**arch.clip_arguments(), vision_heads=arch.vision_heads)
+
+
+def assign_state_dict(
+    model: CLIP,
+    state_dict: MutableMapping[str, torch.Tensor],
+    source: Optional[str] = None,
+) -> CLIP:
+    """Check ``state_dict`` against the meta ``model`` (keys and shapes; errors name ``source``), then
+    make its tensors the model's own (``assign=True``: no copy). Returns the model in eval mode."""
+    expected = [(key, tuple(t.shape)) for key, t in model.state_dict().items()]
+    check_shapes(expected, state_dict, source)
+    for key in ARCHIVE_ONLY_KEYS:
+        state_dict.pop(key, None)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval()
+
+
+def _clip_layout(half: frozenset[str], half_dtype: torch.dtype) -> Callable[[str, torch.dtype], torch.dtype]:
+    def target(name: str, stored: torch.dtype) -> torch.dtype:
+        return half_dtype if name in half else torch.float32
+
+    return target
+
+
+def build_model(
+    state_dict: dict[str, torch.Tensor],
+    *,
+    vision_heads: Optional[int] = None,
+    transformer_heads: Optional[int] = None,
+) -> CLIP:
+    """openai/CLIP's ``build_model``: a CLIP on the CPU, in eval mode, with convert_weights' dtypes
+    (fp16 conv/linear/attention/projection weights, fp32 for the rest) filled from ``state_dict``.
+
+    As in openai/CLIP the archive-only keys are deleted from ``state_dict`` and the model owns copies
+    of the tensors. Raises ``ArchitectureError`` when the tensors do not describe a CLIP model."""
+    arch = infer_architecture(state_dict, vision_heads=vision_heads, transformer_heads=transformer_heads)
+    model = construct_on_meta(arch)
+    check_shapes([(k, tuple(t.shape)) for k, t in model.state_dict().items()], state_dict)
+    plan = _clip_layout(half_precision_names(model), torch.float16)
+    converted: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, tensor in state_dict.items():
+        if key in ARCHIVE_ONLY_KEYS:
+            continue
+        dtype = plan(key, tensor.dtype) if tensor.is_floating_point() else tensor.dtype
+        converted[key] = tensor.to(
+            device="cpu", dtype=dtype, memory_format=torch.contiguous_format, copy=True
+        )
+    for key in ARCHIVE_ONLY_KEYS:
+        state_dict.pop(key, None)
+    return assign_state_dict(model, converted)

@@ -1,0 +1,132 @@
+"""jit=True: OpenAI-style TorchScript archives (cuda:0 constants, fp16 casts) patched for the CPU.
+
+Each of the nine architectures, tiny widths, real TorchScript archives from ``_testing``: the patched
+graphs hold no cuda constant and no cast to half, the model runs on the CPU, and its outputs agree
+with the non-jit model (clip's own tolerance, atol 0.01 on probabilities) and with
+``clip.load(path, device="cpu", jit=True)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from clipfast import _testing
+from clipfast.jit import cuda_constants, graphs, load_jit
+
+CAPTIONS = ["a diagram", "a dog", "a cat", "a photo of a red car"]
+
+
+def _inputs(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import clip
+
+    gen = torch.Generator().manual_seed(7)
+    image = torch.randn(2, 3, resolution, resolution, generator=gen)
+    return image, clip.tokenize(CAPTIONS)
+
+
+def _run(model: Any, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+    # Without the profiling executor's optimisation runs: the same graphs, run once, much faster.
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        logits_per_image, logits_per_text = model(image, text)
+        return {
+            "image_features": model.encode_image(image).float(),
+            "text_features": model.encode_text(text).float(),
+            "logits_per_image": logits_per_image.float(),
+            "logits_per_text": logits_per_text.float(),
+            "probs": logits_per_image.float().softmax(dim=-1),
+        }
+
+
+def _half_casts(model: torch.jit.ScriptModule) -> int:
+    count = 0
+    for graph in graphs(model):
+        for node in graph.findAllNodes("aten::to"):
+            for value in list(node.inputs())[1:3]:
+                if (
+                    value.node().kind() == "prim::Constant"
+                    and value.type().kind() == "IntType"
+                    and value.node().output().toIValue() == 5
+                ):
+                    count += 1
+    return count
+
+
+@pytest.mark.parametrize("name", list(_testing.FULL))
+def test_patched_archive_matches_clip_and_non_jit(name: str, openai_archive: Callable[[str], Path]) -> None:
+    import clip
+
+    path = openai_archive(name)
+    raw = torch.jit.load(str(path), map_location="cpu")
+    assert cuda_constants(raw), "the fixture should carry cuda constants, as OpenAI's files do"
+    assert _half_casts(raw) > 0
+
+    model = load_jit(path, "cpu")
+    assert isinstance(model, torch.jit.ScriptModule)
+    assert cuda_constants(model) == []
+    assert _half_casts(model) == 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not model.training
+
+    resolution = int(model.input_resolution.item())
+    image, text = _inputs(resolution)
+    ours = _run(model, image, text)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference_jit, _ = clip.load(str(path), device="cpu", jit=True)
+        reference_eager, _ = clip.load(str(path), device="cpu", jit=False)
+    same_code = _run(reference_jit, image, text)
+    eager = _run(reference_eager, image, text)
+
+    for key, value in ours.items():
+        # The same graphs on the same weights: equal up to float rounding.
+        torch.testing.assert_close(value, same_code[key], rtol=1e-4, atol=1e-4, msg=f"{name} {key}")
+    torch.testing.assert_close(ours["probs"], eager["probs"], rtol=0, atol=0.01)
+    torch.testing.assert_close(ours["logits_per_image"], eager["logits_per_image"], rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu:0", torch.device("cpu"), torch.device("cpu", 0)])
+def test_every_cpu_spelling_gets_float(device: Any, openai_archive: Callable[[str], Path]) -> None:
+    model = load_jit(openai_archive("ViT-B/32"), device)
+    assert cuda_constants(model) == []
+    assert _half_casts(model) == 0
+    image, _text = _inputs(int(model.input_resolution.item()))
+    with torch.no_grad():
+        features = model.encode_image(image)
+    assert features.dtype == torch.float32
+
+
+def test_unpatched_archive_does_not_run_on_cpu(openai_archive: Callable[[str], Path]) -> None:
+    # Why the patching exists: the raw graphs ask for cuda:0 (no GPU here) or half on the CPU.
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    raw = torch.jit.load(str(openai_archive("ViT-B/32")), map_location="cpu").float()
+    _image, text = _inputs(int(raw.input_resolution.item()))
+    with pytest.raises(RuntimeError), torch.no_grad():
+        raw.encode_text(text)
+
+
+def test_dtype_patch_leaves_other_uses_of_five_alone() -> None:
+    class Cast(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.to(torch.float16).sum() + x.new_full((5,), 5.0).sum() + x.size(0) * 5
+
+    scripted = torch.jit.script(Cast())
+    from clipfast.jit import patch_half_to_float
+
+    assert patch_half_to_float(scripted) == 1
+    x = torch.ones(3)
+    assert scripted(x).dtype == torch.float32
+    assert scripted(x).item() == pytest.approx(3 + 25 + 15)
+
+
+def test_not_an_archive_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-model.pt"
+    bad.write_bytes(b"this is not a zip archive")
+    with pytest.raises((RuntimeError, ValueError)):
+        load_jit(bad, "cpu")

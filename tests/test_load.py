@@ -1,0 +1,364 @@
+"""clipfast.load against openai/CLIP's clip.load on the same files: state, outputs, preprocess, errors."""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import clipfast
+import numpy as np
+import pytest
+import torch
+from clipfast import _testing
+from clipfast.errors import ArchitectureError, CheckpointError, ModelNotFoundError, UnsafeCheckpointError
+from PIL import Image
+
+ALL_MODELS = list(_testing.FULL)
+Loaded = tuple[Any, Any, Any, Any]  # (clipfast model, clipfast preprocess, clip model, clip preprocess)
+
+
+def clip_load(path: Path, device: Any = "cpu", jit: bool = False) -> tuple[Any, Any]:
+    import clip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return clip.load(str(path), device=device, jit=jit)
+
+
+def assert_same_state(ours: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    assert list(ours) == list(reference)
+    for key, expected in reference.items():
+        got = ours[key]
+        assert got.dtype == expected.dtype, key
+        assert got.shape == expected.shape, key
+        assert got.stride() == expected.stride(), key
+        assert got.device == expected.device, key
+        assert torch.equal(got, expected), key
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """torch's OpenMP threads spin while they wait: on a busy 2-core machine two threads make these
+    small forward passes ten times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def loaded(
+    openai_archive: Callable[[str], Path], state_dict_file: Callable[[str], Path]
+) -> Callable[[str, str], Loaded]:
+    """(model name, "archive" | "state_dict") -> both libraries' CPU loads of the same file, made once."""
+    cache: dict[tuple[str, str], Loaded] = {}
+
+    def get(name: str, kind: str) -> Loaded:
+        if (name, kind) not in cache:
+            path = openai_archive(name) if kind == "archive" else state_dict_file(name)
+            model, preprocess = clipfast.load(path, device="cpu")
+            reference, reference_preprocess = clip_load(path)
+            cache[name, kind] = (model, preprocess, reference, reference_preprocess)
+        return cache[name, kind]
+
+    return get
+
+
+def inputs(model: Any, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    n_px = model.visual.input_resolution
+    gen = torch.Generator().manual_seed(7)
+    image = torch.randn(batch, 3, n_px, n_px, generator=gen)
+    text = torch.randint(1, model.vocab_size - 2, (batch, model.context_length), generator=gen)
+    text[0, 5] = model.vocab_size - 1  # end-of-text positions differ between the rows
+    if batch > 1:
+        text[1, -1] = model.vocab_size - 1
+        text[1, 9:20] = 0
+    return image, text
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_archive_state_dict_equals_clip_load(name: str, loaded: Callable[[str, str], Loaded]) -> None:
+    model, _, reference, _ = loaded(name, "archive")
+    assert type(model).__name__ == "CLIP" and not model.training
+    assert all(not m.training for m in model.modules())
+    assert model.dtype == reference.dtype == torch.float32
+    assert_same_state(model.state_dict(), reference.state_dict())
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.visual.input_resolution == reference.visual.input_resolution
+    assert model.context_length == reference.context_length and model.vocab_size == reference.vocab_size
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_archive_outputs_match_clip_load(name: str, loaded: Callable[[str, str], Loaded]) -> None:
+    model, _, reference, _ = loaded(name, "archive")
+    image, text = inputs(model)
+    with torch.no_grad():
+        pairs = [
+            (model.encode_image(image), reference.encode_image(image)),
+            (model.encode_text(text), reference.encode_text(text)),
+            *zip(model(image, text), reference(image, text)),
+        ]
+    for got, expected in pairs:
+        assert got.dtype == expected.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["RN50", "RN50x4", "ViT-B/32", "ViT-L/14@336px"])
+def test_state_dict_file_equals_clip_load(name: str, loaded: Callable[[str, str], Loaded]) -> None:
+    model, _, reference, _ = loaded(name, "state_dict")
+    assert_same_state(model.state_dict(), reference.state_dict())
+    image, text = inputs(model, batch=1)
+    with torch.no_grad():
+        for got, expected in zip(model(image, text), reference(image, text)):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(3)
+    return [
+        Image.fromarray(rng.integers(0, 256, (300, 451, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (517, 260, 4), dtype=np.uint8), "RGBA"),
+        Image.fromarray(rng.integers(0, 256, (224, 224), dtype=np.uint8), "L"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["RN50x4", "ViT-B/32", "ViT-L/14@336px"])
+def test_preprocess_equals_clips(name: str, loaded: Callable[[str, str], Loaded]) -> None:
+    _, preprocess, _, reference_preprocess = loaded(name, "archive")
+    for image in _images():
+        assert torch.equal(preprocess(image), reference_preprocess(image))
+
+
+@pytest.mark.parametrize("device", ["cpu:0", torch.device("cpu"), torch.device("cpu", 0)])
+def test_every_cpu_device_gives_fp32(device: Any, openai_archive: Callable[[str], Path]) -> None:
+    """clip.load keeps fp16 weights for "cpu:0" (it compares str(device) with "cpu"); clipfast does not."""
+    path = openai_archive("ViT-B/32")
+    model, _ = clipfast.load(path, device=device)
+    reference, _ = clip_load(path, device="cpu")
+    assert_same_state(model.state_dict(), reference.state_dict())
+
+
+def test_non_cpu_device_gets_clips_half_layout(openai_archive: Callable[[str], Path]) -> None:
+    """The off-CPU path (copy to the device, convert there) on the meta device: dtypes as clip's."""
+    path = openai_archive("RN50")
+    model, _ = clipfast.load(path, device="meta")
+    reference, _ = clip_load(path, device="meta")
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert [(k, t.dtype, t.shape, t.device.type) for k, t in ours.items()] == [
+        (k, t.dtype, t.shape, t.device.type) for k, t in theirs.items()
+    ]
+    assert {t.dtype for t in ours.values()} == {torch.float16, torch.float32, torch.int64}
+    assert model.dtype == torch.float16
+
+
+def test_fp16_on_cpu_equals_clip_build_model(openai_archive: Callable[[str], Path]) -> None:
+    import clip.model
+
+    path = openai_archive("ViT-B/16")
+    model, _ = clipfast.load(path, device="cpu", dtype=torch.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = clip.model.build_model(torch.jit.load(str(path), map_location="cpu").state_dict())
+    assert_same_state(model.state_dict(), reference.state_dict())
+
+
+def test_dtype_callable_and_fp64(openai_archive: Callable[[str], Path]) -> None:
+    path = openai_archive("RN101")
+    model, _ = clipfast.load(path, device="cpu", dtype=torch.float64)
+    assert {t.dtype for t in model.state_dict().values()} == {torch.float64, torch.int64}
+    bf16 = {"visual.attnpool.c_proj.weight"}
+    model, _ = clipfast.load(
+        path, device="cpu", dtype=lambda name, stored: torch.bfloat16 if name in bf16 else torch.float32
+    )
+    assert model.visual.attnpool.c_proj.weight.dtype == torch.bfloat16
+    assert model.visual.attnpool.c_proj.bias.dtype == torch.float32
+
+
+def test_mmap_load_equals_clip(openai_archive: Callable[[str], Path]) -> None:
+    path = openai_archive("ViT-B/32")
+    model, _ = clipfast.load(path, device="cpu", mmap=True)
+    reference, _ = clip_load(path)
+    assert_same_state(model.state_dict(), reference.state_dict())
+
+
+def test_build_model_is_a_drop_in(openai_archive: Callable[[str], Path]) -> None:
+    import clip.model
+    import clipfast.model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = torch.jit.load(str(openai_archive("RN50x16")), map_location="cpu").state_dict()
+    ours_input, theirs_input = OrderedDict(state), OrderedDict(state)
+    ours = clipfast.model.build_model(ours_input)
+    theirs = clip.model.build_model(theirs_input)
+    assert list(ours_input) == list(theirs_input)  # the archive-only buffers are deleted, as clip does
+    assert not ours.training
+    assert_same_state(ours.state_dict(), theirs.state_dict())
+    # The model owns its tensors: changing the input afterwards does not change the model.
+    key = "visual.conv1.weight"
+    state[key].zero_()
+    assert ours.state_dict()[key].abs().sum() > 0
+
+
+def test_jit_on_a_state_dict_warns_and_loads_eagerly(state_dict_file: Callable[[str], Path]) -> None:
+    path = state_dict_file("ViT-B/32")
+    with pytest.warns(UserWarning, match="not a JIT archive"):
+        model, _preprocess = clipfast.load(path, device="cpu", jit=True)
+    reference, _ = clip_load(path)
+    assert_same_state(model.state_dict(), reference.state_dict())
+
+
+def test_jit_archive_goes_to_load_jit(openai_archive: Callable[[str], Path], monkeypatch: Any) -> None:
+    import clipfast.jit
+
+    path = openai_archive("ViT-L/14@336px")
+    calls: list[tuple[str, Any]] = []
+
+    class Scripted:
+        input_resolution = torch.tensor(336)
+
+    def fake_load_jit(p: str, device: Any) -> Any:
+        calls.append((p, device))
+        return Scripted()
+
+    monkeypatch.setattr(clipfast.jit, "load_jit", fake_load_jit)
+    model, preprocess = clipfast.load(path, device="cpu", jit=True)
+    assert calls == [(str(path), "cpu")] and isinstance(model, Scripted)
+    assert preprocess.transforms[0].size == 336
+
+
+def test_jit_true_matches_clip(openai_archive: Callable[[str], Path]) -> None:
+    path = openai_archive("RN50")
+    try:
+        model, _ = clipfast.load(path, device="cpu", jit=True)
+    except NotImplementedError:
+        pytest.skip("clipfast.jit.load_jit is not built yet")
+    reference, _ = clip_load(path, jit=True)
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.encode_image(image), reference.encode_image(image), rtol=0, atol=1e-5
+        )
+
+
+def test_named_model_goes_to_resolve_model(
+    openai_archive: Callable[[str], Path], monkeypatch: Any, tmp_path: Path
+) -> None:
+    import sys
+
+    download_module = sys.modules["clipfast.download"]  # `clipfast.download` is the function
+    path = openai_archive("ViT-B/32")
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_resolve(name: str, root: str | None = None, *, verify: bool = False) -> str:
+        calls.append((name, root, verify))
+        return str(path)
+
+    monkeypatch.setattr(download_module, "resolve_model", fake_resolve)
+    model, _ = clipfast.load("ViT-B/32", device="cpu", download_root=str(tmp_path), verify=True)
+    assert calls == [("ViT-B/32", str(tmp_path), True)]
+    assert model.visual.input_resolution == 224
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    for name in (str(tmp_path / "nope.pt"), str(tmp_path), "ViT-B/33"):
+        with pytest.raises(ModelNotFoundError, match="not found; available models") as info:
+            clipfast.load(name, device="cpu")
+        assert name in str(info.value)
+        assert isinstance(info.value, RuntimeError) and isinstance(info.value, FileNotFoundError)
+
+
+def test_empty_and_garbage_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(4096))
+    for path in (empty, garbage):
+        with pytest.raises(CheckpointError) as info:
+            clipfast.load(path, device="cpu")
+        assert str(path) in str(info.value)
+
+
+def test_truncated_archive(openai_archive: Callable[[str], Path], tmp_path: Path) -> None:
+    data = openai_archive("ViT-B/32").read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as info:
+        clipfast.load(path, device="cpu")
+    assert str(path) in str(info.value)
+
+
+def test_pickle_naming_code_is_refused_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    payload = f"cos\nsystem\n(Vtouch {marker}\ntR.".encode()
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("evil/data.pkl", payload)
+        archive.writestr("evil/version", "3\n")
+        archive.writestr("evil/byteorder", "little")
+    with pytest.raises(CheckpointError) as info:
+        clipfast.load(path, device="cpu")
+    assert isinstance(info.value, UnsafeCheckpointError) or "system" in str(info.value)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+def _save_edited(state_dict_file: Callable[[str], Path], tmp_path: Path, name: str, edit: Any) -> Path:
+    state = torch.load(state_dict_file(name), map_location="cpu", weights_only=True)
+    edit(state)
+    path = tmp_path / "edited.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "message"),
+    [
+        ("RN50", lambda s: [s.pop(k) for k in list(s) if k.startswith("visual.")], r"visual\.\*"),
+        ("ViT-B/32", lambda s: s.update({"visual.proj": torch.zeros(64, 31)}), "'visual.proj'"),
+        (
+            "ViT-B/32",
+            lambda s: s.update({"transformer.resblocks.1.mlp.c_fc.weight": torch.zeros(255, 64)}),
+            r"'transformer\.resblocks\.1\.mlp\.c_fc\.weight' has shape \[255, 64\]",
+        ),
+        ("RN50", lambda s: s.pop("visual.layer2.0.bn1.running_var"), "visual.layer2.0.bn1.running_var"),
+        ("RN50", lambda s: s.update({"extra.weight": torch.zeros(2)}), "unexpected tensors"),
+        (
+            "ViT-B/16",
+            lambda s: s.update({"positional_embedding": torch.zeros(77, 32)}),
+            "positional_embedding",
+        ),
+    ],
+)
+def test_inconsistent_checkpoints_raise_architecture_error(
+    name: str, edit: Any, message: str, state_dict_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    path = _save_edited(state_dict_file, tmp_path, name, edit)
+    with pytest.raises(ArchitectureError, match=message) as info:
+        clipfast.load(path, device="cpu")
+    assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["RN50", "ViT-B/32"])
+def test_cuda_matches_clip_load(name: str, openai_archive: Callable[[str], Path]) -> None:
+    path = openai_archive(name)
+    model, _ = clipfast.load(path, device="cuda")
+    reference, _ = clip_load(path, device="cuda")
+    assert_same_state(model.state_dict(), reference.state_dict())
+    image, text = inputs(model, batch=2)
+    image, text = image.cuda(), text.cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(image), reference.encode_image(image), rtol=0, atol=0)
+        torch.testing.assert_close(model.encode_text(text), reference.encode_text(text), rtol=0, atol=0)
+        for got, expected in zip(model(image, text), reference(image, text)):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)

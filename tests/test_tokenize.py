@@ -1,0 +1,307 @@
+"""clipfast.tokenize / SimpleTokenizer against the reference ``clip`` (clip-anytorch) on a large corpus.
+
+clip-anytorch returns int64 where openai/CLIP returns int32: values are compared, clipfast's dtype
+is int32.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import warnings
+
+import clipfast
+import pytest
+import torch
+from clipfast import _native
+from clipfast.simple_tokenizer import SimpleTokenizer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import clip
+    from clip import simple_tokenizer as reference_module
+
+REFERENCE = reference_module.SimpleTokenizer()
+MAX_CHAR = sys.maxunicode
+
+
+def _reference_clean(text: str) -> str:
+    return reference_module.whitespace_clean(reference_module.basic_clean(text)).lower()
+
+
+def _same_as_clip(texts: list[str], **kwargs: object) -> None:
+    expected = clip.tokenize(texts, **kwargs)  # type: ignore[arg-type]
+    got = clipfast.tokenize(texts, **kwargs)  # type: ignore[arg-type]
+    assert got.dtype == torch.int32
+    assert got.shape == expected.shape
+    mismatched = [t for t, a, b in zip(texts, got, expected) if not torch.equal(a.long(), b)]
+    assert not mismatched, mismatched[:5]
+
+
+CORPUS = [
+    # ASCII captions and punctuation
+    "a photo of a dog",
+    "A Photo Of A DOG.",
+    "a diagram",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnewlines\n\nand  runs   of spaces",
+    "form\x0cfeed",
+    "it's, we're, they've, I'm, you'll, he'd, don't, IT'S, WE'RE",
+    "'s't're've'm'll'd''s",
+    "numbers 1234567890 3.14159 -42 1e10 0x1F",
+    'symbols !@#$%^*()_+-=[]{}|;:,.<>/?`~\\"',
+    "<|startoftext|> inside <|endoftext|> text <|STARTOFTEXT|><|endoftext|",
+    "<start>of<text> <html><body>tags</body></html>",
+    "emails a.b@c.com and urls https://example.com/a?b=c#d",
+    "",
+    " ",
+    "\n\t \x0c",
+    "x",
+    "supercalifragilisticexpialidocious pneumonoultramicroscopicsilicovolcanoconiosis",
+    # HTML entities (double-unescaped by clip) and ampersands
+    "fish &amp; chips",
+    "&amp;amp; &lt;b&gt; &quot;q&quot; &#39;s &#x27;t &nbsp;x",
+    "&AMP; &Amp; &eacute; &hellip; &#8217; &#0; &#x110000; &bogus; & ;&",
+    "AT&T R&D Q&A",
+    "1 < 2 & 3 > 2 &lt; <b>&amp;</b>",
+    # accents, composed and decomposed, ligatures, width
+    "café crème brûlée naïve façade résumé",
+    "cafe\u0301 cre\u0300me",
+    "Ångström Æsir Øresund Ðð Þþ ß ẞ",
+    "ﬁnancial ﬂower ﬀ ﬃ",
+    "ＦＵＬＬＷＩＤＴＨ　ｔｅｘｔ １２３",
+    "İstanbul ΣΊΣΥΦΟΣ ΟΔΥΣΣΕΥΣ σς Σ",
+    "ſtraße 'ſ <|ſtartoftext|>",
+    "Ǆǅǆ ǈ ǋ ǲ ᾈ ᾼ ῌ ͅ a\u0345b",
+    # CJK, other scripts
+    "東京タワーの写真",
+    "一只猫坐在垫子上。",
+    "고양이 사진입니다",
+    "Кошка сидит на ковре",
+    "قطة تجلس على السجادة",
+    "बिल्ली चटाई पर बैठी है",
+    "แมวนั่งอยู่บนเสื่อ",
+    "ᚠᚢᚦᚨᚱᚲ 𐌰𐌱𐌲 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝟘𝟙𝟚",
+    "٠١٢٣ ۴۵۶ ௧௨௩ ½ ² Ⅻ ⑫",
+    # emoji and symbols
+    "a cat 🐱 with a hat 🎩!!",
+    "👨‍👩‍👧‍👦 family 🏳️‍🌈 flag 👍🏽 🇯🇵",
+    "★☆♥♦ → ← ∑ ∞ ≠ © ® ™ € £ ¥",
+    # curly quotes, dashes, invisible and control characters
+    "it’s “quoted” ‘single’ — dash – en … ellipsis",
+    "zero\u200bwidth \ufeffbom \u00adsoft\u2028line\u2029para\x85nel",
+    "bell\x07 esc\x1b[31mred\x1b[0m del\x7f vt\x0b cr\r\nlf",
+    "\u206a\ufff9 private\ue000 noncharacter\ufdd0",
+    "\u3000ideographic space\u00a0nbsp\u2009thin",
+    # mojibake that ftfy repairs
+    "Ã©tÃ© â€œquotedâ€\x9d cafÃ©",
+    "The Mona Lisa doesnÃ¢â‚¬â„¢t have eyebrows.",
+    "âœ” No problems",
+    "l’humanitÃ©",
+    "Ã¢â‚¬Å“mixedÃ¢â‚¬\x9d and ascii",
+    "\u00c3\u00a0 la carte",
+    "ÐŸÑ€Ð¸Ð²ÐµÑ‚",
+]
+
+
+def test_corpus_matches_clip() -> None:
+    _same_as_clip(CORPUS)
+
+
+def test_each_text_alone_matches_clip() -> None:
+    for text in CORPUS:
+        assert torch.equal(clipfast.tokenize(text).long(), clip.tokenize(text)), text
+
+
+def test_returns_openai_dtype_and_shape() -> None:
+    out = clipfast.tokenize("a dog")
+    assert out.dtype == torch.int32 and out.shape == (1, 77)
+    assert out[0, 0].item() == 49406
+    assert clipfast.tokenize(["a", "b", "c"], context_length=20).shape == (3, 20)
+    assert clipfast.tokenize(("a", "b")).shape == (2, 77)
+    empty = clipfast.tokenize([])
+    assert empty.shape == (0, 77) and empty.dtype == torch.int32
+    row = clipfast.tokenize("a dog")[0].tolist()
+    end = row.index(49407)
+    assert row[end + 1 :] == [0] * (76 - end)
+
+
+def test_result_is_writable_and_owned() -> None:
+    first = clipfast.tokenize(["a dog", "a cat"])
+    first[0, 1] = 7
+    second = clipfast.tokenize(["a dog", "a cat"])
+    assert second[0, 1].item() != 7
+
+
+def test_long_texts_truncate_like_clip() -> None:
+    rng = random.Random(3)
+    words = ["photo", "of", "a", "dog", "café", "東京", "🐱", "&amp;", "it's", "123"]
+    long_texts = [" ".join(rng.choice(words) for _ in range(n)) for n in (70, 75, 76, 77, 80, 500, 5000)]
+    long_texts += ["a" * 3000, "ab" * 2000, "é" * 1000, "!" * 500]
+    _same_as_clip(long_texts, truncate=True)
+    for length in (1, 2, 3, 5, 76, 78, 200):
+        _same_as_clip([*long_texts, *CORPUS[:10]], context_length=length, truncate=True)
+    truncated = clipfast.tokenize(long_texts, truncate=True)
+    assert (truncated[:, -1][truncated[:, -1] != 0] == 49407).all()
+
+
+def test_too_long_raises_naming_the_first_offender() -> None:
+    short = "a photo of a dog"
+    long_a = "alpha " * 100
+    long_b = "beta " * 100
+    with pytest.raises(RuntimeError) as expected:
+        clip.tokenize([short, long_a, long_b])
+    with pytest.raises(RuntimeError) as got:
+        clipfast.tokenize([short, long_a, long_b])
+    assert str(got.value) == str(expected.value)
+    assert long_a in str(got.value) and "context length 77" in str(got.value)
+    # Exactly at the limit is fine; one more token is not.
+    fits = " ".join(["dog"] * 75)
+    assert clipfast.tokenize(fits)[0, 76].item() == 49407
+    with pytest.raises(RuntimeError, match="too long for context length 77"):
+        clipfast.tokenize(fits + " dog")
+    with pytest.raises(RuntimeError, match="too long for context length 5"):
+        clipfast.tokenize(["ok", "a b c d"], context_length=5)
+
+
+def test_non_str_items_are_type_errors() -> None:
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        clipfast.tokenize(["a", b"bytes"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        clipfast.tokenize(["a", None])  # type: ignore[list-item]
+
+
+def test_generated_captions_match_clip() -> None:
+    rng = random.Random(0)
+    nouns = ["dog", "cat", "Man", "woman", "car", "tree", "building", "café", "crème", "東京", "猫", "🐶"]
+    verbs = ["sitting on", "riding", "next to", "IN FRONT OF", "jumping over", "eating", "it's"]
+    extra = ["&amp;", "&quot;", "’s", "“", "Ã©", "\u3000", "ﬁ", "１２", "!!", "...", "-", "\t", "\n"]
+    texts = []
+    for _ in range(3000):
+        parts = [rng.choice(["a", "the", "two", "An"])]
+        for _ in range(rng.randint(1, 6)):
+            parts += [rng.choice(nouns), rng.choice(verbs)]
+        if rng.random() < 0.3:
+            parts.insert(rng.randrange(len(parts)), rng.choice(extra))
+        texts.append(" ".join(parts) + rng.choice([".", "", "!", " "]))
+    _same_as_clip(texts, truncate=True)
+
+
+unicode_text = st.text(
+    alphabet=st.characters(max_codepoint=MAX_CHAR, exclude_categories=("Cs",)), max_size=40
+)
+tricky = st.lists(
+    st.sampled_from([*"aS'sStT<|>&;#x0123 \t\n\r\x0bé́’“Ã©â€™\u3000ﬁＡ\u0345ſ🐱東", "&amp;", "&#39;"]),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(unicode_text, tricky), max_size=8))
+def test_random_unicode_matches_clip(texts: list[str]) -> None:
+    _same_as_clip(texts, truncate=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=60))
+def test_fast_path_is_exactly_clips_cleaning(text: str) -> None:
+    # The fast path claims: ftfy and html.unescape leave such text unchanged, so clip's cleaning is
+    # whitespace collapsing and lower-casing only.
+    fast = _native.clip_plain_ascii_clean(text)
+    if fast is None:
+        return
+    import html
+
+    import ftfy
+
+    assert ftfy.fix_text(text) == text
+    assert html.unescape(text) == text
+    assert fast == _reference_clean(text)
+
+
+def test_fast_path_covers_the_printable_ascii_alphabet() -> None:
+    allowed = [chr(c) for c in range(128) if _native.clip_plain_ascii_clean(chr(c)) is not None]
+    assert "".join(allowed) == "\t\n\x0c" + "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "&")
+    import ftfy
+
+    for ch in allowed:
+        sample = f"x{ch}Y{ch}{ch}z"
+        assert ftfy.fix_text(sample) == sample
+        assert _native.clip_plain_ascii_clean(sample) == _reference_clean(sample)
+
+
+def test_pretokenizer_matches_clips_regex_on_every_code_point() -> None:
+    # Every character alone between a letter and a digit, doubled, and after an apostrophe: the
+    # Rust classes are generated from the regex package and checked against it here.
+    pattern = REFERENCE.pat
+    step = 0x8000
+    for start in range(0, MAX_CHAR + 1, step):
+        chars = [chr(c) for c in range(start, min(start + step, MAX_CHAR + 1)) if not 0xD800 <= c <= 0xDFFF]
+        text = "".join(f"a{c}1{c}{c} '{c} " for c in chars)
+        assert _native.clip_pretokenize(text) == pattern.findall(text), hex(start)
+
+
+def test_pretokenizer_literals_fold_case_like_the_regex_package() -> None:
+    # Characters with any case relation to an ASCII letter, put in every position of every literal.
+    related = sorted(
+        {
+            chr(c)
+            for c in range(MAX_CHAR + 1)
+            if not 0xD800 <= c <= 0xDFFF
+            and any(ch.isascii() for ch in chr(c).lower() + chr(c).upper() + chr(c).casefold())
+        }
+    )
+    literals = ["<|startoftext|>", "<|endoftext|>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"]
+    texts = []
+    for literal in literals:
+        for i in range(len(literal)):
+            texts.extend(f"x{literal[:i]}{c}{literal[i + 1 :]}y" for c in related)
+    text = " ".join(texts)
+    assert _native.clip_pretokenize(text) == REFERENCE.pat.findall(text)
+
+
+def test_simple_tokenizer_is_a_drop_in() -> None:
+    ours = SimpleTokenizer()
+    assert ours.encoder == REFERENCE.encoder
+    assert ours.decoder == REFERENCE.decoder
+    assert ours.byte_encoder == REFERENCE.byte_encoder
+    assert ours.byte_decoder == REFERENCE.byte_decoder
+    assert ours.bpe_ranks == REFERENCE.bpe_ranks
+    assert len(ours.encoder) == 49408
+    for text in CORPUS:
+        ids = ours.encode(text)
+        assert ids == REFERENCE.encode(text), text
+        assert ours.decode(ids) == REFERENCE.decode(ids)
+    broken = [REFERENCE.encoder["ã</w>"], 256, 49406, 49407]
+    assert ours.decode(broken) == REFERENCE.decode(broken)
+
+
+def test_import_path_of_clip_works() -> None:
+    from clipfast.simple_tokenizer import SimpleTokenizer as Imported
+    from clipfast.simple_tokenizer import default_bpe
+
+    assert default_bpe().endswith("bpe_simple_vocab_16e6.txt.gz")
+    assert Imported(default_bpe()).encode("A dog") == REFERENCE.encode("A dog")
+
+
+def test_threads_share_the_tokenizer() -> None:
+    texts = [f"caption number {i} of a café" for i in range(200)]
+    expected = clip.tokenize(texts)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(5):
+                assert torch.equal(clipfast.tokenize(texts).long(), expected)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
