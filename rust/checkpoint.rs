@@ -225,8 +225,8 @@ type TensorRow = (
     bool,
     bool,
 );
-/// `(src_start, src_end, src_dtype, dst_address, dst_nbytes, dst_dtype)`.
-type JobRow = (usize, usize, String, usize, usize, String);
+/// `(src_start, src_end, src_dtype, destination tensor)`.
+type JobRow<'py> = (usize, usize, String, Bound<'py, PyAny>);
 
 #[pymethods]
 impl CheckpointReader {
@@ -294,33 +294,55 @@ impl CheckpointReader {
         .collect()
     }
 
-    /// Fills destination buffers from byte ranges of the file, converting dtypes, in parallel
+    /// Fills destination tensors from byte ranges of the file, converting dtypes, in parallel
     /// with the GIL released, dropping source pages from the map once converted.
     ///
-    /// Each job is `(src_start, src_end, src_dtype, dst_address, dst_nbytes, dst_dtype)`.
-    ///
-    /// # Safety contract (private API, called by `clipfast.checkpoint` only)
-    /// `dst_address` must be the start of `dst_nbytes` writable bytes, aligned for `dst_dtype`,
-    /// that stay alive and untouched by anyone else until this call returns, and no two jobs may
-    /// overlap in their destinations.
-    fn convert(&self, py: Python<'_>, jobs: Vec<JobRow>) -> PyResult<()> {
+    /// Each job is `(src_start, src_end, src_dtype, destination)`: `destination` a contiguous CPU
+    /// `torch.Tensor` whose dtype is the target and whose element count is the source's. The
+    /// tensors are held for the whole call; do not resize them from another thread meanwhile.
+    fn convert(&self, py: Python<'_>, jobs: Vec<JobRow<'_>>) -> PyResult<()> {
         let mut parsed = Vec::with_capacity(jobs.len());
-        for (start, end, src, dst, dst_len, dst_dtype) in jobs {
-            let src_dtype = Dtype::from_torch_name(&src)
-                .ok_or_else(|| Error::checkpoint(&self.path, format!("unknown dtype {src}")))?;
-            let dst_dtype = Dtype::from_torch_name(&dst_dtype).ok_or_else(|| {
-                Error::checkpoint(&self.path, format!("unknown dtype {dst_dtype}"))
-            })?;
+        for (start, end, src, dst) in &jobs {
+            let src_dtype = self.dtype(src)?;
+            let device: String = dst.getattr("device")?.str()?.extract()?;
+            let dtype: String = dst.getattr("dtype")?.str()?.extract()?;
+            let contiguous: bool = dst.call_method0("is_contiguous")?.extract()?;
+            if device != "cpu" || !contiguous {
+                return Err(Error::checkpoint(
+                    &self.path,
+                    "conversion destination must be a contiguous CPU tensor",
+                )
+                .into());
+            }
+            let dst_dtype = self.dtype(dtype.strip_prefix("torch.").unwrap_or(&dtype))?;
             parsed.push(convert::Job {
-                src: start..end,
+                src: *start..*end,
                 src_dtype,
-                dst_address: dst,
-                dst_len,
+                dst_address: dst.call_method0("data_ptr")?.extract()?,
+                dst_len: dst.getattr("nbytes")?.extract()?,
                 dst_dtype,
             });
         }
+        // Destinations must not overlap: each byte has one writer.
+        let mut spans: Vec<(usize, usize)> = parsed
+            .iter()
+            .map(|j| (j.dst_address, j.dst_address.saturating_add(j.dst_len)))
+            .collect();
+        spans.sort_unstable();
+        if spans.windows(2).any(|w| w[0].1 > w[1].0 && w[1].1 > w[1].0) {
+            return Err(Error::checkpoint(&self.path, "conversion destinations overlap").into());
+        }
+        // `jobs` keeps every destination tensor alive until the conversion has returned.
         py.detach(|| convert::run(&self.path, &self.map, &parsed))?;
+        drop(jobs);
         Ok(())
+    }
+}
+
+impl CheckpointReader {
+    fn dtype(&self, name: &str) -> Result<Dtype> {
+        Dtype::from_torch_name(name)
+            .ok_or_else(|| Error::checkpoint(&self.path, format!("unknown dtype {name}")))
     }
 }
 

@@ -72,7 +72,7 @@ def free_disk_bytes(path: str | os.PathLike[str]) -> int: ...
 # --- reader ---
 import os
 import pathlib
-from typing import final
+from typing import Any, final
 
 @final
 class CheckpointReader:
@@ -92,8 +92,9 @@ class CheckpointReader:
     @property
     def tensors(self) -> list[tuple[str, str, list[int], list[int], int, int, bool, bool]]:
         """``[(name, dtype, shape, stride, storage, storage_offset, requires_grad, is_parameter)]``."""
-    def convert(self, jobs: list[tuple[int, int, str, int, int, str]]) -> None:
-        """Private: fill buffers ``(src_start, src_end, src_dtype, dst_address, dst_nbytes, dst_dtype)``."""
+    def convert(self, jobs: list[tuple[int, int, str, Any]]) -> None:
+        """Fill contiguous CPU tensors from ``(src_start, src_end, src_dtype, destination)``."""
+
 # --- image ---
 def resize_crop(
     pixels: bytes | object, width: int, height: int, mode: str, n_px: int, simd: bool = True

@@ -124,8 +124,7 @@ def read_state_dict(
     targets = [_target(dtype, row[0], row[1]) for row in rows]
 
     bases: dict[tuple[int, str], torch.UntypedStorage] = {}
-    owned: list[torch.Tensor] = []
-    jobs: list[tuple[int, int, str, int, int, str]] = []
+    jobs: list[tuple[int, int, str, torch.Tensor]] = []
     mapped: torch.UntypedStorage | None = None
     for row, target in zip(rows, targets):
         key = (row[4], target)
@@ -140,13 +139,11 @@ def read_state_dict(
         else:
             buffer = torch.empty((end - start) // itemsize, dtype=getattr(torch, target))
             if buffer.numel():
-                jobs.append((start, end, stored, buffer.data_ptr(), buffer.nbytes, target))
-            owned.append(buffer)
+                jobs.append((start, end, stored, buffer))
             bases[key] = buffer.untyped_storage()
     if jobs:
-        # The buffers stay referenced by `owned` until convert returns (its safety contract).
         reader.convert(jobs)
-    del owned
+    del jobs
 
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for (name, _, shape, stride, storage, offset, requires_grad, is_parameter), target in zip(rows, targets):
