@@ -26,8 +26,10 @@ class CheckpointReader:
         """Private: fill buffers ``(src_start, src_end, src_dtype, dst_address, dst_nbytes, dst_dtype)``."""
 
 # --- text ---
-from collections.abc import Callable
+from collections.abc import Callable  # noqa: E402  (sections are appended per area)
+from typing import final  # noqa: E402
 
+@final
 class ClipTokenizer:
     def __new__(
         cls, merges: str, ftfy_version: str | None = None, unicode_version: str | None = None
