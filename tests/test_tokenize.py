@@ -381,3 +381,28 @@ def test_threads_share_the_tokenizer() -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "b", "ab", "ba", "e", "r", "s", "th", "in", "é", "東", "!"]),
+        min_size=20,
+        max_size=200,
+    )
+)
+def test_long_words_encode_like_clip(parts: list[str]) -> None:
+    # Words past 48 bytes take the heap-based merge: every id must still be clip's.
+    word = "".join(parts)
+    ours = SimpleTokenizer()
+    assert ours.encode(word) == REFERENCE.encode(word)
+    assert ours.encode(word + " " + word[::-1]) == REFERENCE.encode(word + " " + word[::-1])
+
+
+def test_a_very_long_word_does_not_hang() -> None:
+    import time
+
+    start = time.perf_counter()
+    out = clipfast.tokenize(["x" * 200_000 + "yz" * 50_000], truncate=True)
+    assert time.perf_counter() - start < 10
+    assert out[0, 0].item() == 49406 and out[0, -1].item() == 49407
