@@ -120,7 +120,7 @@ def patch_half_to_float(module: torch.jit.ScriptModule) -> int:
 
 
 def load_jit(
-    path: Union[str, os.PathLike[str]], device: Union[str, torch.device, None] = None
+    path: Union[str, os.PathLike[str]], device: Union[str, torch.device, int, None] = None
 ) -> torch.jit.ScriptModule:
     """Load an OpenAI TorchScript archive for ``device`` (cuda when available, else cpu), patched.
 
