@@ -40,17 +40,29 @@ pub enum Error {
     /// Ctrl-C arrived while the GIL was released.
     #[error("interrupted")]
     Interrupted,
+    /// A Python callback (progress, signal handler) raised while Rust was working: re-raised as is.
+    #[error("{0}")]
+    Python(PyErr),
 }
 
 impl Error {
     pub fn checkpoint(path: &Path, msg: impl Into<String>) -> Self {
-        Error::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
+        Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn unsafe_global(path: &Path, msg: impl Into<String>) -> Self {
-        Error::Unsafe { path: path.to_path_buf(), msg: msg.into() }
+        Error::Unsafe {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -71,6 +83,7 @@ impl From<Error> for PyErr {
             Error::Download { .. } => DownloadError::new_err(text),
             Error::Image { .. } => ImageError::new_err(text),
             Error::Interrupted => PyKeyboardInterrupt::new_err(text),
+            Error::Python(err) => err,
         }
     }
 }

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from clipfast import _testing
 
 # The reference packages warn on import (pkg_resources, TorchScript deprecation); not our concern.

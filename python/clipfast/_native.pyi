@@ -25,6 +25,30 @@ class CheckpointReader:
     def convert(self, jobs: list[tuple[int, int, str, int, int, str]]) -> None:
         """Private: fill buffers ``(src_start, src_end, src_dtype, dst_address, dst_nbytes, dst_dtype)``."""
 
+# --- image ---
+def resize_crop(
+    pixels: bytes | object, width: int, height: int, mode: str, n_px: int, simd: bool = True
+) -> bytes:
+    """Resize (Pillow-exact bicubic) + centre-crop one image in its own mode; packed n x n bytes.
+
+    ``pixels`` is packed bytes (``Image.tobytes()`` layout) or the capsule of ``Image.getim()``.
+    """
+
+def preprocess_into(
+    items: list[tuple[bytes | object, int, int, str]],
+    n_px: int,
+    lut: bytes,
+    out_addr: int,
+    out_len: int,
+    kind: str,
+    threads: int = 1,
+    simd: bool = True,
+) -> list[str | None]:
+    """Resize, crop, convert and normalise ``items`` (L, LA, RGB, RGBA) into the tensor at ``out_addr``."""
+
+def simd_level() -> str:
+    """"avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""
+
 # --- text ---
 from collections.abc import Callable  # noqa: E402  (sections are appended per area)
 from typing import final  # noqa: E402

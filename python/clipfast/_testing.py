@@ -134,7 +134,8 @@ def _cuda_device_constant() -> torch._C.Node:
     def _cuda() -> torch.device:
         return torch.device("cuda:0")
 
-    return next(n for n in _cuda.graph.findAllNodes("prim::Constant") if "cuda" in repr(n))
+    constants = _cuda.graph.findAllNodes("prim::Constant")  # type: ignore[attr-defined]
+    return next(n for n in constants if "cuda" in repr(n))
 
 
 def write_openai_archive(path: str | os.PathLike[str], s: ModelSpec, seed: int = 0) -> Path:
@@ -158,7 +159,7 @@ def write_openai_archive(path: str | os.PathLike[str], s: ModelSpec, seed: int =
         )
     cuda = _cuda_device_constant()
     for graph in _graphs(traced):
-        for node in graph.findAllNodes("prim::Constant"):
+        for node in graph.findAllNodes("prim::Constant"):  # type: ignore[attr-defined]
             if node.output().type().kind() == "DeviceObjType" and str(node.output().toIValue()) == "cpu":
                 node.copyAttributes(cuda)
     out = Path(path)

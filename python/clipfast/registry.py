@@ -31,7 +31,7 @@ def available_models() -> list[str]:
 
 
 def sha256_of_url(url: str) -> str | None:
-    """The SHA-256 that openai/CLIP reads from a URL: its second-to-last path segment, if it is 64 hex digits."""
+    """The SHA-256 that openai/CLIP reads from a URL: its second-to-last path segment, if 64 hex digits."""
     parts = url.split("?", 1)[0].rstrip("/").split("/")
     if len(parts) >= 2:
         candidate = parts[-2].lower()

@@ -1,18 +1,27 @@
 """clip's preprocessing: Resize(n_px, bicubic) on the shorter side, CenterCrop(n_px), RGB, ToTensor,
-Normalize with CLIP's mean and std. Same results as openai/CLIP's ``_transform(n_px)``, without
-importing torchvision.
+Normalize with CLIP's mean and std. Same results as openai/CLIP's ``_transform(n_px)``, bit for bit,
+without importing torchvision.
 
-This first version runs on Pillow; the Rust fast path replaces its internals (issue 5).
+The steps stay public Python objects (``Compose.transforms``) that code can read or swap. While the
+list is clip's standard one, ``Compose`` runs all five steps at once in Rust (``clipfast._native``),
+reading Pillow's pixel rows in place and computing only the pixels the centre crop keeps; when a
+step is swapped, it runs the steps one by one, as torchvision's Compose does.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+
+from . import _native
+from .errors import ImageError
 
 __all__ = [
     "MEAN",
@@ -118,12 +127,21 @@ class Normalize:
 
 
 class Compose:
-    """Apply ``transforms`` in order; like torchvision's Compose, the list is public and editable."""
+    """Apply ``transforms`` in order; like torchvision's Compose, the list is public and editable.
+
+    While the list is clip's standard pipeline (Resize(n), CenterCrop(n), ConvertToRGB, ToTensor,
+    Normalize) and the input is a PIL image, all steps run at once in Rust with identical results.
+    """
 
     def __init__(self, transforms: list[Any]) -> None:
         self.transforms = transforms
 
     def __call__(self, img: Any) -> Any:
+        if isinstance(img, Image.Image):
+            plan = _standard_plan(self.transforms)
+            if plan is not None:
+                n_px, mean, std = plan
+                return _preprocess_images([img], n_px, mean, std, torch.float32, 1)[0]
         for t in self.transforms:
             img = t(img)
         return img
@@ -138,5 +156,223 @@ def for_resolution(n_px: int) -> Compose:
     return Compose([Resize(n_px), CenterCrop(n_px), ConvertToRGB(), ToTensor(), Normalize(MEAN, STD)])
 
 
-def preprocess_batch(items: Any, n_px: int = 224, **kwargs: Any) -> Any:
-    raise NotImplementedError("clipfast.preprocess_batch is not built yet")
+# --- the Rust fast path -------------------------------------------------------------------------
+
+#: Modes the Rust code resizes and converts itself, reading Pillow's rows in place.
+_DIRECT_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
+#: Modes Rust resizes exactly; Pillow converts the small n x n result to RGB.
+_RESIZED_MODES = frozenset({"CMYK", "I", "F", "I;16"})
+_OUTPUT_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
+_LUTS: dict[tuple[tuple[float, ...], tuple[float, ...], torch.dtype], bytes] = {}
+_SIMD = os.environ.get("CLIPFAST_SCALAR", "") in ("", "0")
+
+
+def _standard_plan(steps: list[Any]) -> tuple[int, tuple[float, ...], tuple[float, ...]] | None:
+    """(n_px, mean, std) when ``steps`` is exactly clip's pipeline, else None (run step by step)."""
+    if len(steps) != 5:
+        return None
+    resize, crop, rgb, to_tensor, normalize = steps
+    if not (
+        type(resize) is Resize
+        and type(crop) is CenterCrop
+        and type(rgb) is ConvertToRGB
+        and type(to_tensor) is ToTensor
+        and type(normalize) is Normalize
+    ):
+        return None
+    bicubic = resize.interpolation in (Image.Resampling.BICUBIC, "bicubic") or (
+        getattr(resize.interpolation, "value", None) == "bicubic"
+    )
+    n_px = resize.size
+    if not (bicubic and isinstance(n_px, int) and n_px > 0 and crop.size == n_px):
+        return None
+    if len(normalize.mean) != 3 or len(normalize.std) != 3:
+        return None
+    return n_px, tuple(normalize.mean), tuple(normalize.std)
+
+
+def _lut(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) -> bytes:
+    """ToTensor + Normalize for every byte value of each channel, computed with torch's own ops."""
+    key = (mean, std, dtype)
+    table = _LUTS.get(key)
+    if table is None:
+        values = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256).contiguous()
+        norm = Normalize(mean, std)(values.to(torch.float32).div(255))
+        if dtype != torch.float32:
+            norm = norm.to(dtype)
+        table = norm.contiguous().numpy().tobytes()
+        _LUTS[key] = table
+    return table
+
+
+def _pillow_steps(img: Image.Image, n_px: int) -> Image.Image:
+    """Resize, crop and convert with Pillow itself: modes the Rust path does not cover (P, 1, ...)."""
+    return ConvertToRGB()(CenterCrop(n_px)(Resize(n_px)(img)))
+
+
+def _item(img: Image.Image, n_px: int) -> tuple[Any, int, int, str]:
+    """The (pixels, width, height, mode) tuple Rust reads for one decoded image."""
+    img.load()
+    w, h = img.size
+    mode = img.mode
+    if w == 0 or h == 0:
+        raise ImageError(f"image has zero size ({w}x{h})")
+    if mode in _DIRECT_MODES:
+        return (img.getim() if _CAPSULE_OK else img.tobytes()), w, h, mode
+    if mode in _RESIZED_MODES:
+        native = _native.resize_crop(img.getim() if _CAPSULE_OK else img.tobytes(), w, h, mode, n_px, _SIMD)
+        img = Image.frombytes(mode, (n_px, n_px), native).convert("RGB")
+    else:
+        img = _pillow_steps(img, n_px)
+    return img.tobytes(), n_px, n_px, "RGB"
+
+
+def _array_item(arr: np.ndarray, n_px: int) -> tuple[Any, int, int, str]:
+    """A numpy array as Image.fromarray would read it: HW (L) or HWC with 1-4 uint8 channels."""
+    if arr.dtype != np.uint8:
+        return _item(Image.fromarray(arr), n_px)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    modes = {2: "L"} if arr.ndim == 2 else {3: {2: "LA", 3: "RGB", 4: "RGBA"}.get(arr.shape[2], "")}
+    mode = modes.get(arr.ndim, "")
+    if not mode:
+        raise ImageError(f"array of shape {arr.shape} is not an HWC image")
+    h, w = arr.shape[:2]
+    if w == 0 or h == 0:
+        raise ImageError(f"image has zero size ({w}x{h})")
+    return np.ascontiguousarray(arr).tobytes(), w, h, mode
+
+
+def _probe_capsule() -> bool:
+    """Whether this Pillow's image struct is one the Rust reader recognises (else use tobytes)."""
+    try:
+        img = Image.new("RGB", (3, 2), (1, 2, 3))
+        native = _native.resize_crop(img.getim(), 3, 2, "RGB", 2, False)
+        return bool(native == img.crop((0, 0, 2, 2)).tobytes())
+    except Exception:
+        return False
+
+
+_CAPSULE_OK = _probe_capsule()
+
+
+def _new_output(count: int, n_px: int, dtype: torch.dtype) -> torch.Tensor:
+    if dtype not in _OUTPUT_KINDS:
+        raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.uint8, not {dtype}")
+    return torch.empty((count, 3, n_px, n_px), dtype=dtype)
+
+
+def _run(
+    items: list[tuple[Any, int, int, str]],
+    out: torch.Tensor,
+    n_px: int,
+    lut: bytes,
+    threads: int,
+) -> list[str | None]:
+    return _native.preprocess_into(
+        items, n_px, lut, out.data_ptr(), out.numel(), _OUTPUT_KINDS[out.dtype], threads, _SIMD
+    )
+
+
+def _preprocess_images(
+    images: list[Image.Image],
+    n_px: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    dtype: torch.dtype,
+    threads: int,
+) -> torch.Tensor:
+    out = _new_output(len(images), n_px, dtype)
+    items = [_item(img, n_px) for img in images]
+    errors = _run(items, out, n_px, _lut(mean, std, dtype), threads)
+    for i, err in enumerate(errors):
+        if err is not None:
+            raise ImageError(f"item {i}: {err}")
+    return out
+
+
+def _decode(item: Any) -> Image.Image:
+    """Open a path or encoded bytes with Pillow (exact: the decoder clip's users run)."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        img = Image.open(io.BytesIO(bytes(item)))
+    else:
+        img = Image.open(os.fspath(item))
+    # Pillow itself only warns between MAX_IMAGE_PIXELS and twice that; a batch refuses both.
+    limit = Image.MAX_IMAGE_PIXELS
+    w, h = img.size
+    if limit is not None and w * h > limit:
+        img.close()
+        raise ImageError(f"{w}x{h} = {w * h} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS ({limit})")
+    img.load()
+    return img
+
+
+def _prepare(item: Any, n_px: int) -> tuple[Any, int, int, str]:
+    if isinstance(item, Image.Image):
+        return _item(item, n_px)
+    if isinstance(item, np.ndarray):
+        return _array_item(item, n_px)
+    if isinstance(item, (bytes, bytearray, memoryview, str, os.PathLike)):
+        return _item(_decode(item), n_px)
+    raise ImageError(f"cannot preprocess an object of type {type(item).__name__}")
+
+
+def preprocess_batch(
+    items: Sequence[Any],
+    n_px: int = 224,
+    *,
+    threads: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    on_error: Literal["raise", "skip"] = "raise",
+    mean: Sequence[float] = MEAN,
+    std: Sequence[float] = STD,
+) -> Any:
+    """Preprocess many images into one ``Tensor[B, 3, n_px, n_px]``, exactly as clip's preprocess.
+
+    ``items`` may hold PIL images, numpy arrays (HWC uint8, read as ``Image.fromarray`` reads them),
+    file paths or encoded image bytes (decoded with Pillow). Work runs on ``threads`` threads
+    (default: ``torch.get_num_threads()``) with the GIL released. ``dtype`` is float32 (default),
+    float16 (the float32 result rounded) or uint8 (resized and cropped RGB bytes, not normalised).
+    With ``on_error="skip"`` the result is ``(tensor_of_good_items, bad_indices)``; with "raise" a
+    bad item raises :class:`clipfast.ImageError` naming its index.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f'on_error must be "raise" or "skip", not {on_error!r}')
+    if not isinstance(n_px, int) or n_px <= 0:
+        raise ValueError(f"n_px must be a positive int, not {n_px!r}")
+    items = list(items)
+    workers = max(1, int(threads) if threads is not None else torch.get_num_threads())
+    lut = _lut(tuple(float(m) for m in mean), tuple(float(s) for s in std), dtype)
+    out = _new_output(len(items), n_px, dtype)
+    errors: list[str | None] = [None] * len(items)
+
+    def prepare(i: int) -> tuple[Any, int, int, str] | None:
+        try:
+            return _prepare(items[i], n_px)
+        except Exception as exc:  # any failure is reported per item (typed below)
+            errors[i] = f"{type(exc).__name__}: {exc}"
+            return None
+
+    needs_decode = any(not isinstance(x, (Image.Image, np.ndarray)) for x in items)
+    if needs_decode and workers > 1 and len(items) > 1:
+        # Pillow releases the GIL while decoding; the pool lives only for this call (fork-safe).
+        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            prepared = list(pool.map(prepare, range(len(items))))
+    else:
+        prepared = [prepare(i) for i in range(len(items))]
+
+    placeholder = (b"\0\0\0", 1, 1, "RGB")
+    batch = [p if p is not None else placeholder for p in prepared]
+    run_errors = _run(batch, out, n_px, lut, workers)
+    for i, err in enumerate(run_errors):
+        if errors[i] is None and err is not None:
+            errors[i] = err
+    bad = [i for i, e in enumerate(errors) if e is not None]
+    if on_error == "raise":
+        if bad:
+            raise ImageError(f"item {bad[0]}: {errors[bad[0]]}")
+        return out
+    if bad:
+        keep = torch.tensor([i for i in range(len(items)) if errors[i] is None], dtype=torch.long)
+        out = out.index_select(0, keep)
+    return out, bad

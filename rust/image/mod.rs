@@ -1,7 +1,185 @@
-//! Placeholder: filled in by the preprocessing issue.
+//! Pillow-exact preprocessing (clip's Resize, CenterCrop, RGB, ToTensor, Normalize) in Rust.
+//!
+//! Python hands over each image as Pillow's own row buffers (through `Image.getim()`) or as packed
+//! bytes, plus a lookup table for ToTensor + Normalize and the address of the output tensor.
 
+pub mod batch;
+pub mod coeffs;
+pub mod crop;
+pub mod normalize;
+pub mod pipeline;
+pub mod pixels;
+pub mod resample;
+pub mod resample_simd;
+
+use crate::error::Error;
+use normalize::OutKind;
+use pixels::{Mode, Source};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyCapsule};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn image_error(msg: impl Into<String>) -> PyErr {
+    Error::Image { msg: msg.into() }.into()
+}
+
+/// Build the pixel source of one item: a Pillow capsule or packed bytes.
+fn source<'a>(
+    obj: &'a Bound<'_, PyAny>,
+    width: usize,
+    height: usize,
+    mode: &str,
+) -> PyResult<Source<'a>> {
+    let mode =
+        Mode::parse(mode).ok_or_else(|| image_error(format!("unsupported mode {mode:?}")))?;
+    if let Ok(bytes) = obj.cast::<PyBytes>() {
+        let data: &'a [u8] = bytes.as_bytes();
+        return Source::packed(data, width, height, mode).map_err(image_error);
+    }
+    if obj.is_instance_of::<PyCapsule>() {
+        return pillow_source(obj, width, height, mode);
+    }
+    Err(image_error(
+        "pixels must be bytes or a Pillow image capsule",
+    ))
+}
+
+#[cfg(target_pointer_width = "64")]
+fn pillow_source<'a>(
+    obj: &'a Bound<'_, PyAny>,
+    width: usize,
+    height: usize,
+    mode: Mode,
+) -> PyResult<Source<'a>> {
+    // SAFETY: obj is a capsule (checked above); a name mismatch returns NULL with an exception set.
+    let ptr = unsafe { pyo3::ffi::PyCapsule_GetPointer(obj.as_ptr(), c"Pillow Imaging".as_ptr()) };
+    if ptr.is_null() {
+        return Err(PyErr::fetch(obj.py()));
+    }
+    let (bands, ps) = mode.pillow_layout();
+    // SAFETY: the capsule holds Pillow's ImagingMemoryInstance; the Python caller keeps the image
+    // (which owns it) alive and unmodified for the whole call.
+    let rows = unsafe { pixels::pillow::rows(ptr as *const u8, width, height, bands, ps) }
+        .ok_or_else(|| image_error("unrecognised Pillow image layout"))?;
+    Ok(Source {
+        rows,
+        ps,
+        width,
+        height,
+        mode,
+    })
+}
+
+#[cfg(not(target_pointer_width = "64"))]
+fn pillow_source<'a>(_: &'a Bound<'_, PyAny>, _: usize, _: usize, _: Mode) -> PyResult<Source<'a>> {
+    Err(image_error("unrecognised Pillow image layout"))
+}
+
+/// Resize + centre-crop one image in its own mode; returns the packed n x n pixels.
+#[pyfunction]
+#[pyo3(signature = (pixels, width, height, mode, n_px, simd=true))]
+fn resize_crop<'py>(
+    py: Python<'py>,
+    pixels: &Bound<'py, PyAny>,
+    width: usize,
+    height: usize,
+    mode: &str,
+    n_px: usize,
+    simd: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let src = source(pixels, width, height, mode)?;
+    let out = py.detach(|| {
+        let g = crop::Geometry::new(width, height, n_px)?;
+        Ok::<_, String>(pipeline::resize_crop_native(&src, &g, simd))
+    });
+    let out = out.map_err(image_error)?;
+    Ok(PyBytes::new(py, &out))
+}
+
+fn lut_values<T>(lut: &[u8], size: usize, from: impl Fn(&[u8]) -> T) -> PyResult<Vec<T>> {
+    if lut.len() != 768 * size {
+        return Err(image_error("lookup table must hold 3 x 256 values"));
+    }
+    Ok(lut.chunks_exact(size).map(from).collect())
+}
+
+/// Preprocess `items` (tuples of pixels, width, height, mode) into the contiguous output tensor
+/// at `out_addr` (B x 3 x n x n elements of `kind`). Returns one error message (or None) per item.
+#[pyfunction]
+#[pyo3(signature = (items, n_px, lut, out_addr, out_len, kind, threads=1, simd=true))]
+#[allow(clippy::too_many_arguments)]
+fn preprocess_into(
+    py: Python<'_>,
+    items: Vec<(Bound<'_, PyAny>, usize, usize, String)>,
+    n_px: usize,
+    lut: &[u8],
+    out_addr: usize,
+    out_len: usize,
+    kind: &str,
+    threads: usize,
+    simd: bool,
+) -> PyResult<Vec<Option<String>>> {
+    let kind =
+        OutKind::parse(kind).ok_or_else(|| image_error(format!("unknown output kind {kind:?}")))?;
+    if out_len != items.len() * 3 * n_px * n_px || out_addr == 0 || out_addr % kind.size() != 0 {
+        return Err(image_error("output buffer does not fit the batch"));
+    }
+    let mut errors = vec![None; items.len()];
+    let mut batch = Vec::with_capacity(items.len());
+    for (i, (obj, w, h, mode)) in items.iter().enumerate() {
+        match source(obj, *w, *h, mode) {
+            Ok(source) => batch.push(batch::Item { source }),
+            Err(e) => {
+                errors[i] = Some(e.to_string());
+                batch.push(batch::Item {
+                    source: Source {
+                        rows: Vec::new(),
+                        ps: 3,
+                        width: 0,
+                        height: 0,
+                        mode: Mode::Rgb,
+                    },
+                });
+            }
+        }
+    }
+    let run_errors = match kind {
+        OutKind::F32 => {
+            let table = lut_values(lut, 4, |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))?;
+            // SAFETY: Python passes the data pointer of a contiguous float32 tensor of out_len
+            // elements that it keeps alive and does not touch during this call.
+            let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut f32, out_len) };
+            py.detach(|| batch::run(&batch, n_px, &table, out, threads, simd))
+        }
+        OutKind::F16 => {
+            let table = lut_values(lut, 2, |b| u16::from_ne_bytes([b[0], b[1]]))?;
+            // SAFETY: as above, a contiguous float16 tensor (2-byte elements).
+            let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut u16, out_len) };
+            py.detach(|| batch::run(&batch, n_px, &table, out, threads, simd))
+        }
+        OutKind::U8 => {
+            let table: Vec<u8> = (0..768).map(|i| (i % 256) as u8).collect();
+            // SAFETY: as above, a contiguous uint8 tensor.
+            let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut u8, out_len) };
+            py.detach(|| batch::run(&batch, n_px, &table, out, threads, simd))
+        }
+    };
+    for (slot, e) in errors.iter_mut().zip(run_errors) {
+        if slot.is_none() {
+            *slot = e;
+        }
+    }
+    Ok(errors)
+}
+
+/// Whether the running CPU has the SIMD paths (AVX2 or SSE4.1) the 8-bit passes can use.
+#[pyfunction]
+fn simd_level() -> &'static str {
+    resample_simd::level()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(resize_crop, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocess_into, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     Ok(())
 }

@@ -1,0 +1,526 @@
+//! The download itself: resume, retries, hashing while streaming, and the atomic publish.
+//!
+//! The caller holds the file's lock (`lock.rs`) for the whole call. Bytes go to `<dest>.part`;
+//! only after the SHA-256 of everything received matches is the partial file fsynced and renamed
+//! to `dest`, so `dest` is either absent, the previous file, or the verified new one.
+
+use super::backoff;
+use super::disk;
+use super::http::{self, Event, Head, HttpConfig, RangeFrom};
+use super::partial::{Partial, PartialMeta, Validator};
+use crate::error::{Error, Result};
+use crate::hash::{hash_file_into, to_hex, Hasher};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub connect_timeout: Duration,
+    /// Longest silence while waiting for the response or for body bytes.
+    pub read_timeout: Duration,
+    /// Tries after the first one, on connection errors, timeouts, 408/429 and 5xx.
+    pub retries: u32,
+    /// The first wait between tries; it doubles up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// The size the file must have, when the caller knows it.
+    pub expected_size: Option<u64>,
+    /// How often the observer is called while the download runs.
+    pub tick_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            retries: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            expected_size: None,
+            tick_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Told how far the download is, at least every `tick_interval` (also while waiting); an error
+/// returned from it (Ctrl-C) stops the download and keeps the partial file for a later resume.
+pub trait Observer {
+    fn tick(&mut self, done: u64, total: Option<u64>) -> Result<()>;
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub sha256: String,
+    pub size: u64,
+    /// Body bytes received over the network in this call.
+    pub transferred: u64,
+    /// Length of the earlier partial file this call resumed from (0 for a fresh download).
+    pub resumed_from: u64,
+    pub attempts: u32,
+}
+
+/// Why one try did not finish the file.
+enum Stop {
+    /// Try again after a pause (connection lost, timeout, 5xx).
+    Retry {
+        msg: String,
+        retry_after: Option<Duration>,
+    },
+    /// The partial bytes cannot be used: drop them, then try again at once.
+    Restart(String),
+    Fatal(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(err: Error) -> Self {
+        Stop::Fatal(err)
+    }
+}
+
+/// What is on disk so far: the partial file, its record, and the hash of its bytes.
+struct State<'a> {
+    url: &'a str,
+    partial: Partial,
+    meta: Option<PartialMeta>,
+    /// Length of `<dest>.part`.
+    have: u64,
+    /// SHA-256 of the first `hasher.len()` bytes of the partial file (always <= `have`).
+    hasher: Hasher,
+    total: Option<u64>,
+    transferred: u64,
+    /// The partial file joins bytes of several responses (or of an earlier process).
+    spliced: bool,
+}
+
+impl State<'_> {
+    fn reset(&mut self) -> Result<()> {
+        self.partial.discard()?;
+        self.meta = None;
+        self.have = 0;
+        self.hasher = Hasher::new();
+        self.total = None;
+        self.spliced = false;
+        Ok(())
+    }
+}
+
+/// Downloads `url` to `dest`, checking the SHA-256 when `expected` is given.
+pub fn fetch(
+    url: &str,
+    dest: &Path,
+    expected: Option<[u8; 32]>,
+    options: &Options,
+    observer: &mut dyn Observer,
+) -> Result<Report> {
+    let dir = match dest.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let partial = Partial::for_dest(dest);
+    let resumable = partial.take_resumable(url)?;
+    let (meta, have) = match resumable {
+        Some((meta, len)) => (Some(meta), len),
+        None => (None, 0),
+    };
+    let resumed_from = have;
+    let mut state = State {
+        url,
+        total: meta.as_ref().and_then(|m| m.total),
+        partial,
+        meta,
+        have,
+        hasher: Hasher::new(),
+        transferred: 0,
+        spliced: false,
+    };
+    let agent = http::agent(HttpConfig {
+        connect_timeout: options.connect_timeout,
+        read_timeout: options.read_timeout,
+    });
+    let mut attempts: u32 = 0;
+    let mut restarted_after_mismatch = false;
+    loop {
+        attempts += 1;
+        let outcome = attempt(&agent, &mut state, &dir, options, observer);
+        let failure = match outcome {
+            Ok(()) => {
+                let size = state.have;
+                observer.tick(size, Some(size))?;
+                let digest = state.hasher.clone().finish();
+                if let Some(want) = expected {
+                    if digest != want {
+                        let spliced = state.spliced;
+                        state.reset()?;
+                        if spliced && !restarted_after_mismatch {
+                            // The bytes kept from an earlier try may be what is wrong: once, start over.
+                            restarted_after_mismatch = true;
+                            continue;
+                        }
+                        return Err(Error::Checksum {
+                            path: dest.to_path_buf(),
+                            msg: format!(
+                                "SHA-256 of the downloaded {url} is {}, expected {}; nothing was kept",
+                                to_hex(&digest),
+                                to_hex(&want)
+                            ),
+                        });
+                    }
+                }
+                publish(&state.partial, dest, &dir)?;
+                return Ok(Report {
+                    sha256: to_hex(&digest),
+                    size,
+                    transferred: state.transferred,
+                    resumed_from,
+                    attempts,
+                });
+            }
+            Err(Stop::Fatal(err)) => return Err(err),
+            Err(Stop::Restart(msg)) => {
+                state.reset()?;
+                (msg, Some(Duration::ZERO))
+            }
+            Err(Stop::Retry { msg, retry_after }) => (msg, retry_after),
+        };
+        let (msg, retry_after) = failure;
+        if attempts > options.retries {
+            return Err(Error::Download {
+                url: url.to_string(),
+                msg: format!("{msg} (gave up after {attempts} tries)"),
+            });
+        }
+        let wait = backoff::delay(attempts, options.backoff, options.max_backoff, retry_after);
+        pause(wait, &state, options, observer)?;
+    }
+}
+
+/// Waits `wait`, calling the observer meanwhile so Ctrl-C is seen.
+fn pause(
+    wait: Duration,
+    state: &State<'_>,
+    options: &Options,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    let until = Instant::now() + wait;
+    loop {
+        observer.tick(state.have, state.total)?;
+        let now = Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        std::thread::sleep((until - now).min(options.tick_interval));
+    }
+}
+
+/// Waits for the next event, calling the observer every `tick_interval` meanwhile.
+fn next_event(
+    events: &Receiver<Event>,
+    state: &State<'_>,
+    options: &Options,
+    observer: &mut dyn Observer,
+    last_tick: &mut Instant,
+) -> Result<Option<Event>> {
+    loop {
+        let left = options.tick_interval.saturating_sub(last_tick.elapsed());
+        match events.recv_timeout(left) {
+            Ok(event) => return Ok(Some(event)),
+            Err(RecvTimeoutError::Timeout) => {
+                observer.tick(state.have, state.total)?;
+                *last_tick = Instant::now();
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(None),
+        }
+    }
+}
+
+fn attempt(
+    agent: &ureq::Agent,
+    state: &mut State<'_>,
+    dir: &Path,
+    options: &Options,
+    observer: &mut dyn Observer,
+) -> Result<(), Stop> {
+    let range = match (&state.meta, state.have) {
+        (Some(meta), have) if have > 0 => Some(RangeFrom {
+            offset: have,
+            if_range: meta.validator.header_value().to_string(),
+        }),
+        _ => None,
+    };
+    let asked_range = range.is_some();
+    if !asked_range && state.have > 0 {
+        // Bytes without a validator cannot be resumed safely.
+        state.reset()?;
+    }
+    let events = http::start(agent.clone(), state.url.to_string(), range);
+    let mut last_tick = Instant::now();
+    let lost = || Stop::Retry {
+        msg: "the transfer thread ended unexpectedly".into(),
+        retry_after: None,
+    };
+    let head = match next_event(&events, state, options, observer, &mut last_tick)? {
+        Some(Event::Head(head)) => head,
+        Some(Event::Failed {
+            msg,
+            retryable: true,
+        }) => {
+            return Err(Stop::Retry {
+                msg,
+                retry_after: None,
+            })
+        }
+        Some(Event::Failed {
+            msg,
+            retryable: false,
+        }) => {
+            return Err(Stop::Fatal(Error::Download {
+                url: state.url.to_string(),
+                msg,
+            }))
+        }
+        Some(_) | None => return Err(lost()),
+    };
+    let mut file = match accept_head(&head, state, asked_range)? {
+        Accepted::AlreadyComplete => {
+            // Only the hash of the bytes already there is missing.
+            open_partial(state, observer, options)?;
+            return Ok(());
+        }
+        Accepted::Append => open_partial(state, observer, options)?,
+    };
+    if let Some(total) = state.total {
+        disk::ensure_free_space(dir, total.saturating_sub(state.have), state.url)?;
+    }
+    observer.tick(state.have, state.total)?;
+    last_tick = Instant::now();
+    loop {
+        match next_event(&events, state, options, observer, &mut last_tick)? {
+            Some(Event::Chunk(bytes)) => {
+                let len = bytes.len() as u64;
+                if state.total.is_some_and(|total| state.have + len > total) {
+                    return Err(Stop::Restart(format!(
+                        "the server sent more than the {} bytes it announced",
+                        state.total.unwrap_or_default()
+                    )));
+                }
+                file.write_all(&bytes)
+                    .map_err(|e| Error::io(&state.partial.part, e))?;
+                state.hasher.update(&bytes);
+                state.have += len;
+                state.transferred += len;
+                if last_tick.elapsed() >= options.tick_interval {
+                    observer.tick(state.have, state.total)?;
+                    last_tick = Instant::now();
+                }
+            }
+            Some(Event::End) => {
+                if let Some(total) = state.total {
+                    if state.have < total {
+                        return Err(Stop::Retry {
+                            msg: format!(
+                                "the connection closed after {} of {total} bytes",
+                                state.have
+                            ),
+                            retry_after: None,
+                        });
+                    }
+                }
+                file.sync_all()
+                    .map_err(|e| Error::io(&state.partial.part, e))?;
+                return Ok(());
+            }
+            Some(Event::Failed { msg, .. }) => {
+                return Err(Stop::Retry {
+                    msg,
+                    retry_after: None,
+                })
+            }
+            Some(Event::Head(_)) | None => return Err(lost()),
+        }
+    }
+}
+
+enum Accepted {
+    /// Body bytes follow; append them to the partial file.
+    Append,
+    /// The partial file already holds the whole file (416 on a resume).
+    AlreadyComplete,
+}
+
+/// Decides what a response head means for the partial file, updating `state`.
+fn accept_head(head: &Head, state: &mut State<'_>, asked_range: bool) -> Result<Accepted, Stop> {
+    let url = state.url;
+    let fatal = |msg: String| {
+        Stop::Fatal(Error::Download {
+            url: url.to_string(),
+            msg,
+        })
+    };
+    if let Some(encoding) = head.content_encoding.as_deref().map(str::trim) {
+        if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+            return Err(fatal(format!(
+                "the server sent Content-Encoding: {encoding} although identity was asked"
+            )));
+        }
+    }
+    match head.status {
+        200 => {
+            // A whole body: a fresh start (also what If-Range answers when the file changed).
+            state.reset()?;
+            state.total = head.content_length;
+            let validator =
+                Validator::from_headers(head.etag.as_deref(), head.last_modified.as_deref());
+            state.meta = validator.map(|validator| PartialMeta {
+                url: url.to_string(),
+                total: state.total,
+                validator,
+            });
+            match &state.meta {
+                Some(meta) => state.partial.save_meta(meta)?,
+                None => state.partial.forget_meta()?,
+            }
+            Ok(Accepted::Append)
+        }
+        206 if asked_range => {
+            let (start, total) =
+                parse_content_range(head.content_range.as_deref()).ok_or_else(|| {
+                    Stop::Restart(format!("unusable Content-Range {:?}", head.content_range))
+                })?;
+            if start != state.have {
+                return Err(Stop::Restart(format!(
+                    "the server resumed at byte {start}, not {}",
+                    state.have
+                )));
+            }
+            let known_total = state.meta.as_ref().and_then(|m| m.total);
+            if let (Some(known), Some(now)) = (known_total, total) {
+                if known != now {
+                    return Err(Stop::Restart(format!(
+                        "the file on the server changed size ({known} -> {now})"
+                    )));
+                }
+            }
+            let unchanged = state.meta.as_ref().is_some_and(|m| {
+                m.validator
+                    .agrees_with(head.etag.as_deref(), head.last_modified.as_deref())
+            });
+            if !unchanged {
+                return Err(Stop::Restart("the file on the server changed".into()));
+            }
+            state.total = total.or(known_total);
+            state.spliced = true;
+            Ok(Accepted::Append)
+        }
+        206 => Err(fatal(
+            "the server answered 206 Partial Content to a request without Range".into(),
+        )),
+        416 if asked_range => {
+            let known_total = state.meta.as_ref().and_then(|m| m.total);
+            if known_total == Some(state.have) {
+                state.spliced = true;
+                Ok(Accepted::AlreadyComplete)
+            } else {
+                Err(Stop::Restart("the server refused to resume (416)".into()))
+            }
+        }
+        408 | 429 | 500..=599 => Err(Stop::Retry {
+            msg: format!("HTTP {} from the server", head.status),
+            retry_after: head.retry_after,
+        }),
+        status => Err(fatal(format!("HTTP {status} {}", reason(status)))),
+    }
+}
+
+/// Opens the partial file for appending, first hashing the bytes an earlier try left there.
+fn open_partial(
+    state: &mut State<'_>,
+    observer: &mut dyn Observer,
+    options: &Options,
+) -> Result<File, Stop> {
+    let part = state.partial.part.clone();
+    if state.hasher.len() != state.have {
+        let mut hasher = Hasher::new();
+        let mut last = Instant::now();
+        let total = state.total;
+        hash_file_into(&part, Some(state.have), &mut hasher, &mut |done| {
+            if last.elapsed() >= options.tick_interval {
+                last = Instant::now();
+                observer.tick(done, total)?;
+            }
+            Ok(())
+        })?;
+        state.hasher = hasher;
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&part)
+        .map_err(|e| Error::io(&part, e))?;
+    // The partial file must hold exactly the hashed bytes (a crash may have left more).
+    file.set_len(state.have).map_err(|e| Error::io(&part, e))?;
+    file.flush().map_err(|e| Error::io(&part, e))?;
+    Ok(file)
+}
+
+/// The verified partial file becomes `dest` in one rename, made durable by fsyncing the folder.
+fn publish(partial: &Partial, dest: &Path, dir: &Path) -> Result<()> {
+    std::fs::rename(&partial.part, dest).map_err(|e| Error::io(dest, e))?;
+    partial.forget_meta()?;
+    disk::sync_dir(dir)
+}
+
+/// `bytes <start>-<end>/<total or *>` -> (start, total).
+fn parse_content_range(value: Option<&str>) -> Option<(u64, Option<u64>)> {
+    let rest = value?.trim().strip_prefix("bytes")?.trim_start();
+    let (span, total) = rest.split_once('/')?;
+    let (start, end) = span.trim().split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        text => {
+            let total: u64 = text.parse().ok()?;
+            if end >= total {
+                return None;
+            }
+            Some(total)
+        }
+    };
+    Some((start, total))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        410 => "Gone",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_forms() {
+        assert_eq!(
+            parse_content_range(Some("bytes 100-199/200")),
+            Some((100, Some(200)))
+        );
+        assert_eq!(parse_content_range(Some("bytes 5-9/*")), Some((5, None)));
+        assert_eq!(parse_content_range(Some("bytes 5-4/10")), None);
+        assert_eq!(parse_content_range(Some("bytes 5-10/10")), None);
+        assert_eq!(parse_content_range(Some("items 1-2/3")), None);
+        assert_eq!(parse_content_range(None), None);
+    }
+}

@@ -1,0 +1,191 @@
+//! One image through resize, crop and RGB conversion, computing only the pixels the crop keeps.
+
+use super::coeffs::Axis;
+use super::crop::Geometry;
+use super::pixels::{premultiply, unpremultiply, Mode, Source};
+use super::resample::{
+    horizontal_u8, horizontal_wide, vertical_u8, vertical_wide, PassOrder, Plane, Rows, WideSample,
+};
+use std::ops::Range;
+
+/// Source rows and columns the kept outputs read.
+fn source_window(g: &Geometry, h: Option<&Axis>, v: Option<&Axis>) -> (Range<usize>, Range<usize>) {
+    let rows = match v {
+        Some(axis) => axis.span(),
+        None => g.kept_rows(),
+    };
+    let cols = match h {
+        Some(axis) => axis.span(),
+        None => g.kept_cols(),
+    };
+    (rows, cols)
+}
+
+fn axes(g: &Geometry) -> (Option<Axis>, Option<Axis>) {
+    let h = (g.out_w != g.src_w).then(|| Axis::bicubic(g.src_w, g.out_w, g.kept_cols()));
+    let v = (g.out_h != g.src_h).then(|| Axis::bicubic(g.src_h, g.out_h, g.kept_rows()));
+    (h, v)
+}
+
+/// Resize + crop an 8-bit image; returns n x n pixels of `src.ps` bytes (alpha un-premultiplied).
+pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> Vec<u8> {
+    let ps = src.ps;
+    let n = g.n;
+    let (h, v) = axes(g);
+    let (wrows, wcols) = source_window(g, h.as_ref(), v.as_ref());
+    // Pillow premultiplies only when it resamples; a same-size image is merely cropped.
+    let premultiply_alpha = src.mode.has_alpha() && g.order != PassOrder::Copy;
+    let premultiplied: Vec<Vec<u8>>;
+    let window: Vec<&[u8]> = if premultiply_alpha {
+        premultiplied = src
+            .window(wrows.clone(), wcols.clone())
+            .into_iter()
+            .map(|r| {
+                let mut out = Vec::new();
+                premultiply(r, ps, &mut out);
+                out
+            })
+            .collect();
+        premultiplied.iter().map(|r| &r[..]).collect()
+    } else {
+        src.window(wrows.clone(), wcols.clone())
+    };
+    let rows = Rows {
+        rows: window,
+        row0: wrows.start,
+        col0: wcols.start,
+    };
+    let mut out = vec![0u8; n * n * ps];
+    match (g.order, h.as_ref(), v.as_ref()) {
+        (PassOrder::HorizontalOnly, Some(h), _) => horizontal_u8(&rows, ps, h, &mut out, simd),
+        (PassOrder::VerticalOnly, _, Some(v)) => vertical_u8(&rows, ps, v, 0, n, &mut out, simd),
+        (PassOrder::HorizontalFirst, Some(h), Some(v)) => {
+            let mut tmp = vec![0u8; rows.rows.len() * n * ps];
+            horizontal_u8(&rows, ps, h, &mut tmp, simd);
+            let mid = Rows {
+                rows: tmp.chunks_exact(n * ps).collect(),
+                row0: rows.row0,
+                col0: 0,
+            };
+            vertical_u8(&mid, ps, v, 0, n, &mut out, simd);
+        }
+        (PassOrder::VerticalFirst, Some(h), Some(v)) => {
+            let cols = wcols.len();
+            let mut tmp = vec![0u8; n * cols * ps];
+            vertical_u8(&rows, ps, v, 0, cols, &mut tmp, simd);
+            let mid = Rows {
+                rows: tmp.chunks_exact(cols * ps).collect(),
+                row0: 0,
+                col0: wcols.start,
+            };
+            horizontal_u8(&mid, ps, h, &mut out, simd);
+        }
+        _ => {
+            // Same size: the crop alone (the window is exactly the kept region).
+            for (dst, row) in out.chunks_exact_mut(n * ps).zip(&rows.rows) {
+                dst.copy_from_slice(&row[..n * ps]);
+            }
+        }
+    }
+    if premultiply_alpha {
+        unpremultiply(&mut out, ps);
+    }
+    out
+}
+
+/// Resize + crop a single-band wide image (I, F, I;16) in double precision.
+pub fn resize_crop_wide<T: WideSample>(
+    src: &Source<'_>,
+    g: &Geometry,
+    decode: impl Fn(&[u8]) -> T,
+) -> Vec<T> {
+    let (h, v) = axes(g);
+    let (wrows, wcols) = source_window(g, h.as_ref(), v.as_ref());
+    let width = wcols.len();
+    let data: Vec<T> = src
+        .window(wrows.clone(), wcols.clone())
+        .iter()
+        .flat_map(|r| r.chunks_exact(src.ps).map(&decode))
+        .collect();
+    let plane = Plane {
+        data,
+        width,
+        height: wrows.len(),
+        row0: wrows.start,
+        col0: wcols.start,
+    };
+    let n = g.n;
+    let out = match (g.order, h.as_ref(), v.as_ref()) {
+        (PassOrder::HorizontalOnly, Some(h), _) => horizontal_wide(&plane, h),
+        (PassOrder::VerticalOnly, _, Some(v)) => vertical_wide(&plane, v, 0, n),
+        (PassOrder::HorizontalFirst, Some(h), Some(v)) => {
+            let mid = horizontal_wide(&plane, h);
+            vertical_wide(&mid, v, 0, n)
+        }
+        (PassOrder::VerticalFirst, Some(h), Some(v)) => {
+            let mut mid = vertical_wide(&plane, v, 0, width);
+            mid.col0 = wcols.start;
+            horizontal_wide(&mid, h)
+        }
+        _ => plane,
+    };
+    out.data
+}
+
+/// Resize + crop in the image's own mode; returns the packed n x n result
+/// (8-bit modes in `src.ps` bytes per pixel, I and F native-endian, I;16 little-endian).
+pub fn resize_crop_native(src: &Source<'_>, g: &Geometry, simd: bool) -> Vec<u8> {
+    match src.mode {
+        Mode::I => resize_crop_wide(src, g, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect(),
+        Mode::F => resize_crop_wide(src, g, |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect(),
+        Mode::I16 => resize_crop_wide(src, g, |b| u16::from_le_bytes([b[0], b[1]]))
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        mode => pack(mode, src.ps, resize_crop_u8(src, g, simd)),
+    }
+}
+
+/// Pillow's 4-byte pixels of LA and RGB -> the packed form (`Image.tobytes()` layout).
+fn pack(mode: Mode, ps: usize, px: Vec<u8>) -> Vec<u8> {
+    if ps == mode.packed_size() {
+        return px;
+    }
+    match mode {
+        Mode::LA => px
+            .chunks_exact(ps)
+            .flat_map(|p| [p[0], p[ps - 1]])
+            .collect(),
+        _ => px
+            .chunks_exact(ps)
+            .flat_map(|p| p[..mode.packed_size()].to_vec())
+            .collect(),
+    }
+}
+
+/// Packed n x n pixels of an 8-bit mode -> packed RGB (L and LA replicate the grey band).
+/// `None` for modes whose RGB conversion Python leaves to Pillow.
+pub fn to_rgb(mode: Mode, ps: usize, px: &[u8]) -> Option<Vec<u8>> {
+    let count = px.len() / ps;
+    let mut rgb = Vec::with_capacity(count * 3);
+    match mode {
+        Mode::L | Mode::LA => {
+            for p in px.chunks_exact(ps) {
+                rgb.extend_from_slice(&[p[0], p[0], p[0]]);
+            }
+        }
+        Mode::Rgb | Mode::Rgba => {
+            for p in px.chunks_exact(ps) {
+                rgb.extend_from_slice(&p[..3]);
+            }
+        }
+        _ => return None,
+    }
+    Some(rgb)
+}

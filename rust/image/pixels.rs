@@ -1,0 +1,251 @@
+//! Image modes and where an image's pixels live: Pillow's own row buffers or packed bytes.
+
+use std::ops::Range;
+
+/// The Pillow modes the Rust path resizes itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    L,
+    LA,
+    Rgb,
+    Rgba,
+    Cmyk,
+    I,
+    F,
+    I16,
+}
+
+impl Mode {
+    pub fn parse(name: &str) -> Option<Mode> {
+        Some(match name {
+            "L" => Mode::L,
+            "LA" => Mode::LA,
+            "RGB" => Mode::Rgb,
+            "RGBA" => Mode::Rgba,
+            "CMYK" => Mode::Cmyk,
+            "I" => Mode::I,
+            "F" => Mode::F,
+            "I;16" => Mode::I16,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per pixel in Python's packed form (`Image.tobytes()`, numpy HWC arrays).
+    pub fn packed_size(self) -> usize {
+        match self {
+            Mode::L => 1,
+            Mode::LA | Mode::I16 => 2,
+            Mode::Rgb => 3,
+            Mode::Rgba | Mode::Cmyk | Mode::I | Mode::F => 4,
+        }
+    }
+
+    /// (bands, bytes per pixel) of Pillow's in-memory layout: 2- and 3-band images use 4 bytes.
+    pub fn pillow_layout(self) -> (i32, usize) {
+        match self {
+            Mode::L => (1, 1),
+            Mode::LA => (2, 4),
+            Mode::Rgb => (3, 4),
+            Mode::Rgba | Mode::Cmyk => (4, 4),
+            Mode::I | Mode::F => (1, 4),
+            Mode::I16 => (1, 2),
+        }
+    }
+
+    /// Modes with 8-bit bands (fixed-point resampling).
+    pub fn is_u8(self) -> bool {
+        !matches!(self, Mode::I | Mode::F | Mode::I16)
+    }
+
+    /// Modes that Pillow resizes premultiplied (LA -> La, RGBA -> RGBa).
+    pub fn has_alpha(self) -> bool {
+        matches!(self, Mode::LA | Mode::Rgba)
+    }
+}
+
+/// Where the pixels of one image are: row slices (each `width * ps` bytes long or more).
+pub struct Source<'a> {
+    pub rows: Vec<&'a [u8]>,
+    /// Bytes per pixel in `rows`.
+    pub ps: usize,
+    pub width: usize,
+    pub height: usize,
+    pub mode: Mode,
+}
+
+impl<'a> Source<'a> {
+    /// Packed, row-major pixels; fails when the length does not match the size.
+    pub fn packed(data: &'a [u8], width: usize, height: usize, mode: Mode) -> Result<Self, String> {
+        let ps = mode.packed_size();
+        let expected = width
+            .checked_mul(height)
+            .and_then(|p| p.checked_mul(ps))
+            .ok_or("image size overflows")?;
+        if data.len() != expected {
+            return Err(format!(
+                "expected {expected} bytes for a {width}x{height} {mode:?} image, got {}",
+                data.len()
+            ));
+        }
+        let rows = if width == 0 {
+            Vec::new()
+        } else {
+            data.chunks_exact(width * ps).collect()
+        };
+        Ok(Source {
+            rows,
+            ps,
+            width,
+            height,
+            mode,
+        })
+    }
+
+    /// The rows and columns `rows`/`cols` (in pixels), as slices that start at column `cols.start`.
+    pub fn window(&self, rows: Range<usize>, cols: Range<usize>) -> Vec<&'a [u8]> {
+        self.rows[rows]
+            .iter()
+            .map(|r| &r[cols.start * self.ps..cols.end * self.ps])
+            .collect()
+    }
+}
+
+/// Premultiply by alpha (the last byte of each pixel) as Pillow's RGBA -> RGBa conversion does.
+pub fn premultiply(src: &[u8], ps: usize, dst: &mut Vec<u8>) {
+    dst.reserve(src.len());
+    for px in src.chunks_exact(ps) {
+        let alpha = u32::from(px[ps - 1]);
+        for &c in &px[..ps - 1] {
+            let t = u32::from(c) * alpha + 128;
+            dst.push((((t >> 8) + t) >> 8) as u8);
+        }
+        dst.push(px[ps - 1]);
+    }
+}
+
+/// Undo the premultiplication as Pillow's RGBa -> RGBA conversion does.
+pub fn unpremultiply(px: &mut [u8], ps: usize) {
+    for p in px.chunks_exact_mut(ps) {
+        let alpha = u32::from(p[ps - 1]);
+        if alpha != 0 && alpha != 255 {
+            for c in &mut p[..ps - 1] {
+                *c = ((255 * u32::from(*c)) / alpha).min(255) as u8;
+            }
+        }
+    }
+}
+
+/// Pillow's `Imaging` struct, read through the capsule `Image.getim()` returns.
+///
+/// Two layouts exist: Pillow >= 12 stores the mode as a 4-byte enum, older ones as `char[7]`.
+/// Each candidate is checked against the size, band count and pixel size Python reported;
+/// when neither matches, the caller falls back to `Image.tobytes()`.
+#[cfg(target_pointer_width = "64")]
+pub mod pillow {
+    struct Layout {
+        bands: usize,
+        xsize: usize,
+        ysize: usize,
+        image: usize,
+        pixelsize: usize,
+        linesize: usize,
+    }
+
+    const LAYOUTS: [Layout; 2] = [
+        Layout {
+            bands: 12,
+            xsize: 16,
+            ysize: 20,
+            image: 48,
+            pixelsize: 72,
+            linesize: 76,
+        },
+        Layout {
+            bands: 16,
+            xsize: 20,
+            ysize: 24,
+            image: 56,
+            pixelsize: 80,
+            linesize: 84,
+        },
+    ];
+
+    /// Row pointers of a Pillow image, after checking that the struct looks as expected.
+    ///
+    /// # Safety
+    /// `im` must point to a live `ImagingMemoryInstance` (at least 88 bytes) whose rows stay
+    /// valid and unchanged while the returned slices are used.
+    pub unsafe fn rows<'a>(
+        im: *const u8,
+        width: usize,
+        height: usize,
+        bands: i32,
+        pixelsize: usize,
+    ) -> Option<Vec<&'a [u8]>> {
+        let read_i32 = |off: usize| -> i32 {
+            // SAFETY: off + 4 <= 88, inside the struct (caller's contract); unaligned read is safe.
+            unsafe { std::ptr::read_unaligned(im.add(off) as *const i32) }
+        };
+        for l in &LAYOUTS {
+            let ok = read_i32(l.bands) == bands
+                && read_i32(l.xsize) as i64 == width as i64
+                && read_i32(l.ysize) as i64 == height as i64
+                && read_i32(l.pixelsize) as i64 == pixelsize as i64
+                && read_i32(l.linesize) as i64 == (width * pixelsize) as i64;
+            if !ok {
+                continue;
+            }
+            // SAFETY: the layout matched, so this field is the `char **image` row table.
+            let table =
+                unsafe { std::ptr::read_unaligned(im.add(l.image) as *const *const *const u8) };
+            if table.is_null() {
+                return None;
+            }
+            let mut rows = Vec::with_capacity(height);
+            for y in 0..height {
+                // SAFETY: Pillow's row table has `ysize` entries, each a row of `linesize` bytes.
+                let row = unsafe { *table.add(y) };
+                if row.is_null() {
+                    return None;
+                }
+                // SAFETY: see above; the caller keeps the image alive and unmodified.
+                rows.push(unsafe { std::slice::from_raw_parts(row, width * pixelsize) });
+            }
+            return Some(rows);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn premultiply_roundtrip_of_opaque_is_identity() {
+        let src = [10u8, 20, 30, 255, 1, 2, 3, 0];
+        let mut dst = Vec::new();
+        premultiply(&src, 4, &mut dst);
+        assert_eq!(&dst[..4], &src[..4]);
+        assert_eq!(&dst[4..], &[0, 0, 0, 0]);
+        let mut back = dst.clone();
+        unpremultiply(&mut back, 4);
+        assert_eq!(&back[..4], &src[..4]);
+    }
+
+    #[test]
+    fn premultiply_half_alpha() {
+        let mut dst = Vec::new();
+        premultiply(&[200, 128], 2, &mut dst);
+        // 200 * 128 / 255 = 100.39 -> 100
+        assert_eq!(dst, vec![100, 128]);
+        unpremultiply(&mut dst, 2);
+        assert_eq!(dst, vec![199, 128]);
+    }
+
+    #[test]
+    fn packed_rejects_wrong_length() {
+        assert!(Source::packed(&[0u8; 5], 2, 1, Mode::Rgb).is_err());
+        assert!(Source::packed(&[0u8; 6], 2, 1, Mode::Rgb).is_ok());
+    }
+}

@@ -1,0 +1,367 @@
+"""clipfast's preprocess against clip's own (`clip.clip._transform`, PIL + torchvision): bit for bit."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import clipfast
+import numpy as np
+import pytest
+import torch
+from clipfast import _native, transforms
+from clipfast.errors import ImageError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import clip
+
+IMAGES = Path(__file__).parent / "images"
+PHOTOS = sorted(p for p in IMAGES.iterdir() if p.suffix in (".jpg", ".png"))
+MODES = ["RGB", "L", "LA", "RGBA", "P", "PA", "CMYK", "I;16", "I", "F", "1", "P+transparency"]
+
+_REFERENCES: dict[int, Any] = {}
+
+
+def reference(img: Image.Image, n_px: int) -> torch.Tensor:
+    if n_px not in _REFERENCES:
+        _REFERENCES[n_px] = clip.clip._transform(n_px)
+    return _REFERENCES[n_px](img)
+
+
+def synthetic(w: int, h: int, mode: str, seed: int = 0) -> Image.Image:
+    """A photo-like image: smooth gradients, hard edges and noise (so every pass matters)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack(
+        [
+            127 + 120 * np.sin(xx / max(w, 1) * 7 + 1),
+            127 + 120 * np.cos(yy / max(h, 1) * 5),
+            (xx + yy) % 256,
+            255 * ((xx // 7 + yy // 5) % 2),
+        ],
+        axis=-1,
+    )
+    noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    rgba = Image.fromarray(noisy, "RGBA")
+    if mode == "RGBA":
+        return rgba
+    if mode == "P":
+        return rgba.convert("RGB").quantize(100)
+    if mode == "P+transparency":
+        img = rgba.convert("RGB").quantize(50)
+        img.info["transparency"] = 3
+        return img
+    if mode == "PA":
+        return rgba.convert("PA")
+    if mode == "I;16":
+        return Image.frombytes("I;16", (w, h), (noisy[..., 0].astype("<u2") * 257).tobytes())
+    if mode == "I":
+        return Image.fromarray(noisy[..., 1].astype(np.int32) * 3 - 200)
+    if mode == "F":
+        return Image.fromarray(noisy[..., 2].astype(np.float32) * 1.7 - 50.25)
+    return rgba.convert(mode)
+
+
+def assert_exact(img: Image.Image, n_px: int) -> None:
+    expected = reference(img, n_px)
+    got = transforms.for_resolution(n_px)(img)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert torch.equal(got, expected), f"max diff {(got - expected).abs().max()} for {img.mode} {img.size}"
+
+
+SIZES = [(1, 1), (2, 3), (3, 2), (224, 224), (224, 300), (225, 224), (640, 480), (480, 640), (301, 299)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("size", SIZES)
+def test_matches_clip_every_mode_and_size(mode: str, size: tuple[int, int]) -> None:
+    assert_exact(synthetic(*size, mode, seed=hash(size) % 1000), 224)
+
+
+@pytest.mark.parametrize("n_px", [224, 288, 336, 384, 448])
+def test_every_model_resolution(n_px: int) -> None:
+    for i, mode in enumerate(["RGB", "RGBA", "L"]):
+        assert_exact(synthetic(500 + 37 * i, 410, mode, seed=n_px + i), n_px)
+    assert_exact(synthetic(n_px, n_px, "RGB"), n_px)  # exactly n_px: no resize at all
+    assert_exact(synthetic(n_px + 1, n_px, "RGB"), n_px)  # width only, crop offset rounds
+
+
+@pytest.mark.parametrize(
+    ("size", "mode"),
+    [
+        ((4000, 3000), "RGB"),  # big photo, horizontal pass first
+        ((5000, 50), "RGB"),  # panorama: upscaled height
+        ((300, 3000), "RGB"),  # tall: Pillow 13 runs the vertical pass first
+        ((300, 3000), "RGBA"),
+        ((3000, 300), "L"),
+        ((120, 2000), "I;16"),
+        ((2000, 120), "F"),
+    ],
+)
+def test_large_and_extreme_shapes(size: tuple[int, int], mode: str) -> None:
+    assert_exact(synthetic(*size, mode), 224)
+
+
+@pytest.mark.parametrize("photo", PHOTOS, ids=lambda p: p.name)
+def test_real_photos(photo: Path) -> None:
+    img = Image.open(photo)
+    img.load()
+    for n_px in (224, 336):
+        assert_exact(img, n_px)
+    assert_exact(img.convert("L"), 224)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    w=st.integers(1, 90),
+    h=st.integers(1, 90),
+    n_px=st.sampled_from([1, 5, 16, 33, 64, 224]),
+    mode=st.sampled_from(["RGB", "L", "LA", "RGBA", "CMYK", "I;16", "I", "F", "P"]),
+    seed=st.integers(0, 2**31),
+)
+def test_random_images_property(w: int, h: int, n_px: int, mode: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    # Uniform noise, and sometimes extreme values, stress clamping between the passes.
+    data = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    if seed % 3 == 0:
+        data = np.where(data > 127, 255, 0).astype(np.uint8)
+    img = Image.fromarray(data, "RGBA")
+    if mode == "I;16":
+        img = Image.frombytes("I;16", (w, h), rng.integers(0, 65536, (h, w)).astype("<u2").tobytes())
+    elif mode == "I":
+        img = Image.fromarray(rng.integers(-1000, 1000, (h, w)).astype(np.int32))
+    elif mode == "F":
+        img = Image.fromarray((rng.standard_normal((h, w)) * 300).astype(np.float32))
+    elif mode == "P":
+        img = img.convert("RGB").quantize(16)
+    elif mode != "RGBA":
+        img = img.convert(mode)
+    assert_exact(img, n_px)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "CMYK", "I;16", "I", "F"])
+def test_resize_crop_equals_pillow_in_native_mode(mode: str) -> None:
+    """The Rust resize alone, against Pillow's resize + crop (both pass orders, SIMD and scalar)."""
+    for w, h in [(97, 61), (61, 700), (700, 61), (3, 5), (64, 64)]:
+        img = synthetic(w, h, mode, seed=w)
+        tw, th = transforms.resized_size(w, h, 32)
+        resized = img.resize((tw, th), Image.Resampling.BICUBIC) if (tw, th) != (w, h) else img
+        left, top = round((tw - 32) / 2), round((th - 32) / 2)
+        expected = resized.crop((left, top, left + 32, top + 32)).tobytes()
+        for simd in (True, False):
+            assert _native.resize_crop(img.tobytes(), w, h, mode, 32, simd) == expected
+            assert _native.resize_crop(img.getim(), w, h, mode, 32, simd) == expected
+
+
+def test_simd_and_scalar_paths_agree() -> None:
+    n = 224
+    lut = transforms._lut(transforms.MEAN, transforms.STD, torch.float32)
+    imgs = [
+        synthetic(w, h, m, seed=w + h)
+        for (w, h), m in [((1000, 700), "RGB"), ((300, 2000), "RGBA"), ((999, 333), "L"), ((500, 501), "LA")]
+    ]
+    items = [(im.getim(), *im.size, im.mode) for im in imgs]
+    outs = []
+    for simd in (True, False):
+        out = torch.empty((len(items), 3, n, n))
+        assert _native.preprocess_into(items, n, lut, out.data_ptr(), out.numel(), "float32", 2, simd) == [
+            None
+        ] * len(items)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    assert _native.simd_level() in ("avx2", "sse4.1", "none")
+
+
+def test_lut_is_torchvision_arithmetic() -> None:
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256)
+    img = Image.fromarray(values.permute(1, 2, 0).numpy().copy(), "RGB")
+    expected = reference(img, 1)  # 256x1 -> 1x1 is not useful; use the steps directly instead
+    del expected
+    tt = clip.clip.ToTensor()(img)
+    norm = clip.clip.Normalize(transforms.MEAN, transforms.STD)(tt)
+    lut = np.frombuffer(transforms._lut(transforms.MEAN, transforms.STD, torch.float32), np.float32)
+    assert np.array_equal(lut.reshape(3, 256), norm.numpy().reshape(3, 256))
+
+
+# --- the preprocess object ------------------------------------------------------------------------
+
+
+def test_preprocess_object_is_picklable_and_keeps_its_shape() -> None:
+    pre = transforms.for_resolution(224)
+    names = [type(t).__name__ for t in pre.transforms]
+    assert names == ["Resize", "CenterCrop", "ConvertToRGB", "ToTensor", "Normalize"]
+    assert pre.transforms[-1].mean == transforms.MEAN and pre.transforms[-1].std == transforms.STD
+    clone = pickle.loads(pickle.dumps(pre))
+    img = synthetic(333, 222, "RGB")
+    assert torch.equal(clone(img), reference(img, 224))
+
+
+def test_swapped_steps_run_one_by_one() -> None:
+    img = synthetic(333, 222, "RGB")
+    pre = transforms.for_resolution(224)
+    pre.transforms[-1] = transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    expected = clip.clip.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(
+        clip.clip.ToTensor()(clip.clip.CenterCrop(224)(clip.clip.Resize(224, clip.clip.BICUBIC)(img)))
+    )
+    assert torch.equal(pre(img), expected)
+    pre.transforms.insert(0, lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    flipped = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    expected_flipped = clip.clip.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(
+        clip.clip.ToTensor()(clip.clip.CenterCrop(224)(clip.clip.Resize(224, clip.clip.BICUBIC)(flipped)))
+    )
+    assert torch.equal(pre(img), expected_flipped)
+    pre.transforms = pre.transforms[1:5]  # no Normalize: a plain ToTensor result
+    expected_plain = clip.clip.ToTensor()(
+        clip.clip.CenterCrop(224)(clip.clip.Resize(224, clip.clip.BICUBIC)(img))
+    )
+    assert torch.equal(pre(img), expected_plain)
+
+
+def test_many_threads_at_once() -> None:
+    pre = transforms.for_resolution(224)
+    imgs = [synthetic(400 + i * 13, 300 + i * 7, ["RGB", "RGBA", "L"][i % 3], seed=i) for i in range(12)]
+    expected = [reference(im, 224) for im in imgs]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(pre, imgs * 3))
+    for i, g in enumerate(got):
+        assert torch.equal(g, expected[i % len(imgs)])
+
+
+class PhotoDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, preprocess: Any) -> None:
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocess(synthetic(300 + i, 200 + 3 * i, "RGB", seed=i))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers(context: str) -> None:
+    if context not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"{context} is not available here")
+    pre = transforms.for_resolution(224)
+    pre(synthetic(50, 50, "RGB"))  # warm the caches in the parent before the workers start
+    loader = torch.utils.data.DataLoader(
+        PhotoDataset(pre), batch_size=3, num_workers=2, multiprocessing_context=context
+    )
+    got = torch.cat(list(loader))
+    expected = torch.stack([reference(synthetic(300 + i, 200 + 3 * i, "RGB", seed=i), 224) for i in range(6)])
+    assert torch.equal(got, expected)
+
+
+# --- preprocess_batch -----------------------------------------------------------------------------
+
+
+def test_batch_of_mixed_inputs_matches_clip(tmp_path: Path) -> None:
+    photo = PHOTOS[0]
+    img = synthetic(640, 480, "RGBA")
+    arr = np.asarray(synthetic(500, 300, "RGB"))
+    grey = np.asarray(synthetic(300, 500, "L"))
+    png = io.BytesIO()
+    synthetic(257, 199, "P").save(png, "PNG")
+    items: list[Any] = [img, arr, grey, str(photo), photo, png.getvalue(), photo.read_bytes()]
+    out = clipfast.preprocess_batch(items, 224, threads=2)
+    decoded = [
+        img,
+        Image.fromarray(arr),
+        Image.fromarray(grey),
+        Image.open(photo),
+        Image.open(photo),
+        Image.open(io.BytesIO(png.getvalue())),
+        Image.open(photo),
+    ]
+    expected = torch.stack([reference(d, 224) for d in decoded])
+    assert out.shape == (7, 3, 224, 224) and out.dtype == torch.float32
+    assert torch.equal(out, expected)
+
+
+def test_batch_dtypes() -> None:
+    imgs = [synthetic(300, 200, "RGB", seed=1), synthetic(200, 300, "LA", seed=2)]
+    f32 = clipfast.preprocess_batch(imgs, 224, threads=1)
+    assert torch.equal(clipfast.preprocess_batch(imgs, 224, dtype=torch.float16), f32.half())
+    u8 = clipfast.preprocess_batch(imgs, 224, dtype=torch.uint8)
+    for i, im in enumerate(imgs):
+        rgb = transforms.CenterCrop(224)(transforms.Resize(224)(im)).convert("RGB")
+        assert torch.equal(u8[i], torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
+    with pytest.raises(ValueError):
+        clipfast.preprocess_batch(imgs, dtype=torch.float64)
+
+
+def test_batch_bad_inputs_name_the_index() -> None:
+    good = PHOTOS[0].read_bytes()
+    jpeg = next(p for p in PHOTOS if p.suffix == ".jpg").read_bytes()
+    bad_items: list[Any] = [
+        jpeg[: len(jpeg) // 3],  # truncated JPEG
+        b"this is not an image at all",
+        Image.new("RGB", (0, 5)),
+        np.zeros((0, 4, 3), np.uint8),
+        12345,
+    ]
+    for item in bad_items:
+        with pytest.raises(ImageError, match=r"item 1\b"):
+            clipfast.preprocess_batch([good, item, good], 224, threads=2)
+    out, bad = clipfast.preprocess_batch([good, *bad_items, good], 224, on_error="skip", threads=2)
+    assert bad == [1, 2, 3, 4, 5]
+    assert out.shape == (2, 3, 224, 224)
+    expected = reference(Image.open(io.BytesIO(good)), 224)
+    assert torch.equal(out[0], expected) and torch.equal(out[1], expected)
+
+
+def test_batch_refuses_decompression_bombs(monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = io.BytesIO()
+    synthetic(200, 100, "RGB").save(buf, "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 20,000 pixels: between 1x and 2x
+    with pytest.raises(ImageError, match=r"item 0: .*MAX_IMAGE_PIXELS"):
+        clipfast.preprocess_batch([buf.getvalue()])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow's own DecompressionBombError
+    out, bad = clipfast.preprocess_batch([buf.getvalue(), buf.getvalue()], on_error="skip")
+    assert bad == [0, 1] and out.shape[0] == 0
+
+
+def test_batch_threads_then_fork_does_not_deadlock() -> None:
+    code = (
+        f"import os, sys, torch; sys.path.insert(0, {str(Path(clipfast.__file__).parent.parent)!r})\n"
+        "import clipfast; from PIL import Image\n"
+        "imgs = [Image.new('RGB', (640, 480), (i, 2, 3)) for i in range(16)]\n"
+        "a = clipfast.preprocess_batch(imgs, threads=4)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    b = clipfast.preprocess_batch(imgs, threads=4)\n"
+        "    os._exit(0 if torch.equal(a, b) else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_preprocess_object_rejects_zero_size_image() -> None:
+    with pytest.raises(ImageError):
+        transforms.for_resolution(224)(Image.new("RGB", (0, 3)))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only")
+def test_default_threads_follow_torch() -> None:
+    imgs = [synthetic(300, 200, "RGB", seed=i) for i in range(3)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = clipfast.preprocess_batch(imgs)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, clipfast.preprocess_batch(imgs, threads=3))
