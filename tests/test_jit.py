@@ -130,3 +130,14 @@ def test_not_an_archive_is_an_error(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not a zip archive")
     with pytest.raises((RuntimeError, ValueError)):
         load_jit(bad, "cpu")
+
+
+def test_cuda_constants_follow_another_gpu(openai_archive: Callable[[str], Path]) -> None:
+    # Graph level only (no GPU needed): cuda:0 becomes the requested device, nothing else changes.
+    from clipfast.jit import patch_device
+
+    raw = torch.jit.load(str(openai_archive("RN50")), map_location="cpu")
+    before = len(cuda_constants(raw))
+    assert patch_device(raw, torch.device("cuda", 1)) == before
+    assert cuda_constants(raw) == ["cuda:1"] * before
+    assert _half_casts(raw) > 0  # half stays half off the CPU

@@ -1,15 +1,17 @@
 # Hand-written stubs for the Rust extension module `clipfast._native`.
 # Every function the Rust side exports is declared here; `make lint` checks them with mypy's stubtest.
 
+import os
+import pathlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, final
+
+from typing_extensions import Self
+
 __version__: str
 
 # --- download ---
-import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import final
-
-from typing_extensions import Self
 
 @final
 class Sha256:
@@ -69,18 +71,12 @@ def free_disk_bytes(path: str | os.PathLike[str]) -> int: ...
 
 # --- reader ---
 
-# --- reader ---
-import os
-import pathlib
-from typing import Any, final
-
 @final
 class CheckpointReader:
     """A checkpoint mapped and parsed (torch.save zip, TorchScript archive, safetensors)."""
 
     def __new__(cls, path: str | os.PathLike[str]) -> CheckpointReader: ...
     @property
-    def path(self) -> str: ...
     def path(self) -> pathlib.Path: ...
     @property
     def format(self) -> str: ...
@@ -96,6 +92,7 @@ class CheckpointReader:
         """Fill contiguous CPU tensors from ``(src_start, src_end, src_dtype, destination)``."""
 
 # --- image ---
+
 def resize_crop(
     pixels: bytes | object, width: int, height: int, mode: str, n_px: int, simd: bool = True
 ) -> bytes:
@@ -119,13 +116,12 @@ def preprocess_into(
     decoded in Rust) into the tensor at ``out_addr``; one error message (or None) per item."""
 
 def simd_level() -> str:
-    """"avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""
+    """ "avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""
 
 # --- text ---
-from collections.abc import Callable
 
+@final
 class ClipTokenizer:
-    def __new__(cls, merges: str) -> ClipTokenizer: ...
     def __new__(
         cls, merges: str, ftfy_version: str | None = None, unicode_version: str | None = None
     ) -> ClipTokenizer: ...
@@ -144,6 +140,5 @@ class ClipTokenizer:
     def encode(self, text: str, clean: Callable[[str], str]) -> list[int]: ...
 
 def clip_pretokenize(text: str) -> list[str]: ...
-def clip_plain_ascii_clean(text: str) -> str | None: ...
 def clip_fast_clean(text: str, extended: bool = False) -> str | None: ...
 def clip_fast_path_versions() -> tuple[str, str]: ...

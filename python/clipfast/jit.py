@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +34,12 @@ _HALF = 5  # c10::ScalarType::Half
 _FLOAT = 6  # c10::ScalarType::Float
 
 
-def graphs(module: torch.jit.ScriptModule) -> Iterator[torch._C.Graph]:
+# torch._C.Graph / Node are typed loosely here: torch's stubs lack most of their methods.
+Graph = Any
+Node = Any
+
+
+def graphs(module: torch.jit.ScriptModule) -> Iterator[Graph]:
     """The graph of every compiled method of ``module`` and of all its submodules."""
     for sub in module.modules():
         compiled = getattr(sub, "_c", None)
@@ -44,16 +49,16 @@ def graphs(module: torch.jit.ScriptModule) -> Iterator[torch._C.Graph]:
             yield compiled._get_method(name).graph
 
 
-def _constant_template(value: object) -> tuple[torch._C.Graph, torch._C.Node]:
+def _constant_template(value: object) -> tuple[Graph, Node]:
     """A ``prim::Constant`` node holding ``value``, to copy attributes from, with its graph
     (the node is only valid while that graph lives)."""
     import torch
 
-    holder = torch._C.Graph()
+    holder: Graph = torch._C.Graph()
     return holder, holder.insertConstant(value).node()
 
 
-def _is_device_constant(node: torch._C.Node) -> bool:
+def _is_device_constant(node: Node) -> bool:
     return node.kind() == "prim::Constant" and node.output().type().kind() == "DeviceObjType"
 
 
@@ -79,7 +84,7 @@ def patch_device(module: torch.jit.ScriptModule, device: torch.device) -> int:
     return changed
 
 
-def _half_dtype_inputs(node: torch._C.Node) -> list[int]:
+def _half_dtype_inputs(node: Node) -> list[int]:
     """Positions of the dtype argument of an ``aten::to`` that is the constant half."""
     positions = []
     inputs = list(node.inputs())
@@ -115,7 +120,7 @@ def patch_half_to_float(module: torch.jit.ScriptModule) -> int:
 
 
 def load_jit(
-    path: Union[str, os.PathLike[str]], device: Union[str, torch.device, None] = None
+    path: Union[str, os.PathLike[str]], device: Union[str, torch.device, int, None] = None
 ) -> torch.jit.ScriptModule:
     """Load an OpenAI TorchScript archive for ``device`` (cuda when available, else cpu), patched.
 

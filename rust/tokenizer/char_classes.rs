@@ -3075,6 +3075,25 @@ pub const FTFY_STABLE: &[(u32, u32)] = &[
 /// Non-ASCII apostrophes ftfy turns into `'` (and nothing else does).
 pub const FTFY_APOSTROPHES: &[char] = &['\u{02BC}', '\u{2019}', '\u{201B}'];
 
+/// Curly quotes ftfy uncurls, and what to: fast path only without LOWER_ACCENTED letters.
+pub const FTFY_CURLY_QUOTES: &[(char, char)] = &[
+    ('\u{2018}', '\''),
+    ('\u{201C}', '"'),
+    ('\u{201D}', '"'),
+    ('\u{201F}', '"'),
+];
+
+/// ftfy's lower_accented letters (sorted).
+pub const LOWER_ACCENTED: &[char] = &[
+    '\u{00DF}', '\u{00E0}', '\u{00E1}', '\u{00E2}', '\u{00E3}', '\u{00E4}', '\u{00E5}', '\u{00E6}',
+    '\u{00E7}', '\u{00E8}', '\u{00E9}', '\u{00EA}', '\u{00EB}', '\u{00EC}', '\u{00ED}', '\u{00EE}',
+    '\u{00EF}', '\u{00F0}', '\u{00F1}', '\u{00FC}', '\u{0101}', '\u{0103}', '\u{0105}', '\u{0107}',
+    '\u{010D}', '\u{010F}', '\u{0111}', '\u{0113}', '\u{0117}', '\u{0119}', '\u{011B}', '\u{011F}',
+    '\u{0123}', '\u{012B}', '\u{012F}', '\u{0137}', '\u{013A}', '\u{013C}', '\u{013E}', '\u{0142}',
+    '\u{0153}', '\u{0155}', '\u{015B}', '\u{015F}', '\u{0161}', '\u{0165}', '\u{017A}', '\u{017C}',
+    '\u{017E}', '\u{0491}', '\u{FB01}', '\u{FB02}',
+];
+
 /// Non-ASCII whitespace ftfy keeps; clip's whitespace cleaning makes it a space.
 pub const FTFY_SPACES: &[char] = &[
     '\u{00A0}', '\u{1680}', '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}',

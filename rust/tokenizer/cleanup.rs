@@ -17,11 +17,15 @@
 //! whitespace, not touched by any ftfy fixer, unable to make ftfy's mojibake heuristic fire.
 //! They pass cleaning unchanged. Two small sets join them: `FTFY_APOSTROPHES` (’ and two
 //! others, which ftfy only uncurls to `'`) and `FTFY_SPACES` (no-break and other spaces ftfy
-//! keeps, which the whitespace cleaning turns into one space). These sets are only valid for the
+//! keeps, which the whitespace cleaning turns into one space). `FTFY_CURLY_QUOTES` (‘ “ ” ‟,
+//! which ftfy uncurls) join only in a text without ftfy's lower_accented letters, which next to
+//! them can look like mojibake to ftfy. These sets are only valid for the
 //! ftfy and Unicode versions they were generated with; the caller enables them only when those
 //! are installed.
 
-use super::char_classes::{FTFY_APOSTROPHES, FTFY_SPACES, FTFY_STABLE};
+use super::char_classes::{
+    FTFY_APOSTROPHES, FTFY_CURLY_QUOTES, FTFY_SPACES, FTFY_STABLE, LOWER_ACCENTED,
+};
 use super::pretokenize::in_table;
 
 fn is_plain_ascii_byte(b: u8) -> bool {
@@ -33,22 +37,44 @@ pub fn is_plain_ascii(text: &str) -> bool {
     text.bytes().all(is_plain_ascii_byte)
 }
 
-/// Whether `text` is on the fast path, with the non-ASCII characters of `FTFY_STABLE` when
+/// Whether `text` is on the fast path, with the non-ASCII characters of the generated sets when
 /// `extended`.
 pub fn is_fast(text: &str, extended: bool) -> bool {
     if is_plain_ascii(text) {
         return true;
     }
-    extended
-        && text.chars().all(|c| {
-            if c.is_ascii() {
-                is_plain_ascii_byte(c as u8)
-            } else {
-                in_table(FTFY_STABLE, c)
-                    || FTFY_APOSTROPHES.contains(&c)
-                    || FTFY_SPACES.contains(&c)
+    if !extended {
+        return false;
+    }
+    let mut curly = false;
+    let mut accented = false;
+    for c in text.chars() {
+        if c.is_ascii() {
+            if !is_plain_ascii_byte(c as u8) {
+                return false;
             }
-        })
+        } else if in_table(FTFY_STABLE, c) {
+            accented |= LOWER_ACCENTED.binary_search(&c).is_ok();
+        } else if FTFY_CURLY_QUOTES.iter().any(|&(q, _)| q == c) {
+            curly = true;
+        } else if !FTFY_APOSTROPHES.contains(&c) && !FTFY_SPACES.contains(&c) {
+            return false;
+        }
+    }
+    !(curly && accented)
+}
+
+/// What clip's cleaning makes of one non-space character of fast-path text.
+fn clean_char(c: char) -> char {
+    if c.is_ascii() {
+        c.to_ascii_lowercase()
+    } else if FTFY_APOSTROPHES.contains(&c) {
+        '\''
+    } else if let Some(&(_, plain)) = FTFY_CURLY_QUOTES.iter().find(|&&(q, _)| q == c) {
+        plain
+    } else {
+        c
+    }
 }
 
 /// clip's cleaning of a text for which `is_fast` holds: whitespace runs become one space, the
@@ -61,13 +87,7 @@ pub fn clean_fast(text: &str) -> String {
         if !out.is_empty() {
             out.push(' ');
         }
-        out.extend(word.chars().map(|c| {
-            if FTFY_APOSTROPHES.contains(&c) {
-                '\''
-            } else {
-                c.to_ascii_lowercase()
-            }
-        }));
+        out.extend(word.chars().map(clean_char));
     }
     out
 }
@@ -96,11 +116,18 @@ mod tests {
         assert!(!is_fast("caf\u{e9}", false));
         assert!(!is_fast("CAF\u{c9}", true)); // upper case: lower() changes it
         assert!(is_fast("it\u{2019}s", true)); // ftfy only uncurls it
-        assert!(!is_fast("\u{201c}quoted\u{201d}", true)); // start/end punctuation: heuristic
+        assert!(is_fast("\u{201c}quoted\u{201d} \u{6771}", true)); // ftfy only uncurls them
+        assert!(!is_fast("\u{201c}caf\u{e9}\u{201d}", true)); // beside lower_accented: heuristic
+        assert!(!is_fast("\u{201a}quoted", true)); // low-9 quote: not in the set
         assert!(!is_fast("cafe\u{301}", true)); // combining mark: NFC composes it
         assert!(!is_fast("a\u{3000}b", true)); // ideographic space: width fix, whitespace
         assert!(!is_fast("\u{c3}\u{a9}t\u{c3}\u{a9}", true)); // mojibake
         assert!(!is_fast("fish &amp; chips \u{e9}", true));
+    }
+
+    #[test]
+    fn lower_accented_is_sorted_for_binary_search() {
+        assert!(LOWER_ACCENTED.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
@@ -111,6 +138,10 @@ mod tests {
         );
         assert_eq!(clean_fast("  Caf\u{e9}  AU\tLait "), "caf\u{e9} au lait");
         assert_eq!(clean_fast("\u{a0}It\u{2019}S\u{2009} ok\u{a0}"), "it's ok");
+        assert_eq!(
+            clean_fast("\u{201c}A\u{201d} \u{2018}b\u{2019}"),
+            "\"a\" 'b'"
+        );
         assert_eq!(clean_fast(" \t "), "");
         assert_eq!(clean_fast(""), "");
     }

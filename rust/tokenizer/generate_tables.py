@@ -76,7 +76,7 @@ def ftfy_stable() -> list[tuple[int, int]]:
     - NFC: c must be a starter (combining class 0), its own NFC, start its NFD with a starter, and
       neither c nor that first character may be the second half of a canonical composition; then
       no composition or reordering crosses a character boundary, and NFC changes nothing.
-    - Whitespace (``\s`` of the regex package, ``str.isspace``), unassigned code points, surrogates.
+    - Whitespace (``\\s`` of the regex package, ``str.isspace``), unassigned code points, surrogates.
     """
     import html
     import re
@@ -155,6 +155,43 @@ def ftfy_apostrophes() -> list[int]:
     ]
 
 
+def ftfy_curly_quotes() -> list[tuple[int, str]]:
+    r"""Curly quotes ftfy uncurls (to ``'`` or ``"``) that are in no mojibake class but start/end
+    punctuation: fast-path only in a text without any lower_accented letter. With the rest of the
+    fast-path alphabet (no upper case, no bad/box/currency/numeric/law/c1 character), the
+    alternatives of ``BADNESS_RE`` that can use start/end punctuation all need, in the same match,
+    a character outside that alphabet or a lower_accented letter: ``[box end currency numeric]
+    [lower_accented]``, ``[lower_accented ...][end][start]``, ``[lower_accented upper_accented]
+    [start end]\w``, ``[lower_accented ...][start][numeric]``. ``‚`` and ``„`` are left out
+    (``‚`` is a literal of the MacRoman alternatives)."""
+    import re
+
+    from ftfy import badness, chardata
+
+    chosen = [0x2018, 0x201C, 0x201D, 0x201F]
+    out = []
+    for code in chosen:
+        ch = chr(code)
+        found = {k for k, v in badness.MOJIBAKE_CATEGORIES.items() if re.match("[" + v + "]", ch)}
+        assert found <= {"start_punctuation", "end_punctuation"}, (hex(code), found)
+        if chardata.SINGLE_QUOTE_RE.match(ch):
+            out.append((code, "'"))
+        else:
+            assert chardata.DOUBLE_QUOTE_RE.match(ch), hex(code)
+            out.append((code, '"'))
+    return out
+
+
+def lower_accented() -> list[int]:
+    """ftfy's lower_accented class (letters that, next to curly quotes, look like mojibake)."""
+    import re
+
+    from ftfy import badness
+
+    pattern = re.compile("[" + badness.MOJIBAKE_CATEGORIES["lower_accented"] + "]")
+    return [code for code in range(0x80, 0x110000) if pattern.match(chr(code))]
+
+
 def ftfy_spaces() -> list[int]:
     """Non-ASCII whitespace that ftfy leaves alone (not a line break, width form or control, NFC
     stable) and that clip's cleaning then turns into a plain space."""
@@ -203,6 +240,16 @@ def main() -> None:
     lines.append("/// Non-ASCII apostrophes ftfy turns into `'` (and nothing else does).")
     apostrophes = ", ".join(f"'\\u{{{c:04X}}}'" for c in ftfy_apostrophes())
     lines.append(f"pub const FTFY_APOSTROPHES: &[char] = &[{apostrophes}];")
+    lines.append("")
+    lines.append("/// Curly quotes ftfy uncurls, and what to: fast path only without LOWER_ACCENTED letters.")
+    curly = ", ".join(
+        f"('\\u{{{c:04X}}}', '{r if r == chr(34) else chr(92) + r}')" for c, r in ftfy_curly_quotes()
+    )
+    lines.append(f"pub const FTFY_CURLY_QUOTES: &[(char, char)] = &[{curly}];")
+    lines.append("")
+    lines.append("/// ftfy's lower_accented letters (sorted).")
+    accented = ", ".join(f"'\\u{{{c:04X}}}'" for c in lower_accented())
+    lines.append(f"pub const LOWER_ACCENTED: &[char] = &[{accented}];")
     lines.append("")
     lines.append("/// Non-ASCII whitespace ftfy keeps; clip's whitespace cleaning makes it a space.")
     spaces = ", ".join(f"'\\u{{{c:04X}}}'" for c in ftfy_spaces())
