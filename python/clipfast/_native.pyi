@@ -9,6 +9,24 @@ from typing import Any, final
 
 from typing_extensions import Self
 
+__all__ = [
+    "CheckpointReader",
+    "ClipTokenizer",
+    "FetchReport",
+    "FileLock",
+    "Sha256",
+    "__version__",
+    "clip_fast_clean",
+    "clip_fast_path_versions",
+    "clip_pretokenize",
+    "fetch",
+    "free_disk_bytes",
+    "preprocess_into",
+    "resize_crop",
+    "sha256_file",
+    "simd_level",
+]
+
 __version__: str
 
 # --- download ---
