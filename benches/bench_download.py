@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
@@ -37,18 +38,6 @@ MB = 1_000_000
 # name -> size in bytes (the official files are about this large)
 FULL_SIZES = {"ViT-B/32": 338 * MB, "ViT-L/14": 890 * MB}
 QUICK_SIZES = {"ViT-B/32": 24 * MB, "ViT-L/14": 48 * MB}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
 
 
 def ensure_file(name: str, size: int) -> tuple[Path, str]:

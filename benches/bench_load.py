@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benches" / ".cache"
@@ -97,29 +98,6 @@ elif method == "physical_floor":
 load_s = time.perf_counter() - t0
 print(json.dumps({"load_s": load_s, "import_s": import_s, "base_rss": base, "peak_rss": peak()}))
 """
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kib / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    import torch
-
-    return (
-        f"{cpu}, {os.cpu_count()} cores{mem}, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
-    )
 
 
 def file_name(name: str) -> str:

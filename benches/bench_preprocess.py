@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ RESULTS = ROOT / "benches" / "results"
 PHOTOS = ROOT / "tests" / "images"
 
 import clipfast  # noqa: E402
+from _machine import machine  # noqa: E402
 from clipfast import transforms  # noqa: E402
 
 with warnings.catch_warnings():
@@ -52,19 +52,6 @@ with warnings.catch_warnings():
 
 N_PX = 224
 _REFERENCE = clip.clip._transform(N_PX)
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores, SIMD {clipfast._native.simd_level()}, Pillow {Image.__version__}"
 
 
 def synthetic_jpeg(w: int, h: int) -> bytes:
