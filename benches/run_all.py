@@ -107,7 +107,7 @@ def plot(results: Path = RESULTS) -> Path | None:
     ax.set_title("clipfast vs the reference")
     fig.tight_layout()
     out = results / "summary.png"
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out
 
