@@ -24,29 +24,27 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("checkpoints")
 
 
-@pytest.fixture(scope="session")
-def openai_archive(checkpoint_dir: Path) -> Callable[[str], Path]:
-    """name -> path of a TorchScript archive made as OpenAI's are, tiny widths, same structure."""
+def _cached_writer(
+    directory: Path, prefix: str, write: Callable[[Path, _testing.ModelSpec], Path]
+) -> Callable[[str], Path]:
+    """name -> path of a tiny checkpoint written once by ``write`` into ``directory``."""
     cache: dict[str, Path] = {}
 
     def make(name: str) -> Path:
         if name not in cache:
-            path = checkpoint_dir / f"jit-{_file_name(name)}.pt"
-            cache[name] = _testing.write_openai_archive(path, _testing.tiny(name))
+            cache[name] = write(directory / f"{prefix}-{_file_name(name)}.pt", _testing.tiny(name))
         return cache[name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def openai_archive(checkpoint_dir: Path) -> Callable[[str], Path]:
+    """name -> path of a TorchScript archive made as OpenAI's are, tiny widths, same structure."""
+    return _cached_writer(checkpoint_dir, "jit", _testing.write_openai_archive)
 
 
 @pytest.fixture(scope="session")
 def state_dict_file(checkpoint_dir: Path) -> Callable[[str], Path]:
     """name -> path of ``torch.save(state_dict)`` of the same tiny fp16 model as ``openai_archive``."""
-    cache: dict[str, Path] = {}
-
-    def make(name: str) -> Path:
-        if name not in cache:
-            path = checkpoint_dir / f"sd-{_file_name(name)}.pt"
-            cache[name] = _testing.write_state_dict(path, _testing.tiny(name))
-        return cache[name]
-
-    return make
+    return _cached_writer(checkpoint_dir, "sd", _testing.write_state_dict)
