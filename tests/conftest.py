@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from clipfast import _testing
+from http_fault_server import FaultServer
 
 # The reference packages warn on import (pkg_resources, TorchScript deprecation); not our concern.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"clip\..*")
@@ -48,3 +49,13 @@ def openai_archive(checkpoint_dir: Path) -> Callable[[str], Path]:
 def state_dict_file(checkpoint_dir: Path) -> Callable[[str], Path]:
     """name -> path of ``torch.save(state_dict)`` of the same tiny fp16 model as ``openai_archive``."""
     return _cached_writer(checkpoint_dir, "sd", _testing.write_state_dict)
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    """A fault-injecting HTTP server on 127.0.0.1, stopped after the test."""
+    s = FaultServer()
+    try:
+        yield s
+    finally:
+        s.stop()

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import clipfast
@@ -108,15 +108,6 @@ def test_list_shows_cache_state(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 # --- download ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def server() -> Iterator[FaultServer]:
-    s = FaultServer()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_download_command(

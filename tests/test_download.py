@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import clipfast
@@ -33,15 +32,6 @@ CHILD_PRELUDE = (
     "sys.modules['clipfast'] = pkg\n"
     "from clipfast.download import download\n"
 )
-
-
-@pytest.fixture
-def server() -> Iterator[FaultServer]:
-    s = FaultServer()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(autouse=True)
