@@ -42,6 +42,15 @@ def _run(model: Any, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch
         }
 
 
+def _devices(model: torch.jit.ScriptModule) -> set[str]:
+    return {
+        str(node.output().toIValue())
+        for graph in graphs(model)
+        for node in graph.findAllNodes("prim::Constant")
+        if node.output().type().kind() == "DeviceObjType"
+    }
+
+
 def _half_casts(model: torch.jit.ScriptModule) -> int:
     count = 0
     for graph in graphs(model):
@@ -63,6 +72,7 @@ def test_patched_archive_matches_clip_and_non_jit(name: str, openai_archive: Cal
     path = openai_archive(name)
     raw = torch.jit.load(str(path), map_location="cpu")
     assert cuda_constants(raw), "the fixture should carry cuda constants, as OpenAI's files do"
+    assert _devices(raw) == {"cuda:0"}, "traced on a GPU: no device constant names the cpu"
     assert _half_casts(raw) > 0
 
     model = load_jit(path, "cpu")
@@ -141,3 +151,38 @@ def test_cuda_constants_follow_another_gpu(openai_archive: Callable[[str], Path]
     assert patch_device(raw, torch.device("cuda", 1)) == before
     assert cuda_constants(raw) == ["cuda:1"] * before
     assert _half_casts(raw) > 0  # half stays half off the CPU
+
+
+def _graph_tensor_devices(model: torch.jit.ScriptModule) -> set[str]:
+    """Devices of the tensors traced into the graphs as constants (the text attention mask)."""
+    return {
+        str(node.output().toIValue().device)
+        for graph in graphs(model)
+        for node in graph.findAllNodes("prim::Constant")
+        if node.output().type().kind() == "TensorType"
+    }
+
+
+def test_traced_tensor_constants_exist(openai_archive: Callable[[str], Path]) -> None:
+    # Why load_jit maps the archive to the device: .to() moves parameters and buffers, not these.
+    assert _graph_tensor_devices(load_jit(openai_archive("ViT-B/32"), "cpu")) == {"cpu"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["RN50", "ViT-B/32"])
+def test_jit_on_cuda_matches_the_eager_fp16_model(name: str, openai_archive: Callable[[str], Path]) -> None:
+    import clipfast
+
+    path = openai_archive(name)
+    model = load_jit(path, "cuda")
+    assert set(cuda_constants(model)) == {"cuda"}
+    assert _graph_tensor_devices(model) == {"cuda:0"}
+    assert {str(t.device) for t in model.state_dict().values()} == {"cuda:0"}
+    assert model.visual.conv1.weight.dtype == torch.float16  # OpenAI's fp16 layout, as clip's jit gives
+
+    eager, _ = clipfast.load(path, device="cuda")
+    image, text = _inputs(int(model.input_resolution.item()))
+    ours = _run(model, image.cuda(), text.cuda())
+    reference = _run(eager, image.cuda(), text.cuda())
+    for key, value in ours.items():  # the same fp16 arithmetic, traced vs eager
+        torch.testing.assert_close(value, reference[key], rtol=1e-2, atol=1e-2, msg=f"{name} {key}")

@@ -12,12 +12,13 @@ Private: needs the reference package; not part of the public API.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .jit import graphs
 
 __all__ = [
     "FULL",
@@ -118,17 +119,6 @@ def _example_inputs(s: ModelSpec, dtype: torch.dtype) -> tuple[torch.Tensor, tor
     return image, text
 
 
-def _graphs(module: torch.jit.ScriptModule) -> Iterator[torch._C.Graph]:
-    for sub in module.modules():
-        for method in ("forward", "forward1", "encode_image", "encode_text"):
-            if hasattr(sub, method):
-                try:
-                    graph = getattr(sub, method).graph
-                except (AttributeError, RuntimeError):  # a method that was not compiled
-                    continue
-                yield graph
-
-
 def _cuda_device_constant() -> torch._C.Node:
     @torch.jit.script
     def _cuda() -> torch.device:
@@ -158,8 +148,9 @@ def write_openai_archive(path: str | os.PathLike[str], s: ModelSpec, seed: int =
             check_trace=False,
         )
     cuda = _cuda_device_constant()
-    for graph in _graphs(traced):
-        for node in graph.findAllNodes("prim::Constant"):  # type: ignore[attr-defined]
+    # Every compiled method of every submodule (forward, forward1, ... one per traced entry point).
+    for graph in graphs(traced):
+        for node in graph.findAllNodes("prim::Constant"):
             if node.output().type().kind() == "DeviceObjType" and str(node.output().toIValue()) == "cpu":
                 node.copyAttributes(cuda)
     out = Path(path)

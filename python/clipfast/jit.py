@@ -2,7 +2,7 @@
 
 OpenAI traced its models on a GPU in fp16, so their graphs hold ``cuda:0`` device constants
 (``torch.arange(..., device="cuda:0")``, ...) and ``aten::to(x, 5)`` casts to half. This module
-loads the archive to the CPU with ``torch.jit.load`` and rewrites those constants in every method
+loads the archive to the requested device with ``torch.jit.load`` and rewrites those constants in every method
 graph of every submodule (``forward``, ``forward1``, ``encode_image``, ``encode_text``, ...):
 
 - each device constant that names ``cuda`` becomes the requested device;
@@ -131,7 +131,10 @@ def load_jit(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     target = torch.device(device)
-    model = torch.jit.load(os.fspath(path), map_location="cpu").eval()
+    # Tensors that are plain attributes (the text transformer's attention mask) are not moved by
+    # ``.to()``: map them to the device at load time, as openai/CLIP does.
+    location = torch.device("cpu") if target.type == "cpu" else target
+    model = torch.jit.load(os.fspath(path), map_location=location).eval()
     patch_device(model, target)
     if target.type == "cpu":
         patch_half_to_float(model)
