@@ -164,7 +164,7 @@ fn pack(mode: Mode, ps: usize, px: Vec<u8>) -> Vec<u8> {
             .collect(),
         _ => px
             .chunks_exact(ps)
-            .flat_map(|p| p[..mode.packed_size()].to_vec())
+            .flat_map(|p| p[..mode.packed_size()].iter().copied())
             .collect(),
     }
 }

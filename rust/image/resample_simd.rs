@@ -69,6 +69,39 @@ mod avx2 {
     use super::super::resample::{clip8, Rows, HALF};
     use std::arch::x86_64::*;
 
+    /// `sum(chunk_j * k_j) + HALF >> 22` clamped to bytes, lane by lane over 32-byte chunks (the
+    /// expression gives the address of tap j's chunk): the scalar reference's arithmetic.
+    /// A macro, not a function: it must be inlined into the AVX2 callers, and a function with
+    /// `#[target_feature]` cannot be forced inline.
+    macro_rules! weighted32 {
+        ($k:expr, $j:ident => $chunk:expr) => {{
+            let bias = _mm256_set1_epi32(HALF);
+            let mut acc = [bias; 4];
+            for ($j, &w) in $k.iter().enumerate() {
+                let weight = _mm256_set1_epi32(w);
+                let chunk: *const u8 = $chunk;
+                // SAFETY: the caller guarantees 32 readable bytes at `chunk` for every tap.
+                let bytes = unsafe { _mm256_loadu_si256(chunk as *const __m256i) };
+                let lo = _mm256_castsi256_si128(bytes);
+                let hi = _mm256_extracti128_si256::<1>(bytes);
+                let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+                for (a, part) in acc.iter_mut().zip(parts) {
+                    *a = _mm256_add_epi32(
+                        *a,
+                        _mm256_mullo_epi32(_mm256_cvtepu8_epi32(part), weight),
+                    );
+                }
+            }
+            for a in &mut acc {
+                *a = _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(*a);
+            }
+            // packs works within 128-bit lanes; the permutes restore the byte order.
+            let w01 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(acc[0], acc[1]));
+            let w23 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(acc[2], acc[3]));
+            _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(w01, w23))
+        }};
+    }
+
     /// Four 32-bit sums (+ rounding bias) -> four clamped bytes, as `clip8` does per lane.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -79,118 +112,126 @@ mod avx2 {
         _mm_cvtsi128_si32(_mm_packus_epi16(v16, v16)) as u32
     }
 
-    /// Bits of the low half when a 22-bit weight is split into two 16-bit halves.
-    const SPLIT: i32 = 11;
+    /// Rows the horizontal pass of 4-byte pixels handles at once: one 32-bit lane each.
+    const BLOCK: usize = 8;
 
-    /// Horizontal pass over 4-byte pixels, four taps per step, two rows per weight load.
+    /// Horizontal pass over 4-byte pixels, as a vertical pass over a transposed block of rows.
     ///
-    /// `_mm256_madd_epi16` multiplies 16-bit values, so each weight is split exactly into
-    /// `hi * 2^11 + lo` (lo in 0..2048, |hi| < 2^12): `sum(p * k) = (sum(p * hi) << 11) + sum(p * lo)`
-    /// in wrapping 32-bit arithmetic equals the scalar reference's sum whenever that fits in 32 bits,
-    /// which Pillow's own arithmetic already requires. Taps past a window get weight 0.
+    /// Eight rows are interleaved pixel by pixel (`t[c]` = the 32 bytes of column c in rows
+    /// 0..8), so that each tap is one broadcast weight times 32 contiguous bytes, exactly as in
+    /// the vertical pass: no per-output shuffles or lane sums, one multiply per tap and channel.
     #[target_feature(enable = "avx2")]
     pub fn horizontal4(src: &Rows<'_>, axis: &Axis, out: &mut [u8]) {
         let count = axis.count();
-        let groups = axis.ksize.div_ceil(4);
-        // Per slot and group of four taps: 16 words (k0 k1) x4 | (k2 k3) x4, for lo and for hi.
-        let mut lo = vec![0i16; count * groups * 16];
-        let mut hi = vec![0i16; count * groups * 16];
-        for slot in 0..count {
-            for (j, &k) in axis.fixed_of(slot).iter().enumerate() {
-                let base = (slot * groups + j / 4) * 16 + (j % 4 / 2) * 8 + j % 2;
-                for c in 0..4 {
-                    lo[base + 2 * c] = (k & ((1 << SPLIT) - 1)) as i16;
-                    hi[base + 2 * c] = (k >> SPLIT) as i16;
-                }
-            }
-        }
-        // Bytes p0 p1 p2 p3 (RGBA each) -> p0r p1r p0g p1g p0b p1b p0a p1a | p2r p3r ...
-        let order = _mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
         let width = count * 4;
         let row_len = src.rows.first().map_or(0, |r| r.len());
-        let mut rows = src.rows.chunks_exact(2);
-        let mut dsts = out.chunks_exact_mut(width);
-        for pair in &mut rows {
-            let (Some(d0), Some(d1)) = (dsts.next(), dsts.next()) else {
-                break;
-            };
-            let (r0, r1) = (pair[0], pair[1]);
-            if r0.len() != row_len || r1.len() != row_len {
-                horizontal4_rows(pair, src.col0, axis, d0, d1);
-                continue;
+        let cols = row_len / 4;
+        if src.rows.iter().any(|r| r.len() != row_len) {
+            // Rows of unequal length (never from our callers): every pixel the slow way.
+            for (row, dst) in src.rows.iter().zip(out.chunks_exact_mut(width)) {
+                horizontal4_row(row, src.col0, axis, dst);
             }
-            for slot in 0..count {
-                let taps = axis.len[slot];
-                let first = (axis.start[slot] - src.col0) * 4;
-                let steps = taps.div_ceil(4);
-                if first + steps * 16 > row_len {
-                    // The zero-weight padding would read past the row: take the exact slow path.
-                    let k = axis.fixed_of(slot);
-                    d0[slot * 4..slot * 4 + 4]
-                        .copy_from_slice(&one_pixel(&r0[first..first + taps * 4], k).to_le_bytes());
-                    d1[slot * 4..slot * 4 + 4]
-                        .copy_from_slice(&one_pixel(&r1[first..first + taps * 4], k).to_le_bytes());
-                    continue;
-                }
-                let mut lo0 = _mm256_setzero_si256();
-                let mut hi0 = _mm256_setzero_si256();
-                let mut lo1 = _mm256_setzero_si256();
-                let mut hi1 = _mm256_setzero_si256();
-                let wbase = slot * groups * 16;
-                for g in 0..steps {
-                    // SAFETY: first + 16 * g + 16 <= row_len == r0.len() == r1.len() (checked above);
-                    // wbase + 16 * g + 16 <= lo.len() == hi.len() since g < steps <= groups.
-                    unsafe {
-                        let wl =
-                            _mm256_loadu_si256(lo.as_ptr().add(wbase + 16 * g) as *const __m256i);
-                        let wh =
-                            _mm256_loadu_si256(hi.as_ptr().add(wbase + 16 * g) as *const __m256i);
-                        let b0 = _mm_loadu_si128(r0.as_ptr().add(first + 16 * g) as *const __m128i);
-                        let b1 = _mm_loadu_si128(r1.as_ptr().add(first + 16 * g) as *const __m128i);
-                        let p0 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(b0, order));
-                        let p1 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(b1, order));
-                        lo0 = _mm256_add_epi32(lo0, _mm256_madd_epi16(p0, wl));
-                        hi0 = _mm256_add_epi32(hi0, _mm256_madd_epi16(p0, wh));
-                        lo1 = _mm256_add_epi32(lo1, _mm256_madd_epi16(p1, wl));
-                        hi1 = _mm256_add_epi32(hi1, _mm256_madd_epi16(p1, wh));
-                    }
-                }
-                let t0 = _mm256_add_epi32(_mm256_slli_epi32::<SPLIT>(hi0), lo0);
-                let t1 = _mm256_add_epi32(_mm256_slli_epi32::<SPLIT>(hi1), lo1);
-                let s0 = _mm_add_epi32(
-                    _mm256_castsi256_si128(t0),
-                    _mm256_extracti128_si256::<1>(t0),
-                );
-                let s1 = _mm_add_epi32(
-                    _mm256_castsi256_si128(t1),
-                    _mm256_extracti128_si256::<1>(t1),
-                );
-                d0[slot * 4..slot * 4 + 4].copy_from_slice(&finish4(s0).to_le_bytes());
-                d1[slot * 4..slot * 4 + 4].copy_from_slice(&finish4(s1).to_le_bytes());
-            }
+            return;
         }
-        // An odd last row goes through the one-pixel path.
-        if let ([last], Some(d)) = (rows.remainder(), dsts.next()) {
+        let mut t = vec![0u32; cols * BLOCK];
+        for (block, dst) in src.rows.chunks(BLOCK).zip(out.chunks_mut(width * BLOCK)) {
+            transpose(block, cols, &mut t);
+            let bytes: &[u8] = bytemuck_u32(&t);
+            let mut lanes = [0u8; 32];
             for slot in 0..count {
                 let k = axis.fixed_of(slot);
-                let first = (axis.start[slot] - src.col0) * 4;
-                d[slot * 4..slot * 4 + 4].copy_from_slice(
-                    &one_pixel(&last[first..first + k.len() * 4], k).to_le_bytes(),
-                );
+                let first = axis.start[slot] - src.col0;
+                if (first + k.len()) * 32 > bytes.len() {
+                    continue; // unreachable: windows lie inside the rows
+                }
+                // SAFETY (of each chunk address): (first + j) * 32 + 32 <= bytes.len(), checked above.
+                let sums = weighted32!(k, j => unsafe { bytes.as_ptr().add((first + j) * 32) });
+                // SAFETY: lanes is 32 bytes; an unaligned store is allowed.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sums) };
+                for (i, d) in dst.chunks_exact_mut(width).enumerate() {
+                    d[slot * 4..slot * 4 + 4].copy_from_slice(&lanes[i * 4..i * 4 + 4]);
+                }
             }
         }
     }
 
-    /// Two rows of unequal length (never from our callers): every pixel through `one_pixel`.
+    /// `t[c * 8 + i]` = pixel c of `block[i]` (rows past the block's end give zeros); every row
+    /// holds `cols` 4-byte pixels. Whole 8 x 8 tiles go through registers, the rest one by one.
     #[target_feature(enable = "avx2")]
-    fn horizontal4_rows(pair: &[&[u8]], col0: usize, axis: &Axis, d0: &mut [u8], d1: &mut [u8]) {
+    fn transpose(block: &[&[u8]], cols: usize, t: &mut [u32]) {
+        let tiles = if block.len() == BLOCK && block.iter().all(|r| r.len() >= cols * 4) {
+            cols / BLOCK
+        } else {
+            0
+        };
+        for tile in 0..tiles {
+            let c = tile * BLOCK;
+            if (c + BLOCK) * BLOCK > t.len() {
+                break;
+            }
+            // SAFETY: every row holds cols * 4 >= (c + 8) * 4 bytes and t holds (c + 8) * 8
+            // words (both checked above); unaligned loads and stores are allowed.
+            unsafe {
+                let r: [__m256i; 8] = std::array::from_fn(|i| {
+                    _mm256_loadu_si256(block[i].as_ptr().add(c * 4) as *const __m256i)
+                });
+                // Classic 8 x 8 transpose of 32-bit lanes: 32-bit, 64-bit, then 128-bit interleaves.
+                let a0 = _mm256_unpacklo_epi32(r[0], r[1]);
+                let a1 = _mm256_unpackhi_epi32(r[0], r[1]);
+                let a2 = _mm256_unpacklo_epi32(r[2], r[3]);
+                let a3 = _mm256_unpackhi_epi32(r[2], r[3]);
+                let a4 = _mm256_unpacklo_epi32(r[4], r[5]);
+                let a5 = _mm256_unpackhi_epi32(r[4], r[5]);
+                let a6 = _mm256_unpacklo_epi32(r[6], r[7]);
+                let a7 = _mm256_unpackhi_epi32(r[6], r[7]);
+                let b0 = _mm256_unpacklo_epi64(a0, a2);
+                let b1 = _mm256_unpackhi_epi64(a0, a2);
+                let b2 = _mm256_unpacklo_epi64(a1, a3);
+                let b3 = _mm256_unpackhi_epi64(a1, a3);
+                let b4 = _mm256_unpacklo_epi64(a4, a6);
+                let b5 = _mm256_unpackhi_epi64(a4, a6);
+                let b6 = _mm256_unpacklo_epi64(a5, a7);
+                let b7 = _mm256_unpackhi_epi64(a5, a7);
+                let out = [
+                    _mm256_permute2x128_si256::<0x20>(b0, b4),
+                    _mm256_permute2x128_si256::<0x20>(b1, b5),
+                    _mm256_permute2x128_si256::<0x20>(b2, b6),
+                    _mm256_permute2x128_si256::<0x20>(b3, b7),
+                    _mm256_permute2x128_si256::<0x31>(b0, b4),
+                    _mm256_permute2x128_si256::<0x31>(b1, b5),
+                    _mm256_permute2x128_si256::<0x31>(b2, b6),
+                    _mm256_permute2x128_si256::<0x31>(b3, b7),
+                ];
+                for (j, v) in out.iter().enumerate() {
+                    _mm256_storeu_si256(t.as_mut_ptr().add((c + j) * BLOCK) as *mut __m256i, *v);
+                }
+            }
+        }
+        for c in tiles * BLOCK..cols {
+            for i in 0..BLOCK {
+                t[c * BLOCK + i] = block.get(i).map_or(0, |row| {
+                    let px = &row[c * 4..c * 4 + 4];
+                    u32::from_le_bytes([px[0], px[1], px[2], px[3]])
+                });
+            }
+        }
+    }
+
+    /// The bytes of a u32 slice, in memory order.
+    fn bytemuck_u32(words: &[u32]) -> &[u8] {
+        // SAFETY: u8 has no alignment or validity requirements, and the length covers exactly
+        // the same memory; the borrow keeps `words` alive and unchanged.
+        unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 4) }
+    }
+
+    /// One row through `one_pixel` (rows of unequal length).
+    #[target_feature(enable = "avx2")]
+    fn horizontal4_row(row: &[u8], col0: usize, axis: &Axis, dst: &mut [u8]) {
         for slot in 0..axis.count() {
             let k = axis.fixed_of(slot);
             let first = (axis.start[slot] - col0) * 4;
-            d0[slot * 4..slot * 4 + 4]
-                .copy_from_slice(&one_pixel(&pair[0][first..first + k.len() * 4], k).to_le_bytes());
-            d1[slot * 4..slot * 4 + 4]
-                .copy_from_slice(&one_pixel(&pair[1][first..first + k.len() * 4], k).to_le_bytes());
+            dst[slot * 4..slot * 4 + 4]
+                .copy_from_slice(&one_pixel(&row[first..first + k.len() * 4], k).to_le_bytes());
         }
     }
 
@@ -260,7 +301,6 @@ mod avx2 {
     ) {
         let width = cols * ps;
         let offset = first_col * ps;
-        let bias = _mm256_set1_epi32(HALF);
         for (slot, dst) in out.chunks_exact_mut(width).enumerate() {
             let k = axis.fixed_of(slot);
             let base = axis.start[slot] - src.row0;
@@ -269,39 +309,10 @@ mod avx2 {
                 .collect();
             let mut x = 0;
             while x + 32 <= width {
-                let mut acc = [bias; 4];
-                for (row, &w) in taps.iter().zip(k) {
-                    let weight = _mm256_set1_epi32(w);
-                    // SAFETY: x + 32 <= width == row.len(); unaligned loads are allowed.
-                    let bytes =
-                        unsafe { _mm256_loadu_si256(row.as_ptr().add(x) as *const __m256i) };
-                    let lo = _mm256_castsi256_si128(bytes);
-                    let hi = _mm256_extracti128_si256::<1>(bytes);
-                    let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
-                    for (a, part) in acc.iter_mut().zip(parts) {
-                        *a = _mm256_add_epi32(
-                            *a,
-                            _mm256_mullo_epi32(_mm256_cvtepu8_epi32(part), weight),
-                        );
-                    }
-                }
-                let mut shifted = acc;
-                for a in &mut shifted {
-                    *a = _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(*a);
-                }
-                for (half, pair) in shifted.chunks_exact(2).enumerate() {
-                    // packs works within 128-bit lanes; the permute restores the order.
-                    let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(
-                        pair[0], pair[1],
-                    ));
-                    let bytes = _mm_packus_epi16(
-                        _mm256_castsi256_si128(words),
-                        _mm256_extracti128_si256::<1>(words),
-                    );
-                    let at = x + half * 16;
-                    // SAFETY: at + 16 <= x + 32 <= width == dst.len().
-                    unsafe { _mm_storeu_si128(dst.as_mut_ptr().add(at) as *mut __m128i, bytes) };
-                }
+                // SAFETY (of each chunk address): x + 32 <= width == the length of every tap row.
+                let sums = weighted32!(k, j => unsafe { taps[j].as_ptr().add(x) });
+                // SAFETY: x + 32 <= width == dst.len(); an unaligned store is allowed.
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(x) as *mut __m256i, sums) };
                 x += 32;
             }
             for (i, d) in dst.iter_mut().enumerate().skip(x) {
@@ -346,6 +357,7 @@ mod tests {
             (640, 9, 224, 5, 2),
             (5, 300, 224, 77, 3),
             (3, 3, 50, 60, 4),
+            (531, 23, 229, 11, 5),
         ] {
             for ps in [1usize, 2, 3, 4] {
                 let data = noise(w * hgt * ps, seed + ps as u64);
@@ -367,6 +379,30 @@ mod tests {
                 v(&rows, ps, &va, 0, w, &mut d, false);
                 assert_eq!(c, d, "vertical ps={ps} {w}x{hgt}->{oh}");
             }
+        }
+    }
+
+    #[test]
+    fn simd_horizontal_equals_scalar_on_cropped_windows() {
+        // What the pipeline passes: rows that start at the window's first column, any row count.
+        for (w, rows_n, ow, kept, seed) in [(600, 17, 336, 56..280, 7), (4000, 9, 298, 37..261, 8)]
+        {
+            let data = noise(w * rows_n * 4, seed);
+            let axis = Axis::bicubic(w, ow, kept);
+            let span = axis.span();
+            let rows = Rows {
+                rows: data
+                    .chunks_exact(w * 4)
+                    .map(|r| &r[span.start * 4..span.end * 4])
+                    .collect(),
+                row0: 0,
+                col0: span.start,
+            };
+            let mut a = vec![0u8; rows_n * axis.count() * 4];
+            let mut b = a.clone();
+            h(&rows, 4, &axis, &mut a, true);
+            h(&rows, 4, &axis, &mut b, false);
+            assert_eq!(a, b, "{w} -> {ow}, {rows_n} rows");
         }
     }
 }
