@@ -10,7 +10,8 @@ images of 1024x768 and 4000x3000 (written once to benches/.cache/ as JPEG, quali
 - all cores:        clip's pipeline in a fork process pool with one worker per core (what a DataLoader
                     does) vs ``clipfast.preprocess_batch(items, threads=cores)``.
 
-Every case is timed ``--repeats`` times; the table shows medians in images per second and ratios.
+Every case is timed ``--repeats`` times, reference and clipfast samples alternating, each sample
+about 0.25 s of repeated calls; the table shows medians in images per second and their ratios.
 Results must be exact: each run also checks clipfast's tensors equal clip's.
 
     python benches/bench_preprocess.py [--quick] [--repeats N]
@@ -95,14 +96,26 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _loops(fn: Callable[[], Any], target_s: float) -> int:
+    """How many calls of ``fn`` one timed sample makes: enough to take about ``target_s``."""
+    t0 = time.perf_counter()
+    fn()  # also the warm-up
+    once = max(time.perf_counter() - t0, 1e-6)
+    return max(1, round(target_s / once))
+
+
+def timed_pair(reference: Callable[[], Any], ours: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median seconds per call of each, sampled alternately (the machine's slow moments hit both)
+    with each sample long enough (about 0.25 s) that timer and scheduler noise stay small."""
+    loops = (_loops(reference, 0.25), _loops(ours, 0.25))
+    samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, n, out in ((reference, loops[0], samples[0]), (ours, loops[1], samples[1])):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out.append((time.perf_counter() - t0) / n)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 def main() -> None:
@@ -138,12 +151,18 @@ def main() -> None:
         assert torch.equal(torch.stack([pre(im) for im in images]), expected), "not exact"
         assert torch.equal(clipfast.preprocess_batch(encoded, threads=1), expected), "not exact"
 
-        ref = timed(lambda images=images: [_REFERENCE(im) for im in images], repeats)
-        fast = timed(lambda images=images: [pre(im) for im in images], repeats)
+        ref, fast = timed_pair(
+            lambda images=images: [_REFERENCE(im) for im in images],
+            lambda images=images: [pre(im) for im in images],
+            repeats,
+        )
         add(f"{name}, decoded, 1 core", len(images), ref, fast)
 
-        ref = timed(lambda encoded=encoded: [clip_from_bytes(b) for b in encoded], repeats)
-        fast = timed(lambda encoded=encoded: clipfast.preprocess_batch(encoded, threads=1), repeats)
+        ref, fast = timed_pair(
+            lambda encoded=encoded: [clip_from_bytes(b) for b in encoded],
+            lambda encoded=encoded: clipfast.preprocess_batch(encoded, threads=1),
+            repeats,
+        )
         add(f"{name}, JPEG bytes (exact), 1 core", len(encoded), ref, fast)
 
         if cores > 1:
@@ -151,11 +170,17 @@ def main() -> None:
             decoded = [decode(b) for b in batch]
             with ProcessPoolExecutor(cores, mp_context=get_context("fork"), initializer=_init_worker) as pool:
                 list(pool.map(clip_from_bytes, batch[:cores]))  # start the workers
-                ref = timed(lambda batch=batch, pool=pool: list(pool.map(clip_from_bytes, batch)), repeats)
-            fast = timed(lambda batch=batch: clipfast.preprocess_batch(batch, threads=cores), repeats)
+                ref, fast = timed_pair(
+                    lambda batch=batch, pool=pool: list(pool.map(clip_from_bytes, batch)),
+                    lambda batch=batch: clipfast.preprocess_batch(batch, threads=cores),
+                    repeats,
+                )
             add(f"{name}, JPEG bytes (exact), {cores} cores", len(batch), ref, fast)
-            fast1 = timed(lambda d=decoded: clipfast.preprocess_batch(d, threads=1), repeats)
-            fastn = timed(lambda d=decoded: clipfast.preprocess_batch(d, threads=cores), repeats)
+            fast1, fastn = timed_pair(
+                lambda d=decoded: clipfast.preprocess_batch(d, threads=1),
+                lambda d=decoded: clipfast.preprocess_batch(d, threads=cores),
+                repeats,
+            )
             print(f"{'':45s} clipfast decoded: {cores} cores / 1 core = x{fast1 / fastn:.2f}")
             rows[-1]["clipfast_decoded_scaling"] = fast1 / fastn
 

@@ -388,20 +388,25 @@ def preprocess_batch(
             errors[i] = f"{type(exc).__name__}: {exc}"
             return None
 
+    def work(i: int) -> None:
+        prepared = prepare(i)
+        if prepared is not None:
+            err = _run([prepared], out[i : i + 1], n_px, lut, 1)[0]
+            if err is not None:
+                errors[i] = err
+
     needs_decode = any(not isinstance(x, (Image.Image, np.ndarray)) for x in items)
     if needs_decode and workers > 1 and len(items) > 1:
         # Each worker decodes one item (Pillow releases the GIL while decoding) and preprocesses it
         # straight into its slot (Rust releases the GIL), so decoded images never pile up. The pool
         # lives only for this call, so a later fork inherits no threads.
-        def work(i: int) -> None:
-            prepared = prepare(i)
-            if prepared is not None:
-                err = _run([prepared], out[i : i + 1], n_px, lut, 1)[0]
-                if err is not None:
-                    errors[i] = err
-
         with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
             list(pool.map(work, range(len(items))))
+    elif needs_decode:
+        # One thread: each image is preprocessed right after its decode, while its pixels are
+        # still in the cache, and freed before the next one is decoded.
+        for i in range(len(items)):
+            work(i)
     else:
         placeholder = (b"\0\0\0", 1, 1, "RGB")
         batch = [p if p is not None else placeholder for p in map(prepare, range(len(items)))]
