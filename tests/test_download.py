@@ -622,8 +622,11 @@ def test_ctrl_c_stops_a_stalled_download_promptly(server: FaultServer, tmp_path:
     """The server stalls far longer than any tick; Ctrl-C must still stop the download at once."""
     data = payload(200_000)
     url = add_file(server, "stall.pt", data, drip_after=1000, drip_seconds=20.0, drip_times=1)
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: give the child the one a terminal gives.
     code = CHILD_PRELUDE + (
-        "import time\n"
+        "import signal, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "def progress(done, total):\n"
         "    if done and not getattr(progress, 'said', False):\n"
         "        progress.said = True\n"
