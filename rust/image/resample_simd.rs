@@ -30,7 +30,7 @@ fn has_avx2() -> bool {
 /// Returns false when no SIMD version applies (the caller then runs the scalar reference).
 pub fn horizontal_u8(src: &Rows<'_>, ps: usize, axis: &Axis, out: &mut [u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && (ps == 4 || ps == 1) {
+    if has_avx2() && (ps == 4 || ps == 1) && equal_lengths(src) {
         // SAFETY: AVX2 is available (checked at run time just above).
         unsafe {
             if ps == 4 {
@@ -43,6 +43,13 @@ pub fn horizontal_u8(src: &Rows<'_>, ps: usize, axis: &Axis, out: &mut [u8]) -> 
     }
     let _ = (src, ps, axis, out);
     false
+}
+
+/// Whether all rows have one length (always, from the pipeline; otherwise the scalar reference
+/// runs, which reads each window where it lies).
+fn equal_lengths(src: &Rows<'_>) -> bool {
+    let len = src.rows.first().map_or(0, |r| r.len());
+    src.rows.iter().all(|r| r.len() == len)
 }
 
 pub fn vertical_u8(
@@ -102,50 +109,31 @@ mod avx2 {
         }};
     }
 
-    /// Four 32-bit sums (+ rounding bias) -> four clamped bytes, as `clip8` does per lane.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn finish4(sum: __m128i) -> u32 {
-        let v =
-            _mm_srai_epi32::<{ PRECISION_BITS as i32 }>(_mm_add_epi32(sum, _mm_set1_epi32(HALF)));
-        let v16 = _mm_packs_epi32(v, v);
-        _mm_cvtsi128_si32(_mm_packus_epi16(v16, v16)) as u32
-    }
-
     /// Rows the horizontal pass of 4-byte pixels handles at once: one 32-bit lane each.
     const BLOCK: usize = 8;
 
     /// Horizontal pass over 4-byte pixels, as a vertical pass over a transposed block of rows.
     ///
-    /// Eight rows are interleaved pixel by pixel (`t[c]` = the 32 bytes of column c in rows
+    /// Eight rows are interleaved pixel by pixel (bytes `32c..32c + 32` = column c of rows
     /// 0..8), so that each tap is one broadcast weight times 32 contiguous bytes, exactly as in
     /// the vertical pass: no per-output shuffles or lane sums, one multiply per tap and channel.
     #[target_feature(enable = "avx2")]
     pub fn horizontal4(src: &Rows<'_>, axis: &Axis, out: &mut [u8]) {
         let count = axis.count();
         let width = count * 4;
-        let row_len = src.rows.first().map_or(0, |r| r.len());
-        let cols = row_len / 4;
-        if src.rows.iter().any(|r| r.len() != row_len) {
-            // Rows of unequal length (never from our callers): every pixel the slow way.
-            for (row, dst) in src.rows.iter().zip(out.chunks_exact_mut(width)) {
-                horizontal4_row(row, src.col0, axis, dst);
-            }
-            return;
-        }
-        let mut t = vec![0u32; cols * BLOCK];
+        let cols = src.rows.first().map_or(0, |r| r.len() / 4);
+        let mut t = vec![0u8; cols * BLOCK * 4];
         for (block, dst) in src.rows.chunks(BLOCK).zip(out.chunks_mut(width * BLOCK)) {
             transpose(block, cols, &mut t);
-            let bytes: &[u8] = bytemuck_u32(&t);
             let mut lanes = [0u8; 32];
             for slot in 0..count {
                 let k = axis.fixed_of(slot);
                 let first = axis.start[slot] - src.col0;
-                if (first + k.len()) * 32 > bytes.len() {
+                if (first + k.len()) * 32 > t.len() {
                     continue; // unreachable: windows lie inside the rows
                 }
-                // SAFETY (of each chunk address): (first + j) * 32 + 32 <= bytes.len(), checked above.
-                let sums = weighted32!(k, j => unsafe { bytes.as_ptr().add((first + j) * 32) });
+                // SAFETY (of each chunk address): (first + j) * 32 + 32 <= t.len(), checked above.
+                let sums = weighted32!(k, j => unsafe { t.as_ptr().add((first + j) * 32) });
                 // SAFETY: lanes is 32 bytes; an unaligned store is allowed.
                 unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sums) };
                 for (i, d) in dst.chunks_exact_mut(width).enumerate() {
@@ -155,10 +143,11 @@ mod avx2 {
         }
     }
 
-    /// `t[c * 8 + i]` = pixel c of `block[i]` (rows past the block's end give zeros); every row
-    /// holds `cols` 4-byte pixels. Whole 8 x 8 tiles go through registers, the rest one by one.
+    /// Bytes `(c * 8 + i) * 4..+4` of `t` = pixel c of `block[i]` (rows past the block's end give
+    /// zeros); every row holds `cols` 4-byte pixels. Whole 8 x 8 tiles of pixels go through
+    /// registers, the rest one by one.
     #[target_feature(enable = "avx2")]
-    fn transpose(block: &[&[u8]], cols: usize, t: &mut [u32]) {
+    fn transpose(block: &[&[u8]], cols: usize, t: &mut [u8]) {
         let tiles = if block.len() == BLOCK && block.iter().all(|r| r.len() >= cols * 4) {
             cols / BLOCK
         } else {
@@ -166,11 +155,11 @@ mod avx2 {
         };
         for tile in 0..tiles {
             let c = tile * BLOCK;
-            if (c + BLOCK) * BLOCK > t.len() {
+            if (c + BLOCK) * BLOCK * 4 > t.len() {
                 break;
             }
-            // SAFETY: every row holds cols * 4 >= (c + 8) * 4 bytes and t holds (c + 8) * 8
-            // words (both checked above); unaligned loads and stores are allowed.
+            // SAFETY: every row holds cols * 4 >= (c + 8) * 4 bytes and t holds (c + 8) * 32
+            // bytes (both checked above); unaligned loads and stores are allowed.
             unsafe {
                 let r: [__m256i; 8] = std::array::from_fn(|i| {
                     _mm256_loadu_si256(block[i].as_ptr().add(c * 4) as *const __m256i)
@@ -203,54 +192,18 @@ mod avx2 {
                     _mm256_permute2x128_si256::<0x31>(b3, b7),
                 ];
                 for (j, v) in out.iter().enumerate() {
-                    _mm256_storeu_si256(t.as_mut_ptr().add((c + j) * BLOCK) as *mut __m256i, *v);
+                    _mm256_storeu_si256(t.as_mut_ptr().add((c + j) * 32) as *mut __m256i, *v);
                 }
             }
         }
         for c in tiles * BLOCK..cols {
             for i in 0..BLOCK {
-                t[c * BLOCK + i] = block.get(i).map_or(0, |row| {
-                    let px = &row[c * 4..c * 4 + 4];
-                    u32::from_le_bytes([px[0], px[1], px[2], px[3]])
-                });
+                let px = block
+                    .get(i)
+                    .map_or(&[0u8; 4][..], |row| &row[c * 4..c * 4 + 4]);
+                t[(c * BLOCK + i) * 4..(c * BLOCK + i) * 4 + 4].copy_from_slice(px);
             }
         }
-    }
-
-    /// The bytes of a u32 slice, in memory order.
-    fn bytemuck_u32(words: &[u32]) -> &[u8] {
-        // SAFETY: u8 has no alignment or validity requirements, and the length covers exactly
-        // the same memory; the borrow keeps `words` alive and unchanged.
-        unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 4) }
-    }
-
-    /// One row through `one_pixel` (rows of unequal length).
-    #[target_feature(enable = "avx2")]
-    fn horizontal4_row(row: &[u8], col0: usize, axis: &Axis, dst: &mut [u8]) {
-        for slot in 0..axis.count() {
-            let k = axis.fixed_of(slot);
-            let first = (axis.start[slot] - col0) * 4;
-            dst[slot * 4..slot * 4 + 4]
-                .copy_from_slice(&one_pixel(&row[first..first + k.len() * 4], k).to_le_bytes());
-        }
-    }
-
-    /// One output pixel from its window of 4-byte pixels, one tap per 32-bit multiply.
-    #[target_feature(enable = "avx2")]
-    fn one_pixel(window: &[u8], k: &[i32]) -> u32 {
-        let mut sum = _mm_setzero_si128();
-        for (px, &w) in window.chunks_exact(4).zip(k) {
-            sum = _mm_add_epi32(sum, _mm_mullo_epi32(pixel4(px), _mm_set1_epi32(w)));
-        }
-        finish4(sum)
-    }
-
-    /// Four bytes widened to four 32-bit lanes.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn pixel4(px: &[u8]) -> __m128i {
-        let bytes = u32::from_le_bytes([px[0], px[1], px[2], px[3]]);
-        _mm_cvtepu8_epi32(_mm_cvtsi32_si128(bytes as i32))
     }
 
     /// Horizontal pass over 1-byte pixels: eight taps per multiply, then a lane sum.
