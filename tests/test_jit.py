@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from clipfast import _testing
-from clipfast.jit import cuda_constants, graphs, load_jit
+from clipfast.jit import cuda_constants, device_constants, graphs, load_jit
 
 CAPTIONS = ["a diagram", "a dog", "a cat", "a photo of a red car"]
 
@@ -42,15 +42,6 @@ def _run(model: Any, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch
         }
 
 
-def _devices(model: torch.jit.ScriptModule) -> set[str]:
-    return {
-        str(node.output().toIValue())
-        for graph in graphs(model)
-        for node in graph.findAllNodes("prim::Constant")
-        if node.output().type().kind() == "DeviceObjType"
-    }
-
-
 def _half_casts(model: torch.jit.ScriptModule) -> int:
     count = 0
     for graph in graphs(model):
@@ -72,7 +63,7 @@ def test_patched_archive_matches_clip_and_non_jit(name: str, openai_archive: Cal
     path = openai_archive(name)
     raw = torch.jit.load(str(path), map_location="cpu")
     assert cuda_constants(raw), "the fixture should carry cuda constants, as OpenAI's files do"
-    assert _devices(raw) == {"cuda:0"}, "traced on a GPU: no device constant names the cpu"
+    assert set(device_constants(raw)) == {"cuda:0"}, "traced on a GPU: no device constant names the cpu"
     assert _half_casts(raw) > 0
 
     model = load_jit(path, "cpu")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .jit import graphs
+from .jit import _is_device_constant, graphs
 
 __all__ = [
     "FULL",
@@ -151,7 +151,7 @@ def write_openai_archive(path: str | os.PathLike[str], s: ModelSpec, seed: int =
     # Every compiled method of every submodule (forward, forward1, ... one per traced entry point).
     for graph in graphs(traced):
         for node in graph.findAllNodes("prim::Constant"):
-            if node.output().type().kind() == "DeviceObjType" and str(node.output().toIValue()) == "cpu":
+            if _is_device_constant(node) and str(node.output().toIValue()) == "cpu":
                 node.copyAttributes(cuda)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

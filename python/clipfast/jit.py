@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Union
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cuda_constants", "graphs", "load_jit", "patch_device", "patch_half_to_float"]
+__all__ = ["cuda_constants", "device_constants", "graphs", "load_jit", "patch_device", "patch_half_to_float"]
 
 _HALF = 5  # c10::ScalarType::Half
 _FLOAT = 6  # c10::ScalarType::Float
@@ -62,14 +62,19 @@ def _is_device_constant(node: Node) -> bool:
     return node.kind() == "prim::Constant" and node.output().type().kind() == "DeviceObjType"
 
 
-def cuda_constants(module: torch.jit.ScriptModule) -> list[str]:
-    """The device constants naming cuda left in any graph of ``module`` (empty when patched)."""
+def device_constants(module: torch.jit.ScriptModule) -> list[str]:
+    """The device named by every device constant in any graph of ``module``."""
     return [
         str(node.output().toIValue())
         for graph in graphs(module)
         for node in graph.findAllNodes("prim::Constant")
-        if _is_device_constant(node) and str(node.output().toIValue()).startswith("cuda")
+        if _is_device_constant(node)
     ]
+
+
+def cuda_constants(module: torch.jit.ScriptModule) -> list[str]:
+    """The device constants naming cuda left in any graph of ``module`` (empty when patched)."""
+    return [device for device in device_constants(module) if device.startswith("cuda")]
 
 
 def patch_device(module: torch.jit.ScriptModule, device: torch.device) -> int:
