@@ -68,8 +68,8 @@ pub fn process_source<T: Copy>(
     let g = Geometry::new(src.width, src.height, n)?;
     let rgb = rgb_bytes(src.mode)
         .ok_or_else(|| format!("mode {:?} is converted to RGB before this step", src.mode))?;
-    let px = resize_crop_u8(src, &g, simd);
-    pixels_to_chw(&px, src.ps, rgb, lut, out);
+    let (px, ps) = resize_crop_u8(src, &g, simd);
+    pixels_to_chw(&px, ps, rgb, lut, out);
     Ok(())
 }
 

@@ -27,9 +27,20 @@ fn axes(g: &Geometry) -> (Option<Axis>, Option<Axis>) {
     (h, v)
 }
 
-/// Resize + crop an 8-bit image; returns n x n pixels of `src.ps` bytes (alpha un-premultiplied).
-pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> Vec<u8> {
+/// Bytes of each pixel of `mode` that hold a band: RGB's fourth (padding) byte is dropped.
+fn kept_bytes(mode: Mode, ps: usize) -> usize {
+    if mode == Mode::Rgb {
+        3
+    } else {
+        ps
+    }
+}
+
+/// Resize + crop an 8-bit image; returns n x n pixels (alpha un-premultiplied) and their size in
+/// bytes: `src.ps`, or 3 for RGB (Pillow's padding byte dropped).
+pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> (Vec<u8>, usize) {
     let ps = src.ps;
+    let kept = kept_bytes(src.mode, ps);
     let n = g.n;
     let (h, v) = axes(g);
     let (wrows, wcols) = source_window(g, h.as_ref(), v.as_ref());
@@ -55,19 +66,27 @@ pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> Vec<u8> {
         row0: wrows.start,
         col0: wcols.start,
     };
-    let mut out = vec![0u8; n * n * ps];
+    // A horizontal pass writes only the kept bytes; a vertical pass on the source and the plain
+    // crop keep the source's pixel size (both run on whole rows of bytes).
+    let out_ps = match g.order {
+        PassOrder::VerticalOnly | PassOrder::Copy => ps,
+        _ => kept,
+    };
+    let mut out = vec![0u8; n * n * out_ps];
     match (g.order, h.as_ref(), v.as_ref()) {
-        (PassOrder::HorizontalOnly, Some(h), _) => horizontal_u8(&rows, ps, h, &mut out, simd),
+        (PassOrder::HorizontalOnly, Some(h), _) => {
+            horizontal_u8(&rows, ps, kept, h, &mut out, simd)
+        }
         (PassOrder::VerticalOnly, _, Some(v)) => vertical_u8(&rows, ps, v, 0, n, &mut out, simd),
         (PassOrder::HorizontalFirst, Some(h), Some(v)) => {
-            let mut tmp = vec![0u8; rows.rows.len() * n * ps];
-            horizontal_u8(&rows, ps, h, &mut tmp, simd);
+            let mut tmp = vec![0u8; rows.rows.len() * n * kept];
+            horizontal_u8(&rows, ps, kept, h, &mut tmp, simd);
             let mid = Rows {
-                rows: tmp.chunks_exact(n * ps).collect(),
+                rows: tmp.chunks_exact(n * kept).collect(),
                 row0: rows.row0,
                 col0: 0,
             };
-            vertical_u8(&mid, ps, v, 0, n, &mut out, simd);
+            vertical_u8(&mid, kept, v, 0, n, &mut out, simd);
         }
         (PassOrder::VerticalFirst, Some(h), Some(v)) => {
             let cols = wcols.len();
@@ -78,7 +97,7 @@ pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> Vec<u8> {
                 row0: 0,
                 col0: wcols.start,
             };
-            horizontal_u8(&mid, ps, h, &mut out, simd);
+            horizontal_u8(&mid, ps, kept, h, &mut out, simd);
         }
         _ => {
             // Same size: the crop alone (the window is exactly the kept region).
@@ -88,9 +107,9 @@ pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> Vec<u8> {
         }
     }
     if premultiply_alpha {
-        unpremultiply(&mut out, ps);
+        unpremultiply(&mut out, out_ps);
     }
-    out
+    (out, out_ps)
 }
 
 /// Resize + crop a single-band wide image (I, F, I;16) in double precision.
@@ -148,7 +167,10 @@ pub fn resize_crop_native(src: &Source<'_>, g: &Geometry, simd: bool) -> Vec<u8>
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect(),
-        mode => pack(mode, src.ps, resize_crop_u8(src, g, simd)),
+        mode => {
+            let (px, ps) = resize_crop_u8(src, g, simd);
+            pack(mode, ps, px)
+        }
     }
 }
 

@@ -57,34 +57,48 @@ pub fn clip8(sum: i32) -> u8 {
 /// Half of one in 22-bit fixed point: Pillow's rounding bias.
 pub const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Horizontal pass over `src.rows` for the outputs of `axis`; out has `rows.len() * axis.count() * ps`.
-pub fn horizontal_u8(src: &Rows<'_>, ps: usize, axis: &Axis, out: &mut [u8], simd: bool) {
-    if simd && resample_simd::horizontal_u8(src, ps, axis, out) {
+/// Horizontal pass over `src.rows` (pixels of `ps` bytes) for the outputs of `axis`, computing the
+/// first `bands` bytes of each pixel (`bands <= ps`: RGB drops Pillow's fourth padding byte);
+/// out has `rows.len() * axis.count() * bands` bytes.
+pub fn horizontal_u8(
+    src: &Rows<'_>,
+    ps: usize,
+    bands: usize,
+    axis: &Axis,
+    out: &mut [u8],
+    simd: bool,
+) {
+    if simd && resample_simd::horizontal_u8(src, ps, bands, axis, out) {
         return;
     }
-    match ps {
-        1 => horizontal_u8_ps::<1>(src, axis, out),
-        2 => horizontal_u8_ps::<2>(src, axis, out),
-        3 => horizontal_u8_ps::<3>(src, axis, out),
-        _ => horizontal_u8_ps::<4>(src, axis, out),
+    match (ps, bands) {
+        (1, _) => horizontal_u8_ps::<1, 1>(src, axis, out),
+        (2, _) => horizontal_u8_ps::<2, 2>(src, axis, out),
+        (3, _) => horizontal_u8_ps::<3, 3>(src, axis, out),
+        (_, 3) => horizontal_u8_ps::<4, 3>(src, axis, out),
+        _ => horizontal_u8_ps::<4, 4>(src, axis, out),
     }
 }
 
-fn horizontal_u8_ps<const PS: usize>(src: &Rows<'_>, axis: &Axis, out: &mut [u8]) {
-    let width = axis.count() * PS;
+fn horizontal_u8_ps<const PS: usize, const BANDS: usize>(
+    src: &Rows<'_>,
+    axis: &Axis,
+    out: &mut [u8],
+) {
+    let width = axis.count() * BANDS;
     for (row, dst) in src.rows.iter().zip(out.chunks_exact_mut(width)) {
         for slot in 0..axis.count() {
             let k = axis.fixed_of(slot);
             let first = (axis.start[slot] - src.col0) * PS;
             let window = &row[first..first + k.len() * PS];
-            let mut acc = [HALF; PS];
+            let mut acc = [HALF; BANDS];
             for (px, &w) in window.chunks_exact(PS).zip(k) {
-                for c in 0..PS {
+                for c in 0..BANDS {
                     acc[c] += i32::from(px[c]) * w;
                 }
             }
-            for c in 0..PS {
-                dst[slot * PS + c] = clip8(acc[c]);
+            for c in 0..BANDS {
+                dst[slot * BANDS + c] = clip8(acc[c]);
             }
         }
     }
@@ -270,7 +284,7 @@ mod tests {
         };
         let axis = Axis::bicubic(50, 17, 0..17);
         let mut out = vec![0u8; 40 * 17 * 3];
-        horizontal_u8(&rows, 3, &axis, &mut out, false);
+        horizontal_u8(&rows, 3, 3, &axis, &mut out, false);
         assert!(out.iter().all(|&v| v == 77));
         let vaxis = Axis::bicubic(40, 9, 0..9);
         let mut out2 = vec![0u8; 9 * 50 * 3];

@@ -1,9 +1,11 @@
 //! x86_64 AVX2 versions of the 8-bit passes, chosen at run time.
 //!
-//! They do the scalar reference's arithmetic exactly: each byte widened to 32 bits, multiplied by
-//! the same 22-bit fixed-point weight (`_mm256_mullo_epi32`), summed in 32-bit lanes, then shifted
-//! and clamped as Pillow does. Pillow-SIMD's 16-bit weights are not used: they round differently.
-//! Integer sums do not depend on the order of the terms, so the lanes may regroup them freely.
+//! They do the scalar reference's arithmetic exactly: every product of a byte and a 22-bit
+//! fixed-point weight is formed exactly in a 32-bit lane (`_mm256_mullo_epi32` on widened bytes,
+//! or, in the horizontal pass of 4-byte pixels, one `_mm256_madd_epi16` on a byte and a weight
+//! split into two 16-bit halves), summed in 32-bit lanes, then shifted and clamped as Pillow
+//! does. Pillow-SIMD's 16-bit weights are not used: they round differently. Integer sums do not
+//! depend on the order of the terms, so the lanes may regroup them freely.
 
 use super::coeffs::Axis;
 use super::resample::Rows;
@@ -28,20 +30,34 @@ fn has_avx2() -> bool {
 }
 
 /// Returns false when no SIMD version applies (the caller then runs the scalar reference).
-pub fn horizontal_u8(src: &Rows<'_>, ps: usize, axis: &Axis, out: &mut [u8]) -> bool {
+/// Reads pixels of `ps` bytes and writes their first `bands` bytes, as the scalar pass does.
+pub fn horizontal_u8(src: &Rows<'_>, ps: usize, bands: usize, axis: &Axis, out: &mut [u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && (ps == 4 || ps == 1) && equal_lengths(src) {
-        // SAFETY: AVX2 is available (checked at run time just above).
-        unsafe {
-            if ps == 4 {
-                avx2::horizontal4(src, axis, out)
-            } else {
-                avx2::horizontal1(src, axis, out)
+    if has_avx2() && equal_lengths(src) {
+        match (ps, bands) {
+            (1, 1) => {
+                // SAFETY: AVX2 is available (checked at run time just above).
+                unsafe { avx2::horizontal1(src, axis, out) };
+                return true;
             }
-        };
-        return true;
+            (4, 3 | 4) => {
+                let Some(packed) = avx2::Packed::new(axis) else {
+                    return false;
+                };
+                // SAFETY: AVX2 is available (checked at run time just above).
+                unsafe {
+                    if bands == 3 {
+                        avx2::horizontal4::<3>(src, axis, &packed, out)
+                    } else {
+                        avx2::horizontal4::<4>(src, axis, &packed, out)
+                    }
+                };
+                return true;
+            }
+            _ => {}
+        }
     }
-    let _ = (src, ps, axis, out);
+    let _ = (src, ps, bands, axis, out);
     false
 }
 
@@ -112,54 +128,182 @@ mod avx2 {
     /// Rows the horizontal pass of 4-byte pixels handles at once: one 32-bit lane each.
     const BLOCK: usize = 8;
 
+    /// One pixel value as the 16-bit pair `(256 (p - 128), p - 128)` of a 32-bit lane (low half
+    /// first). `_mm256_madd_epi16` of it with a [`packed_weight`] gives exactly `(p - 128) k`.
+    pub(super) fn pair(p: u8) -> i32 {
+        let q = i32::from(p) - 128;
+        (q << 16) | ((q << 8) & 0xffff)
+    }
+
+    /// A 22-bit weight split as `k = 256 (k >> 8) + (k & 255)`, stored as the 16-bit pair
+    /// `(k >> 8, k & 255)`: against a [`pair`] the multiply-add is
+    /// `256 q (k >> 8) + q (k & 255) = q k` with `q = p - 128`, exact in 32 bits. `None` when
+    /// `k >> 8` does not fit 16 bits (weights of 2.0 or more, which no bicubic axis has).
+    pub(super) fn packed_weight(k: i32) -> Option<i32> {
+        let high = i16::try_from(k >> 8).ok()?;
+        Some(((k & 255) << 16) | i32::from(high as u16))
+    }
+
+    /// An axis's weights in the multiply-add form.
+    pub struct Packed {
+        /// [`packed_weight`]s, `ksize` per slot.
+        weights: Vec<i32>,
+        /// Per slot, the rounding bias plus what the offset of 128 removed: `HALF + 128 sum(k)`.
+        bias: Vec<i32>,
+    }
+
+    impl Packed {
+        /// `None` if one weight does not fit (the caller then uses another path).
+        pub fn new(axis: &Axis) -> Option<Packed> {
+            let weights = axis
+                .fixed
+                .iter()
+                .map(|&k| packed_weight(k))
+                .collect::<Option<Vec<i32>>>()?;
+            let bias = (0..axis.count())
+                .map(|slot| {
+                    let total = axis
+                        .fixed_of(slot)
+                        .iter()
+                        .fold(0i32, |a, &k| a.wrapping_add(k));
+                    HALF.wrapping_add(total.wrapping_mul(128))
+                })
+                .collect();
+            Some(Packed { weights, bias })
+        }
+    }
+
     /// Horizontal pass over 4-byte pixels, as a vertical pass over a transposed block of rows.
     ///
-    /// Eight rows are interleaved pixel by pixel (bytes `32c..32c + 32` = column c of rows
-    /// 0..8), so that each tap is one broadcast weight times 32 contiguous bytes, exactly as in
-    /// the vertical pass: no per-output shuffles or lane sums, one multiply per tap and channel.
+    /// Eight rows at a time are transposed so that one 32-byte vector holds band b of column c for
+    /// all eight rows, each value as a 16-bit [`pair`]; a tap is then one `_mm256_madd_epi16` per
+    /// band against the broadcast [`packed_weight`]: exact 32-bit products, no widening or lane
+    /// sums in the inner loop. The first `BANDS` bytes of each pixel are computed and written;
+    /// `out` holds pixels of `BANDS` bytes.
     #[target_feature(enable = "avx2")]
-    pub fn horizontal4(src: &Rows<'_>, axis: &Axis, out: &mut [u8]) {
+    pub fn horizontal4<const BANDS: usize>(
+        src: &Rows<'_>,
+        axis: &Axis,
+        packed: &Packed,
+        out: &mut [u8],
+    ) {
         let count = axis.count();
-        let width = count * 4;
+        let width = count * BANDS;
         let cols = src.rows.first().map_or(0, |r| r.len() / 4);
-        let mut t = vec![0u8; cols * BLOCK * 4];
+        let mut t = vec![0i32; cols * BANDS * BLOCK];
+        let mut lanes = [0u8; 32];
         for (block, dst) in src.rows.chunks(BLOCK).zip(out.chunks_mut(width * BLOCK)) {
-            transpose(block, cols, &mut t);
-            let mut lanes = [0u8; 32];
+            transpose_pairs::<BANDS>(block, cols, &mut t);
             for slot in 0..count {
-                let k = axis.fixed_of(slot);
+                let k = &packed.weights[slot * axis.ksize..slot * axis.ksize + axis.len[slot]];
                 let first = axis.start[slot] - src.col0;
-                if (first + k.len()) * 32 > t.len() {
+                if (first + k.len()) * BANDS * BLOCK > t.len() {
                     continue; // unreachable: windows lie inside the rows
                 }
-                // SAFETY (of each chunk address): (first + j) * 32 + 32 <= t.len(), checked above.
-                let sums = weighted32!(k, j => unsafe { t.as_ptr().add((first + j) * 32) });
+                let mut acc = [_mm256_set1_epi32(packed.bias[slot]); BANDS];
+                for (j, &w) in k.iter().enumerate() {
+                    let weight = _mm256_set1_epi32(w);
+                    // SAFETY: (first + j + 1) * BANDS * 8 <= t.len() (checked above), so all
+                    // BANDS vectors of column first + j are inside t; unaligned loads are allowed.
+                    let column = unsafe { t.as_ptr().add((first + j) * BANDS * BLOCK) };
+                    for (b, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: see above.
+                        let v =
+                            unsafe { _mm256_loadu_si256(column.add(b * BLOCK) as *const __m256i) };
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(v, weight));
+                    }
+                }
+                let bytes = rows_of_pixels(&acc);
                 // SAFETY: lanes is 32 bytes; an unaligned store is allowed.
-                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sums) };
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, bytes) };
                 for (i, d) in dst.chunks_exact_mut(width).enumerate() {
-                    d[slot * 4..slot * 4 + 4].copy_from_slice(&lanes[i * 4..i * 4 + 4]);
+                    d[slot * BANDS..slot * BANDS + BANDS]
+                        .copy_from_slice(&lanes[i * 4..i * 4 + BANDS]);
                 }
             }
         }
     }
 
-    /// Bytes `(c * 8 + i) * 4..+4` of `t` = pixel c of `block[i]` (rows past the block's end give
-    /// zeros); every row holds `cols` 4-byte pixels. Whole 8 x 8 tiles of pixels go through
-    /// registers, the rest one by one.
+    /// Shift, clamp and interleave the band sums of eight rows: bytes `4i..4i + 4` of the result are
+    /// row i's pixel (bands past `acc.len()` are zero).
     #[target_feature(enable = "avx2")]
-    fn transpose(block: &[&[u8]], cols: usize, t: &mut [u8]) {
+    fn rows_of_pixels(acc: &[__m256i]) -> __m256i {
+        let band = |b: usize| {
+            acc.get(b).map_or(_mm256_setzero_si256(), |&a| {
+                _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(a)
+            })
+        };
+        // Per 128-bit lane (rows 0-3, then rows 4-7): bytes [b0 r0..r3, b1 r0..r3, b2 .., b3 ..].
+        let bytes = _mm256_packus_epi16(
+            _mm256_packs_epi32(band(0), band(1)),
+            _mm256_packs_epi32(band(2), band(3)),
+        );
+        // 4 x 4 byte transpose within each lane: [r0 b0..b3, r1 b0..b3, ...].
+        let order = _mm256_setr_epi8(
+            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, //
+            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+        );
+        _mm256_shuffle_epi8(bytes, order)
+    }
+
+    /// Fill `t` for one block: vector `c * BANDS + b` (8 lanes of 32 bits) holds band b of column c
+    /// of `block[0..8]` as [`pair`]s (rows past the block's end give zeros); every row holds `cols`
+    /// 4-byte pixels. Whole 8 x 8 tiles of pixels go through registers, the rest one by one.
+    #[target_feature(enable = "avx2")]
+    fn transpose_pairs<const BANDS: usize>(block: &[&[u8]], cols: usize, t: &mut [i32]) {
         let tiles = if block.len() == BLOCK && block.iter().all(|r| r.len() >= cols * 4) {
             cols / BLOCK
         } else {
             0
         };
+        // Byte b of each pixel into bytes 1 and 2 of its lane: the 16-bit pair (256 p, p); minus
+        // (32768, 128) that is the pair (256 (p - 128), p - 128) modulo 2^16.
+        let select: [__m256i; 4] = std::array::from_fn(|b| {
+            let b = b as i8;
+            let z = -128i8; // pshufb: a set high bit gives zero
+            _mm256_setr_epi8(
+                z,
+                b,
+                b,
+                z,
+                z,
+                4 + b,
+                4 + b,
+                z,
+                z,
+                8 + b,
+                8 + b,
+                z,
+                z,
+                12 + b,
+                12 + b,
+                z, //
+                z,
+                b,
+                b,
+                z,
+                z,
+                4 + b,
+                4 + b,
+                z,
+                z,
+                8 + b,
+                8 + b,
+                z,
+                z,
+                12 + b,
+                12 + b,
+                z,
+            )
+        });
+        let offset = _mm256_set1_epi32((128 << 16) | 0x8000);
         for tile in 0..tiles {
             let c = tile * BLOCK;
-            if (c + BLOCK) * BLOCK * 4 > t.len() {
+            if (c + BLOCK) * BANDS * BLOCK > t.len() {
                 break;
             }
-            // SAFETY: every row holds cols * 4 >= (c + 8) * 4 bytes and t holds (c + 8) * 32
-            // bytes (both checked above); unaligned loads and stores are allowed.
+            // SAFETY: every row holds cols * 4 >= (c + 8) * 4 bytes and t holds (c + 8) * BANDS * 8
+            // values (both checked above); unaligned loads and stores are allowed.
             unsafe {
                 let r: [__m256i; 8] = std::array::from_fn(|i| {
                     _mm256_loadu_si256(block[i].as_ptr().add(c * 4) as *const __m256i)
@@ -181,7 +325,7 @@ mod avx2 {
                 let b5 = _mm256_unpackhi_epi64(a4, a6);
                 let b6 = _mm256_unpacklo_epi64(a5, a7);
                 let b7 = _mm256_unpackhi_epi64(a5, a7);
-                let out = [
+                let columns = [
                     _mm256_permute2x128_si256::<0x20>(b0, b4),
                     _mm256_permute2x128_si256::<0x20>(b1, b5),
                     _mm256_permute2x128_si256::<0x20>(b2, b6),
@@ -191,8 +335,12 @@ mod avx2 {
                     _mm256_permute2x128_si256::<0x31>(b2, b6),
                     _mm256_permute2x128_si256::<0x31>(b3, b7),
                 ];
-                for (j, v) in out.iter().enumerate() {
-                    _mm256_storeu_si256(t.as_mut_ptr().add((c + j) * 32) as *mut __m256i, *v);
+                for (j, v) in columns.iter().enumerate() {
+                    let base = t.as_mut_ptr().add((c + j) * BANDS * BLOCK);
+                    for (b, sel) in select.iter().enumerate().take(BANDS) {
+                        let pairs = _mm256_sub_epi16(_mm256_shuffle_epi8(*v, *sel), offset);
+                        _mm256_storeu_si256(base.add(b * BLOCK) as *mut __m256i, pairs);
+                    }
                 }
             }
         }
@@ -201,7 +349,9 @@ mod avx2 {
                 let px = block
                     .get(i)
                     .map_or(&[0u8; 4][..], |row| &row[c * 4..c * 4 + 4]);
-                t[(c * BLOCK + i) * 4..(c * BLOCK + i) * 4 + 4].copy_from_slice(px);
+                for b in 0..BANDS {
+                    t[(c * BANDS + b) * BLOCK + i] = pair(px[b]);
+                }
             }
         }
     }
@@ -303,6 +453,59 @@ mod tests {
             .collect()
     }
 
+    /// What `_mm256_madd_epi16` computes for one 32-bit lane of each operand.
+    #[cfg(target_arch = "x86_64")]
+    fn madd_lane(a: i32, b: i32) -> i32 {
+        let lo = |x: i32| i32::from(x as u16 as i16);
+        let hi = |x: i32| i32::from((x >> 16) as i16);
+        lo(a) * lo(b) + hi(a) * hi(b)
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn packed_pairs_multiply_exactly() {
+        use super::avx2::{packed_weight, pair};
+        let one = 1i32 << 22;
+        let ks = (-one..2 * one).step_by(997).chain([
+            -2 * one,
+            -1,
+            0,
+            1,
+            255,
+            256,
+            one - 1,
+            one,
+            2 * one - 1,
+        ]);
+        for k in ks {
+            let w = packed_weight(k).expect("weights in [-2, 2) fit");
+            for p in 0..=255u8 {
+                assert_eq!(
+                    madd_lane(pair(p), w),
+                    (i32::from(p) - 128) * k,
+                    "p={p} k={k}"
+                );
+            }
+        }
+        assert!(packed_weight(2 * one).is_none());
+        assert!(packed_weight(-2 * one - 1).is_none());
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn weights_of_downscales_and_upscales_fit_the_packed_form() {
+        // Upscales give weights of 1.0 (32 -> 224) and above (1.12 at the edges of 2 -> 448).
+        for in_size in (1..700).chain([1024, 3000, 4000, 5000]) {
+            for out_size in [224, 288, 298, 336, 448] {
+                let axis = Axis::bicubic(in_size, out_size, 0..out_size);
+                assert!(
+                    super::avx2::Packed::new(&axis).is_some(),
+                    "{in_size} -> {out_size}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn simd_passes_equal_scalar_reference() {
         for (w, hgt, ow, oh, seed) in [
@@ -320,11 +523,13 @@ mod tests {
                     col0: 0,
                 };
                 let ha = Axis::bicubic(w, ow, 0..ow);
-                let mut a = vec![0u8; hgt * ow * ps];
-                let mut b = a.clone();
-                h(&rows, ps, &ha, &mut a, true);
-                h(&rows, ps, &ha, &mut b, false);
-                assert_eq!(a, b, "horizontal ps={ps} {w}x{hgt}->{ow}");
+                for bands in if ps == 4 { vec![3, 4] } else { vec![ps] } {
+                    let mut a = vec![0u8; hgt * ow * bands];
+                    let mut b = a.clone();
+                    h(&rows, ps, bands, &ha, &mut a, true);
+                    h(&rows, ps, bands, &ha, &mut b, false);
+                    assert_eq!(a, b, "horizontal ps={ps}/{bands} {w}x{hgt}->{ow}");
+                }
                 let va = Axis::bicubic(hgt, oh, 0..oh);
                 let mut c = vec![0u8; oh * w * ps];
                 let mut d = c.clone();
@@ -351,11 +556,13 @@ mod tests {
                 row0: 0,
                 col0: span.start,
             };
-            let mut a = vec![0u8; rows_n * axis.count() * 4];
-            let mut b = a.clone();
-            h(&rows, 4, &axis, &mut a, true);
-            h(&rows, 4, &axis, &mut b, false);
-            assert_eq!(a, b, "{w} -> {ow}, {rows_n} rows");
+            for bands in [3, 4] {
+                let mut a = vec![0u8; rows_n * axis.count() * bands];
+                let mut b = a.clone();
+                h(&rows, 4, bands, &axis, &mut a, true);
+                h(&rows, 4, bands, &axis, &mut b, false);
+                assert_eq!(a, b, "{w} -> {ow}, {rows_n} rows, {bands} bands");
+            }
         }
     }
 }
