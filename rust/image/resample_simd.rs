@@ -191,37 +191,123 @@ mod avx2 {
         let width = count * BANDS;
         let cols = src.rows.first().map_or(0, |r| r.len() / 4);
         let mut t = vec![0i32; cols * BANDS * BLOCK];
-        let mut lanes = [0u8; 32];
         for (block, dst) in src.rows.chunks(BLOCK).zip(out.chunks_mut(width * BLOCK)) {
             transpose_pairs::<BANDS>(block, cols, &mut t);
-            for slot in 0..count {
-                let k = &packed.weights[slot * axis.ksize..slot * axis.ksize + axis.len[slot]];
-                let first = axis.start[slot] - src.col0;
-                if (first + k.len()) * BANDS * BLOCK > t.len() {
-                    continue; // unreachable: windows lie inside the rows
+            let rows = block.len().min(dst.len() / width.max(1));
+            for group in (0..count).step_by(BLOCK) {
+                let slots = (count - group).min(BLOCK);
+                let mut pixels = [_mm256_setzero_si256(); BLOCK];
+                for (j, px) in pixels.iter_mut().enumerate().take(slots) {
+                    *px = one_slot::<BANDS>(axis, packed, src.col0, group + j, &t);
                 }
-                let mut acc = [_mm256_set1_epi32(packed.bias[slot]); BANDS];
-                for (j, &w) in k.iter().enumerate() {
-                    let weight = _mm256_set1_epi32(w);
-                    // SAFETY: (first + j + 1) * BANDS * 8 <= t.len() (checked above), so all
-                    // BANDS vectors of column first + j are inside t; unaligned loads are allowed.
-                    let column = unsafe { t.as_ptr().add((first + j) * BANDS * BLOCK) };
-                    for (b, a) in acc.iter_mut().enumerate() {
-                        // SAFETY: see above.
-                        let v =
-                            unsafe { _mm256_loadu_si256(column.add(b * BLOCK) as *const __m256i) };
-                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(v, weight));
-                    }
-                }
-                let bytes = rows_of_pixels(&acc);
+                store_group::<BANDS>(&pixels, slots, rows, width, group * BANDS, dst);
+            }
+        }
+    }
+
+    /// The pixels of output `slot` for the eight rows of the block in `t`: bytes `4i..4i + 4` are
+    /// row i's (see [`rows_of_pixels`]).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn one_slot<const BANDS: usize>(
+        axis: &Axis,
+        packed: &Packed,
+        col0: usize,
+        slot: usize,
+        t: &[i32],
+    ) -> __m256i {
+        let n = axis.len[slot];
+        let k = &packed.weights[slot * axis.ksize..slot * axis.ksize + n];
+        let first = axis.start[slot] - col0;
+        let mut acc = [_mm256_set1_epi32(packed.bias[slot]); BANDS];
+        if (first + n) * BANDS * BLOCK > t.len() {
+            return rows_of_pixels(&acc); // unreachable: windows lie inside the rows
+        }
+        // SAFETY: (first + n) * BANDS * 8 <= t.len() (checked above), so all BANDS vectors of
+        // every column first..first + n are inside t; unaligned loads are allowed.
+        let mut column = unsafe { t.as_ptr().add(first * BANDS * BLOCK) };
+        for &w in k {
+            let weight = _mm256_set1_epi32(w);
+            for (b, a) in acc.iter_mut().enumerate() {
+                // SAFETY: see above.
+                let v = unsafe { _mm256_loadu_si256(column.add(b * BLOCK) as *const __m256i) };
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(v, weight));
+            }
+            // SAFETY: at most one past the last column read (see above).
+            column = unsafe { column.add(BANDS * BLOCK) };
+        }
+        rows_of_pixels(&acc)
+    }
+
+    /// Write up to eight slots' [`one_slot`] results to the first `rows` rows of `dst` (rows of
+    /// `width` bytes), starting at byte `at`: transposed back to rows, padding bytes dropped.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn store_group<const BANDS: usize>(
+        pixels: &[__m256i; BLOCK],
+        slots: usize,
+        rows: usize,
+        width: usize,
+        at: usize,
+        dst: &mut [u8],
+    ) {
+        // Row i's eight pixels in 4-byte lanes; for 3 bands, packed into the first 24 bytes.
+        let compact = _mm256_setr_epi8(
+            0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, //
+            0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1,
+        );
+        let join = _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7);
+        let mut lanes = [0u8; 32];
+        for (i, mut row) in transpose8x8(*pixels).into_iter().enumerate().take(rows) {
+            if BANDS == 3 {
+                row = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(row, compact), join);
+            }
+            let start = i * width + at;
+            if start + 32 <= dst.len() && at + 32 <= width {
+                // SAFETY: start + 32 <= dst.len() (checked); unaligned stores are allowed. Bytes
+                // past this group's slots belong to the next group of this row, written later.
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(start) as *mut __m256i, row) };
+            } else {
                 // SAFETY: lanes is 32 bytes; an unaligned store is allowed.
-                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, bytes) };
-                for (i, d) in dst.chunks_exact_mut(width).enumerate() {
-                    d[slot * BANDS..slot * BANDS + BANDS]
-                        .copy_from_slice(&lanes[i * 4..i * 4 + BANDS]);
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, row) };
+                let n = slots * BANDS;
+                if let Some(d) = dst.get_mut(start..start + n) {
+                    d.copy_from_slice(&lanes[..n]);
                 }
             }
         }
+    }
+
+    /// Transpose an 8 x 8 matrix of 32-bit lanes: 32-bit, 64-bit, then 128-bit interleaves.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn transpose8x8(r: [__m256i; 8]) -> [__m256i; 8] {
+        let a0 = _mm256_unpacklo_epi32(r[0], r[1]);
+        let a1 = _mm256_unpackhi_epi32(r[0], r[1]);
+        let a2 = _mm256_unpacklo_epi32(r[2], r[3]);
+        let a3 = _mm256_unpackhi_epi32(r[2], r[3]);
+        let a4 = _mm256_unpacklo_epi32(r[4], r[5]);
+        let a5 = _mm256_unpackhi_epi32(r[4], r[5]);
+        let a6 = _mm256_unpacklo_epi32(r[6], r[7]);
+        let a7 = _mm256_unpackhi_epi32(r[6], r[7]);
+        let b0 = _mm256_unpacklo_epi64(a0, a2);
+        let b1 = _mm256_unpackhi_epi64(a0, a2);
+        let b2 = _mm256_unpacklo_epi64(a1, a3);
+        let b3 = _mm256_unpackhi_epi64(a1, a3);
+        let b4 = _mm256_unpacklo_epi64(a4, a6);
+        let b5 = _mm256_unpackhi_epi64(a4, a6);
+        let b6 = _mm256_unpacklo_epi64(a5, a7);
+        let b7 = _mm256_unpackhi_epi64(a5, a7);
+        [
+            _mm256_permute2x128_si256::<0x20>(b0, b4),
+            _mm256_permute2x128_si256::<0x20>(b1, b5),
+            _mm256_permute2x128_si256::<0x20>(b2, b6),
+            _mm256_permute2x128_si256::<0x20>(b3, b7),
+            _mm256_permute2x128_si256::<0x31>(b0, b4),
+            _mm256_permute2x128_si256::<0x31>(b1, b5),
+            _mm256_permute2x128_si256::<0x31>(b2, b6),
+            _mm256_permute2x128_si256::<0x31>(b3, b7),
+        ]
     }
 
     /// Shift, clamp and interleave the band sums of eight rows: bytes `4i..4i + 4` of the result are
@@ -308,33 +394,7 @@ mod avx2 {
                 let r: [__m256i; 8] = std::array::from_fn(|i| {
                     _mm256_loadu_si256(block[i].as_ptr().add(c * 4) as *const __m256i)
                 });
-                // Classic 8 x 8 transpose of 32-bit lanes: 32-bit, 64-bit, then 128-bit interleaves.
-                let a0 = _mm256_unpacklo_epi32(r[0], r[1]);
-                let a1 = _mm256_unpackhi_epi32(r[0], r[1]);
-                let a2 = _mm256_unpacklo_epi32(r[2], r[3]);
-                let a3 = _mm256_unpackhi_epi32(r[2], r[3]);
-                let a4 = _mm256_unpacklo_epi32(r[4], r[5]);
-                let a5 = _mm256_unpackhi_epi32(r[4], r[5]);
-                let a6 = _mm256_unpacklo_epi32(r[6], r[7]);
-                let a7 = _mm256_unpackhi_epi32(r[6], r[7]);
-                let b0 = _mm256_unpacklo_epi64(a0, a2);
-                let b1 = _mm256_unpackhi_epi64(a0, a2);
-                let b2 = _mm256_unpacklo_epi64(a1, a3);
-                let b3 = _mm256_unpackhi_epi64(a1, a3);
-                let b4 = _mm256_unpacklo_epi64(a4, a6);
-                let b5 = _mm256_unpackhi_epi64(a4, a6);
-                let b6 = _mm256_unpacklo_epi64(a5, a7);
-                let b7 = _mm256_unpackhi_epi64(a5, a7);
-                let columns = [
-                    _mm256_permute2x128_si256::<0x20>(b0, b4),
-                    _mm256_permute2x128_si256::<0x20>(b1, b5),
-                    _mm256_permute2x128_si256::<0x20>(b2, b6),
-                    _mm256_permute2x128_si256::<0x20>(b3, b7),
-                    _mm256_permute2x128_si256::<0x31>(b0, b4),
-                    _mm256_permute2x128_si256::<0x31>(b1, b5),
-                    _mm256_permute2x128_si256::<0x31>(b2, b6),
-                    _mm256_permute2x128_si256::<0x31>(b3, b7),
-                ];
+                let columns = transpose8x8(r);
                 for (j, v) in columns.iter().enumerate() {
                     let base = t.as_mut_ptr().add((c + j) * BANDS * BLOCK);
                     for (b, sel) in select.iter().enumerate().take(BANDS) {
