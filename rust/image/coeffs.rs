@@ -4,7 +4,18 @@
 //! (normalised to sum 1 in double precision). 8-bit bands use the weights as 22-bit fixed point.
 //! Only the output indices that survive the centre crop are computed.
 
+use std::cell::RefCell;
 use std::ops::Range;
+use std::rc::Rc;
+
+/// How many axes each thread remembers: a dataloader's images often share a few sizes.
+const RECENT_AXES: usize = 8;
+
+thread_local! {
+    /// Recently used axes of this thread, most recent first, keyed by `bicubic`'s arguments.
+    static RECENT: RefCell<Vec<((usize, usize, usize, usize), Rc<Axis>)>> =
+        const { RefCell::new(Vec::new()) };
+}
 
 /// Fractional bits of the fixed-point weights for 8-bit bands (`32 - 8 - 2` in Pillow).
 pub const PRECISION_BITS: u32 = 22;
@@ -93,6 +104,24 @@ impl Axis {
         }
     }
 
+    /// [`Axis::bicubic`], reusing this thread's result for the same arguments when it has one.
+    pub fn bicubic_shared(in_size: usize, out_size: usize, outputs: Range<usize>) -> Rc<Axis> {
+        let key = (in_size, out_size, outputs.start, outputs.end);
+        RECENT.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            if let Some(i) = recent.iter().position(|(k, _)| *k == key) {
+                let entry = recent.remove(i);
+                let axis = Rc::clone(&entry.1);
+                recent.insert(0, entry);
+                return axis;
+            }
+            let axis = Rc::new(Axis::bicubic(in_size, out_size, outputs));
+            recent.insert(0, (key, Rc::clone(&axis)));
+            recent.truncate(RECENT_AXES);
+            axis
+        })
+    }
+
     /// Number of output indices this axis covers.
     pub fn count(&self) -> usize {
         self.start.len()
@@ -156,6 +185,25 @@ mod tests {
             assert_eq!(part.start[slot], full.start[slot + 38]);
             assert_eq!(part.fixed_of(slot), full.fixed_of(slot + 38));
         }
+    }
+
+    #[test]
+    fn shared_axes_equal_fresh_ones() {
+        for (i, o, r) in [(777, 300, 38..262), (777, 300, 0..300), (1000, 224, 0..224)]
+            .into_iter()
+            .cycle()
+            .take(30)
+        {
+            let shared = Axis::bicubic_shared(i, o, r.clone());
+            let fresh = Axis::bicubic(i, o, r);
+            assert_eq!(shared.start, fresh.start);
+            assert_eq!(shared.fixed, fresh.fixed);
+            assert_eq!(shared.weights, fresh.weights);
+        }
+        for size in 1..20 {
+            Axis::bicubic_shared(size, 7, 0..7);
+        }
+        RECENT.with(|r| assert_eq!(r.borrow().len(), RECENT_AXES));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::resample::{
     horizontal_u8, horizontal_wide, vertical_u8, vertical_wide, PassOrder, Plane, Rows, WideSample,
 };
 use std::ops::Range;
+use std::rc::Rc;
 
 /// Source rows and columns the kept outputs read.
 fn source_window(g: &Geometry, h: Option<&Axis>, v: Option<&Axis>) -> (Range<usize>, Range<usize>) {
@@ -21,9 +22,9 @@ fn source_window(g: &Geometry, h: Option<&Axis>, v: Option<&Axis>) -> (Range<usi
     (rows, cols)
 }
 
-fn axes(g: &Geometry) -> (Option<Axis>, Option<Axis>) {
-    let h = (g.out_w != g.src_w).then(|| Axis::bicubic(g.src_w, g.out_w, g.kept_cols()));
-    let v = (g.out_h != g.src_h).then(|| Axis::bicubic(g.src_h, g.out_h, g.kept_rows()));
+fn axes(g: &Geometry) -> (Option<Rc<Axis>>, Option<Rc<Axis>>) {
+    let h = (g.out_w != g.src_w).then(|| Axis::bicubic_shared(g.src_w, g.out_w, g.kept_cols()));
+    let v = (g.out_h != g.src_h).then(|| Axis::bicubic_shared(g.src_h, g.out_h, g.kept_rows()));
     (h, v)
 }
 
@@ -43,7 +44,7 @@ pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> (Vec<u8>, u
     let kept = kept_bytes(src.mode, ps);
     let n = g.n;
     let (h, v) = axes(g);
-    let (wrows, wcols) = source_window(g, h.as_ref(), v.as_ref());
+    let (wrows, wcols) = source_window(g, h.as_deref(), v.as_deref());
     // Pillow premultiplies only when it resamples; a same-size image is merely cropped.
     let premultiply_alpha = src.mode.has_alpha() && g.order != PassOrder::Copy;
     let premultiplied: Vec<Vec<u8>>;
@@ -73,7 +74,7 @@ pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> (Vec<u8>, u
         _ => kept,
     };
     let mut out = vec![0u8; n * n * out_ps];
-    match (g.order, h.as_ref(), v.as_ref()) {
+    match (g.order, h.as_deref(), v.as_deref()) {
         (PassOrder::HorizontalOnly, Some(h), _) => {
             horizontal_u8(&rows, ps, kept, h, &mut out, simd)
         }
@@ -119,7 +120,7 @@ pub fn resize_crop_wide<T: WideSample>(
     decode: impl Fn(&[u8]) -> T,
 ) -> Vec<T> {
     let (h, v) = axes(g);
-    let (wrows, wcols) = source_window(g, h.as_ref(), v.as_ref());
+    let (wrows, wcols) = source_window(g, h.as_deref(), v.as_deref());
     let width = wcols.len();
     let data: Vec<T> = src
         .window(wrows.clone(), wcols.clone())
@@ -134,7 +135,7 @@ pub fn resize_crop_wide<T: WideSample>(
         col0: wcols.start,
     };
     let n = g.n;
-    let out = match (g.order, h.as_ref(), v.as_ref()) {
+    let out = match (g.order, h.as_deref(), v.as_deref()) {
         (PassOrder::HorizontalOnly, Some(h), _) => horizontal_wide(&plane, h),
         (PassOrder::VerticalOnly, _, Some(v)) => vertical_wide(&plane, v, 0, n),
         (PassOrder::HorizontalFirst, Some(h), Some(v)) => {
