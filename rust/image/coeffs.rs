@@ -11,10 +11,12 @@ use std::rc::Rc;
 /// How many axes each thread remembers: a dataloader's images often share a few sizes.
 const RECENT_AXES: usize = 8;
 
+/// `Axis::bicubic`'s arguments: source size, output size, first and end output index.
+type AxisKey = (usize, usize, usize, usize);
+
 thread_local! {
-    /// Recently used axes of this thread, most recent first, keyed by `bicubic`'s arguments.
-    static RECENT: RefCell<Vec<((usize, usize, usize, usize), Rc<Axis>)>> =
-        const { RefCell::new(Vec::new()) };
+    /// Recently used axes of this thread, most recent first.
+    static RECENT: RefCell<Vec<(AxisKey, Rc<Axis>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Fractional bits of the fixed-point weights for 8-bit bands (`32 - 8 - 2` in Pillow).
