@@ -1,11 +1,11 @@
 //! x86_64 AVX2 versions of the 8-bit passes, chosen at run time.
 //!
 //! They do the scalar reference's arithmetic exactly: every product of a byte and a 22-bit
-//! fixed-point weight is formed exactly in a 32-bit lane (`_mm256_mullo_epi32` on widened bytes,
-//! or, in the horizontal pass of 4-byte pixels, one `_mm256_madd_epi16` on a byte and a weight
-//! split into two 16-bit halves), summed in 32-bit lanes, then shifted and clamped as Pillow
-//! does. Pillow-SIMD's 16-bit weights are not used: they round differently. Integer sums do not
-//! depend on the order of the terms, so the lanes may regroup them freely.
+//! fixed-point weight is formed exactly in 32-bit lanes (`_mm256_mullo_epi32` on widened bytes,
+//! or, in the horizontal pass of 4-byte pixels, `_mm256_madd_epi16` on bytes widened to 16 bits
+//! and the weight split into two 16-bit halves), summed in 32-bit lanes, then shifted and clamped
+//! as Pillow does. Pillow-SIMD's 16-bit weights are not used: they round differently. Integer sums
+//! do not depend on the order of the terms, so the lanes may regroup them freely.
 
 use super::coeffs::Axis;
 use super::resample::Rows;
@@ -41,7 +41,7 @@ pub fn horizontal_u8(src: &Rows<'_>, ps: usize, bands: usize, axis: &Axis, out: 
                 return true;
             }
             (4, 3 | 4) => {
-                let Some(packed) = avx2::Packed::new(axis) else {
+                let Some(packed) = avx2::Packed::new(axis, src.col0) else {
                     return false;
                 };
                 // SAFETY: AVX2 is available (checked at run time just above).
@@ -128,58 +128,76 @@ mod avx2 {
     /// Rows the horizontal pass of 4-byte pixels handles at once: one 32-bit lane each.
     const BLOCK: usize = 8;
 
-    /// One pixel value as the 16-bit pair `(256 (p - 128), p - 128)` of a 32-bit lane (low half
-    /// first). `_mm256_madd_epi16` of it with a [`packed_weight`] gives exactly `(p - 128) k`.
-    pub(super) fn pair(p: u8) -> i32 {
-        let q = i32::from(p) - 128;
-        (q << 16) | ((q << 8) & 0xffff)
+    /// A weight split as `k = 256 h + l` with `h = k >> 8` and `l = k & 255`, both 16-bit:
+    /// against bytes widened to 16 bits, `_mm256_madd_epi16` then forms `p h` and `p l` exactly,
+    /// and `256 sum(p h) + sum(p l) = sum(p k)`. `None` when `h` does not fit 16 bits (weights of
+    /// 2.0 or more, which no bicubic axis has).
+    pub(super) fn split_weight(k: i32) -> Option<(i16, i16)> {
+        Some((i16::try_from(k >> 8).ok()?, (k & 255) as i16))
     }
 
-    /// A 22-bit weight split as `k = 256 (k >> 8) + (k & 255)`, stored as the 16-bit pair
-    /// `(k >> 8, k & 255)`: against a [`pair`] the multiply-add is
-    /// `256 q (k >> 8) + q (k & 255) = q k` with `q = p - 128`, exact in 32 bits. `None` when
-    /// `k >> 8` does not fit 16 bits (weights of 2.0 or more, which no bicubic axis has).
-    pub(super) fn packed_weight(k: i32) -> Option<i32> {
-        let high = i16::try_from(k >> 8).ok()?;
-        Some(((k & 255) << 16) | i32::from(high as u16))
-    }
-
-    /// An axis's weights in the multiply-add form.
+    /// An axis's weights for columns taken two at a time.
+    ///
+    /// The block buffer pairs columns (0, 1), (2, 3), ... of the window; a slot whose window starts
+    /// on an odd column or ends on an even one gets a zero weight for the extra column.
     pub struct Packed {
-        /// [`packed_weight`]s, `ksize` per slot.
-        weights: Vec<i32>,
-        /// Per slot, the rounding bias plus what the offset of 128 removed: `HALF + 128 sum(k)`.
-        bias: Vec<i32>,
+        /// Per slot: the first column pair and the number of pairs.
+        first_pair: Vec<usize>,
+        pairs: Vec<usize>,
+        /// Per slot, `stride` 32-bit lanes each: the high (or low) halves of both columns'
+        /// weights as two 16-bit values, first column in the low half.
+        high: Vec<i32>,
+        low: Vec<i32>,
+        stride: usize,
     }
 
     impl Packed {
-        /// `None` if one weight does not fit (the caller then uses another path).
-        pub fn new(axis: &Axis) -> Option<Packed> {
-            let weights = axis
-                .fixed
-                .iter()
-                .map(|&k| packed_weight(k))
-                .collect::<Option<Vec<i32>>>()?;
-            let bias = (0..axis.count())
-                .map(|slot| {
-                    let total = axis
-                        .fixed_of(slot)
-                        .iter()
-                        .fold(0i32, |a, &k| a.wrapping_add(k));
-                    HALF.wrapping_add(total.wrapping_mul(128))
-                })
-                .collect();
-            Some(Packed { weights, bias })
+        /// Weights for rows whose first pixel is source column `col0`; `None` if one does not fit
+        /// (the caller then uses another path).
+        pub fn new(axis: &Axis, col0: usize) -> Option<Packed> {
+            let count = axis.count();
+            let stride = axis.ksize / 2 + 1;
+            let mut packed = Packed {
+                first_pair: Vec::with_capacity(count),
+                pairs: Vec::with_capacity(count),
+                high: vec![0; count * stride],
+                low: vec![0; count * stride],
+                stride,
+            };
+            for slot in 0..count {
+                let first = axis.start[slot].checked_sub(col0)?;
+                let k = axis.fixed_of(slot);
+                let begin = first & !1;
+                let pairs = (first + k.len() - begin).div_ceil(2);
+                if pairs > stride {
+                    return None; // unreachable: a window spans at most ksize + 1 columns
+                }
+                for (j, &w) in k.iter().enumerate() {
+                    let (h, l) = split_weight(w)?;
+                    let column = first + j - begin;
+                    let at = slot * stride + column / 2;
+                    let shift = 16 * (column % 2);
+                    packed.high[at] |= i32::from(h as u16) << shift;
+                    packed.low[at] |= i32::from(l as u16) << shift;
+                }
+                packed.first_pair.push(begin / 2);
+                packed.pairs.push(pairs);
+            }
+            Some(packed)
         }
     }
 
+    /// Values of one column pair and band for the eight rows of a block: 8 lanes of two i16.
+    const PAIR_VECTOR: usize = 16;
+
     /// Horizontal pass over 4-byte pixels, as a vertical pass over a transposed block of rows.
     ///
-    /// Eight rows at a time are transposed so that one 32-byte vector holds band b of column c for
-    /// all eight rows, each value as a 16-bit [`pair`]; a tap is then one `_mm256_madd_epi16` per
-    /// band against the broadcast [`packed_weight`]: exact 32-bit products, no widening or lane
-    /// sums in the inner loop. The first `BANDS` bytes of each pixel are computed and written;
-    /// `out` holds pixels of `BANDS` bytes.
+    /// Eight rows at a time are transposed so that one 32-byte vector holds band b of columns
+    /// (2m, 2m + 1) for all eight rows as 16-bit values; two taps are then two
+    /// `_mm256_madd_epi16` per band (the high and low halves of the weights, see
+    /// [`split_weight`]): exact 32-bit products, no widening or lane sums in the inner loop. The
+    /// first `BANDS` bytes of each pixel are computed and written; `out` holds pixels of `BANDS`
+    /// bytes.
     #[target_feature(enable = "avx2")]
     pub fn horizontal4<const BANDS: usize>(
         src: &Rows<'_>,
@@ -190,15 +208,15 @@ mod avx2 {
         let count = axis.count();
         let width = count * BANDS;
         let cols = src.rows.first().map_or(0, |r| r.len() / 4);
-        let mut t = vec![0i32; cols * BANDS * BLOCK];
+        let mut t = vec![0i16; cols.div_ceil(2) * BANDS * PAIR_VECTOR];
         for (block, dst) in src.rows.chunks(BLOCK).zip(out.chunks_mut(width * BLOCK)) {
-            transpose_pairs::<BANDS>(block, cols, &mut t);
+            transpose_block::<BANDS>(block, cols, &mut t);
             let rows = block.len().min(dst.len() / width.max(1));
             for group in (0..count).step_by(BLOCK) {
                 let slots = (count - group).min(BLOCK);
                 let mut pixels = [_mm256_setzero_si256(); BLOCK];
                 for (j, px) in pixels.iter_mut().enumerate().take(slots) {
-                    *px = one_slot::<BANDS>(axis, packed, src.col0, group + j, &t);
+                    *px = one_slot::<BANDS>(packed, group + j, &t);
                 }
                 store_group::<BANDS>(&pixels, slots, rows, width, group * BANDS, dst);
             }
@@ -209,34 +227,37 @@ mod avx2 {
     /// row i's (see [`rows_of_pixels`]).
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn one_slot<const BANDS: usize>(
-        axis: &Axis,
-        packed: &Packed,
-        col0: usize,
-        slot: usize,
-        t: &[i32],
-    ) -> __m256i {
-        let n = axis.len[slot];
-        let k = &packed.weights[slot * axis.ksize..slot * axis.ksize + n];
-        let first = axis.start[slot] - col0;
-        let mut acc = [_mm256_set1_epi32(packed.bias[slot]); BANDS];
-        if (first + n) * BANDS * BLOCK > t.len() {
-            return rows_of_pixels(&acc); // unreachable: windows lie inside the rows
+    fn one_slot<const BANDS: usize>(packed: &Packed, slot: usize, t: &[i16]) -> __m256i {
+        let first = packed.first_pair[slot];
+        let pairs = packed.pairs[slot];
+        let weights = slot * packed.stride..slot * packed.stride + pairs;
+        let (high, low) = (&packed.high[weights.clone()], &packed.low[weights]);
+        let mut acc_high = [_mm256_setzero_si256(); BANDS];
+        let mut acc_low = [_mm256_setzero_si256(); BANDS];
+        let mut sums = [_mm256_set1_epi32(HALF); BANDS];
+        if (first + pairs) * BANDS * PAIR_VECTOR > t.len() {
+            return rows_of_pixels(&sums); // unreachable: windows lie inside the rows
         }
-        // SAFETY: (first + n) * BANDS * 8 <= t.len() (checked above), so all BANDS vectors of
-        // every column first..first + n are inside t; unaligned loads are allowed.
-        let mut column = unsafe { t.as_ptr().add(first * BANDS * BLOCK) };
-        for &w in k {
-            let weight = _mm256_set1_epi32(w);
-            for (b, a) in acc.iter_mut().enumerate() {
+        // SAFETY: (first + pairs) * BANDS * 16 <= t.len() (checked above), so all BANDS vectors
+        // of every pair first..first + pairs are inside t; unaligned loads are allowed.
+        let mut vectors = unsafe { t.as_ptr().add(first * BANDS * PAIR_VECTOR) };
+        for (&h, &l) in high.iter().zip(low) {
+            let (h, l) = (_mm256_set1_epi32(h), _mm256_set1_epi32(l));
+            for b in 0..BANDS {
                 // SAFETY: see above.
-                let v = unsafe { _mm256_loadu_si256(column.add(b * BLOCK) as *const __m256i) };
-                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(v, weight));
+                let v =
+                    unsafe { _mm256_loadu_si256(vectors.add(b * PAIR_VECTOR) as *const __m256i) };
+                acc_high[b] = _mm256_add_epi32(acc_high[b], _mm256_madd_epi16(v, h));
+                acc_low[b] = _mm256_add_epi32(acc_low[b], _mm256_madd_epi16(v, l));
             }
-            // SAFETY: at most one past the last column read (see above).
-            column = unsafe { column.add(BANDS * BLOCK) };
+            // SAFETY: at most one past the last pair read (see above).
+            vectors = unsafe { vectors.add(BANDS * PAIR_VECTOR) };
         }
-        rows_of_pixels(&acc)
+        for b in 0..BANDS {
+            let total = _mm256_add_epi32(_mm256_slli_epi32::<8>(acc_high[b]), acc_low[b]);
+            sums[b] = _mm256_add_epi32(sums[b], total);
+        }
+        rows_of_pixels(&sums)
     }
 
     /// Write up to eight slots' [`one_slot`] results to the first `rows` rows of `dst` (rows of
@@ -332,85 +353,84 @@ mod avx2 {
         _mm256_shuffle_epi8(bytes, order)
     }
 
-    /// Fill `t` for one block: vector `c * BANDS + b` (8 lanes of 32 bits) holds band b of column c
-    /// of `block[0..8]` as [`pair`]s (rows past the block's end give zeros); every row holds `cols`
-    /// 4-byte pixels. Whole 8 x 8 tiles of pixels go through registers, the rest one by one.
+    /// Fill `t` for one block: vector `m * BANDS + b` (16 i16 values) holds band b of columns
+    /// 2m and 2m + 1 of `block[i]` at values 2i and 2i + 1; every row holds `cols` 4-byte pixels
+    /// (a last odd column pairs with zeros; lanes of rows past the block's end are left as they
+    /// are: their sums are never stored). Whole 8 x 8 tiles of pixels go through registers.
     #[target_feature(enable = "avx2")]
-    fn transpose_pairs<const BANDS: usize>(block: &[&[u8]], cols: usize, t: &mut [i32]) {
+    fn transpose_block<const BANDS: usize>(block: &[&[u8]], cols: usize, t: &mut [i16]) {
         let tiles = if block.len() == BLOCK && block.iter().all(|r| r.len() >= cols * 4) {
             cols / BLOCK
         } else {
             0
         };
-        // Byte b of each pixel into bytes 1 and 2 of its lane: the 16-bit pair (256 p, p); minus
-        // (32768, 128) that is the pair (256 (p - 128), p - 128) modulo 2^16.
-        let select: [__m256i; 4] = std::array::from_fn(|b| {
-            let b = b as i8;
-            let z = -128i8; // pshufb: a set high bit gives zero
-            _mm256_setr_epi8(
-                z,
-                b,
-                b,
-                z,
-                z,
-                4 + b,
-                4 + b,
-                z,
-                z,
-                8 + b,
-                8 + b,
-                z,
-                z,
-                12 + b,
-                12 + b,
-                z, //
-                z,
-                b,
-                b,
-                z,
-                z,
-                4 + b,
-                4 + b,
-                z,
-                z,
-                8 + b,
-                8 + b,
-                z,
-                z,
-                12 + b,
-                12 + b,
-                z,
-            )
-        });
-        let offset = _mm256_set1_epi32((128 << 16) | 0x8000);
+        // Per 128-bit lane (4 pixels): the 16-bit units (band b of pixels 0 and 1) for b = 0..4,
+        // then the same of pixels 2 and 3.
+        let gather = _mm256_setr_epi8(
+            0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15, //
+            0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15,
+        );
         for tile in 0..tiles {
             let c = tile * BLOCK;
-            if (c + BLOCK) * BANDS * BLOCK > t.len() {
+            // Pairs c/2 .. c/2 + 4, all bands.
+            if (c / 2 + 4) * BANDS * PAIR_VECTOR > t.len() {
                 break;
             }
-            // SAFETY: every row holds cols * 4 >= (c + 8) * 4 bytes and t holds (c + 8) * BANDS * 8
-            // values (both checked above); unaligned loads and stores are allowed.
+            // SAFETY: every row holds cols * 4 >= (c + 8) * 4 bytes and t holds the 4 pairs'
+            // vectors (both checked above); unaligned loads and stores are allowed.
             unsafe {
                 let r: [__m256i; 8] = std::array::from_fn(|i| {
-                    _mm256_loadu_si256(block[i].as_ptr().add(c * 4) as *const __m256i)
+                    let row = _mm256_loadu_si256(block[i].as_ptr().add(c * 4) as *const __m256i);
+                    _mm256_shuffle_epi8(row, gather)
                 });
-                let columns = transpose8x8(r);
-                for (j, v) in columns.iter().enumerate() {
-                    let base = t.as_mut_ptr().add((c + j) * BANDS * BLOCK);
-                    for (b, sel) in select.iter().enumerate().take(BANDS) {
-                        let pairs = _mm256_sub_epi16(_mm256_shuffle_epi8(*v, *sel), offset);
-                        _mm256_storeu_si256(base.add(b * BLOCK) as *mut __m256i, pairs);
+                // 8 x 8 transpose of 16-bit units within each 128-bit lane: unit u of every row.
+                let a0 = _mm256_unpacklo_epi16(r[0], r[1]);
+                let a1 = _mm256_unpackhi_epi16(r[0], r[1]);
+                let a2 = _mm256_unpacklo_epi16(r[2], r[3]);
+                let a3 = _mm256_unpackhi_epi16(r[2], r[3]);
+                let a4 = _mm256_unpacklo_epi16(r[4], r[5]);
+                let a5 = _mm256_unpackhi_epi16(r[4], r[5]);
+                let a6 = _mm256_unpacklo_epi16(r[6], r[7]);
+                let a7 = _mm256_unpackhi_epi16(r[6], r[7]);
+                let b0 = _mm256_unpacklo_epi32(a0, a2);
+                let b1 = _mm256_unpackhi_epi32(a0, a2);
+                let b2 = _mm256_unpacklo_epi32(a1, a3);
+                let b3 = _mm256_unpackhi_epi32(a1, a3);
+                let b4 = _mm256_unpacklo_epi32(a4, a6);
+                let b5 = _mm256_unpackhi_epi32(a4, a6);
+                let b6 = _mm256_unpacklo_epi32(a5, a7);
+                let b7 = _mm256_unpackhi_epi32(a5, a7);
+                // units[u]: lane 0 = unit u of pixels 0-3, lane 1 = of pixels 4-7, rows 0..8.
+                let units = [
+                    _mm256_unpacklo_epi64(b0, b4),
+                    _mm256_unpackhi_epi64(b0, b4),
+                    _mm256_unpacklo_epi64(b1, b5),
+                    _mm256_unpackhi_epi64(b1, b5),
+                    _mm256_unpacklo_epi64(b2, b6),
+                    _mm256_unpackhi_epi64(b2, b6),
+                    _mm256_unpacklo_epi64(b3, b7),
+                    _mm256_unpackhi_epi64(b3, b7),
+                ];
+                let base = t.as_mut_ptr().add(c / 2 * BANDS * PAIR_VECTOR);
+                for half in 0..2 {
+                    // Unit 4 * half + b is band b of pair `half` of each 4-pixel lane.
+                    for b in 0..BANDS {
+                        let v = units[4 * half + b];
+                        let lanes = [_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)];
+                        for (lane, bytes) in lanes.into_iter().enumerate() {
+                            let pair = 2 * lane + half;
+                            let at = base.add((pair * BANDS + b) * PAIR_VECTOR);
+                            _mm256_storeu_si256(at as *mut __m256i, _mm256_cvtepu8_epi16(bytes));
+                        }
                     }
                 }
             }
         }
         for c in tiles * BLOCK..cols {
-            for i in 0..BLOCK {
-                let px = block
-                    .get(i)
-                    .map_or(&[0u8; 4][..], |row| &row[c * 4..c * 4 + 4]);
+            for (i, row) in block.iter().enumerate().take(BLOCK) {
+                let px = &row[c * 4..c * 4 + 4];
                 for b in 0..BANDS {
-                    t[(c * BANDS + b) * BLOCK + i] = pair(px[b]);
+                    t[((c / 2 * BANDS + b) * BLOCK + i) * 2 + c % 2] = i16::from(px[b]);
                 }
             }
         }
@@ -523,8 +543,8 @@ mod tests {
 
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn packed_pairs_multiply_exactly() {
-        use super::avx2::{packed_weight, pair};
+    fn split_weights_multiply_exactly() {
+        use super::avx2::split_weight;
         let one = 1i32 << 22;
         let ks = (-one..2 * one).step_by(997).chain([
             -2 * one,
@@ -537,18 +557,20 @@ mod tests {
             one,
             2 * one - 1,
         ]);
+        let pack = |a: i16, b: i16| i32::from(a as u16) | (i32::from(b as u16) << 16);
         for k in ks {
-            let w = packed_weight(k).expect("weights in [-2, 2) fit");
-            for p in 0..=255u8 {
-                assert_eq!(
-                    madd_lane(pair(p), w),
-                    (i32::from(p) - 128) * k,
-                    "p={p} k={k}"
-                );
+            let (h, l) = split_weight(k).expect("weights in [-2, 2) fit");
+            for p in 0..=255i32 {
+                // Two columns at once, as the kernel pairs them: p and 255 - p.
+                let pixels = p | ((255 - p) << 16);
+                let total = 256 * madd_lane(pixels, pack(h, h)) + madd_lane(pixels, pack(l, l));
+                assert_eq!(total, 255 * k, "p={p} k={k}");
+                let alone = 256 * madd_lane(p, pack(h, 0)) + madd_lane(p, pack(l, 0));
+                assert_eq!(alone, p * k, "p={p} k={k}");
             }
         }
-        assert!(packed_weight(2 * one).is_none());
-        assert!(packed_weight(-2 * one - 1).is_none());
+        assert!(split_weight(2 * one).is_none());
+        assert!(split_weight(-2 * one - 1).is_none());
     }
 
     #[test]
@@ -559,7 +581,7 @@ mod tests {
             for out_size in [224, 288, 298, 336, 448] {
                 let axis = Axis::bicubic(in_size, out_size, 0..out_size);
                 assert!(
-                    super::avx2::Packed::new(&axis).is_some(),
+                    super::avx2::Packed::new(&axis, 0).is_some(),
                     "{in_size} -> {out_size}"
                 );
             }
@@ -603,8 +625,13 @@ mod tests {
     #[test]
     fn simd_horizontal_equals_scalar_on_cropped_windows() {
         // What the pipeline passes: rows that start at the window's first column, any row count.
-        for (w, rows_n, ow, kept, seed) in [(600, 17, 336, 56..280, 7), (4000, 9, 298, 37..261, 8)]
-        {
+        for (w, rows_n, ow, kept, seed) in [
+            (600, 17, 336, 56..280, 7),
+            (4000, 9, 298, 37..261, 8),
+            (1023, 16, 298, 37..261, 9),
+            (333, 8, 301, 0..301, 10),
+            (101, 24, 224, 0..224, 11),
+        ] {
             let data = noise(w * rows_n * 4, seed);
             let axis = Axis::bicubic(w, ow, kept);
             let span = axis.span();
