@@ -39,12 +39,30 @@ pub fn to_chw<T: Copy, const PS: usize>(px: &[u8], rgb: [usize; 3], lut: &[T], o
     let plane = px.len() / PS;
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
-    let (lr, rest) = lut.split_at(256);
-    let (lg, lb) = rest.split_at(256);
-    for (i, p) in px.chunks_exact(PS).enumerate() {
-        r[i] = lr[usize::from(p[rgb[0]])];
-        g[i] = lg[usize::from(p[rgb[1]])];
-        b[i] = lb[usize::from(p[rgb[2]])];
+    let tables: Option<[&[T; 256]; 3]> = (|| {
+        Some([
+            lut.get(..256)?.try_into().ok()?,
+            lut.get(256..512)?.try_into().ok()?,
+            lut.get(512..768)?.try_into().ok()?,
+        ])
+    })();
+    let Some([lr, lg, lb]) = tables else {
+        return; // unreachable: Python passes 3 x 256 entries
+    };
+    let [ir, ig, ib] = rgb;
+    if ir >= PS || ig >= PS || ib >= PS {
+        return; // unreachable: rgb_bytes gives indices inside the pixel
+    }
+    // Tables indexed by a byte and pixels of a constant size: no bounds checks in the loop.
+    for (((p, r), g), b) in px
+        .chunks_exact(PS)
+        .zip(r.iter_mut())
+        .zip(g.iter_mut())
+        .zip(b.iter_mut())
+    {
+        *r = lr[usize::from(p[ir])];
+        *g = lg[usize::from(p[ig])];
+        *b = lb[usize::from(p[ib])];
     }
 }
 
