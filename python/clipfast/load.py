@@ -186,10 +186,15 @@ def _load_eager(
         direct = dtype  # the caller's own plan needs no knowledge of the architecture
     plan: Optional[DtypePlan] = None
     heads = (vision_heads, transformer_heads)
-    if on_cpu and direct is not None:
+    if on_cpu and direct is not None and _cores() >= _CORES_FOR_OVERLAP:
         # The common case: one read, converted once in Rust (GIL released) while this thread
         # builds the meta model from the shapes the file declares.
         tensors, model = _read_while_building(path, mmap, direct, heads)
+    elif on_cpu and direct is not None:
+        # Few cores: the conversion already uses them all, and building the model beside it only
+        # adds contention (measured slower on 2 cores): build first, then read.
+        model = _build_from_declared_shapes(path, heads)
+        tensors = read_state_dict(path, mmap=mmap, dtype=direct)
     elif on_cpu:
         # The plan depends on which tensors are conv/linear/attention weights: build the model
         # from the declared shapes first, then read once, converting as planned.
@@ -204,6 +209,18 @@ def _load_eager(
         plan = dtype_plan(target, dtype, half_precision_names(model))
     _place(tensors, plan, target)
     return assign_state_dict(model, tensors, source=path)
+
+
+#: Cores from which building the model overlaps the conversion (which uses every core).
+_CORES_FOR_OVERLAP = 4
+
+
+def _cores() -> int:
+    """The cores this process may run on (what the Rust thread pool uses)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _build(tensors: Any, path: str, heads: tuple[Optional[int], Optional[int]]) -> CLIP:
