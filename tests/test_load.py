@@ -187,26 +187,6 @@ def test_mmap_load_equals_clip(openai_archive: Callable[[str], Path]) -> None:
     assert_same_state(model.state_dict(), reference.state_dict())
 
 
-@pytest.mark.parametrize("cores", [1, 2, 4, 16])
-def test_both_cpu_read_orders_equal_clip(
-    cores: int, openai_archive: Callable[[str], Path], monkeypatch: Any, tmp_path: Path
-) -> None:
-    """Few cores build the model, then read; more overlap the two (threads): same result, and a
-    broken file still fails with its typed error either way."""
-    import sys
-
-    load_module = sys.modules["clipfast.load"]
-    monkeypatch.setattr(load_module, "_cores", lambda: cores)
-    path = openai_archive("RN50")
-    model, _ = clipfast.load(path, device="cpu")
-    reference, _ = clip_load(path)
-    assert_same_state(model.state_dict(), reference.state_dict())
-    damaged = tmp_path / "damaged.pt"
-    damaged.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=str(damaged)):
-        clipfast.load(damaged, device="cpu")
-
-
 def test_build_model_is_a_drop_in(openai_archive: Callable[[str], Path]) -> None:
     import clip.model
     import clipfast.model

@@ -22,7 +22,7 @@ import os
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from . import _native
 
@@ -115,6 +115,57 @@ def read_state_dict(
     ``UnsafeCheckpointError`` where the pickle names code (``os.system``, a foreign class, ...)
     in place of a weight.
     """
+    pending = _plan_read(path, mmap=mmap, dtype=dtype)
+    pending.convert()
+    return pending.finish()
+
+
+class _PendingRead:
+    """A read split in three so that the conversion can run on another thread without the GIL:
+    ``_plan_read`` (parse, allocate; GIL) -> ``convert()`` (Rust, GIL released) -> ``finish()``
+    (build the tensors; GIL)."""
+
+    def __init__(
+        self,
+        reader: Any,
+        rows: list[Any],
+        targets: list[str],
+        bases: dict[tuple[int, str], torch.UntypedStorage],
+        jobs: list[tuple[int, int, str, torch.Tensor]],
+    ) -> None:
+        self.reader = reader
+        self.rows = rows
+        self.targets = targets
+        self.bases = bases
+        self.jobs = jobs
+
+    def convert(self) -> None:
+        """Fill the allocated tensors from the file (dtype conversion in parallel, GIL released)."""
+        if self.jobs:
+            self.reader.convert(self.jobs)
+        self.jobs = []
+
+    def finish(self) -> OrderedDict[str, torch.Tensor]:
+        """The state dict, once ``convert`` has returned."""
+        import torch
+
+        bases = self.bases
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for row, target in zip(self.rows, self.targets):
+            name, _, shape, stride, storage, offset, requires_grad, is_parameter = row
+            tensor = torch.empty(0, dtype=getattr(torch, target)).set_(
+                bases[(storage, target)], offset, shape, stride
+            )
+            if is_parameter:
+                tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)
+            elif requires_grad:
+                tensor.requires_grad_(True)
+            out[name] = tensor
+        return out
+
+
+def _plan_read(path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg) -> _PendingRead:
+    """Parse the checkpoint and allocate every tensor that is converted or copied (see read_state_dict)."""
     import torch
 
     file = os.fspath(path)
@@ -141,21 +192,7 @@ def read_state_dict(
             if buffer.numel():
                 jobs.append((start, end, stored, buffer))
             bases[key] = buffer.untyped_storage()
-    if jobs:
-        reader.convert(jobs)
-    del jobs
-
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for (name, _, shape, stride, storage, offset, requires_grad, is_parameter), target in zip(rows, targets):
-        tensor = torch.empty(0, dtype=getattr(torch, target)).set_(
-            bases[(storage, target)], offset, shape, stride
-        )
-        if is_parameter:
-            tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)
-        elif requires_grad:
-            tensor.requires_grad_(True)
-        out[name] = tensor
-    return out
+    return _PendingRead(reader, rows, targets, bases, jobs)
 
 
 def _map_file(file: str, size: int) -> torch.UntypedStorage:

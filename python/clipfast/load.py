@@ -186,15 +186,10 @@ def _load_eager(
         direct = dtype  # the caller's own plan needs no knowledge of the architecture
     plan: Optional[DtypePlan] = None
     heads = (vision_heads, transformer_heads)
-    if on_cpu and direct is not None and _cores() >= _CORES_FOR_OVERLAP:
+    if on_cpu and direct is not None:
         # The common case: one read, converted once in Rust (GIL released) while this thread
         # builds the meta model from the shapes the file declares.
         tensors, model = _read_while_building(path, mmap, direct, heads)
-    elif on_cpu and direct is not None:
-        # Few cores: the conversion already uses them all, and building the model beside it only
-        # adds contention (measured slower on 2 cores): build first, then read.
-        model = _build_from_declared_shapes(path, heads)
-        tensors = read_state_dict(path, mmap=mmap, dtype=direct)
     elif on_cpu:
         # The plan depends on which tensors are conv/linear/attention weights: build the model
         # from the declared shapes first, then read once, converting as planned.
@@ -209,18 +204,6 @@ def _load_eager(
         plan = dtype_plan(target, dtype, half_precision_names(model))
     _place(tensors, plan, target)
     return assign_state_dict(model, tensors, source=path)
-
-
-#: Cores from which building the model overlaps the conversion (which uses every core).
-_CORES_FOR_OVERLAP = 4
-
-
-def _cores() -> int:
-    """The cores this process may run on (what the Rust thread pool uses)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _build(tensors: Any, path: str, heads: tuple[Optional[int], Optional[int]]) -> CLIP:
@@ -241,26 +224,31 @@ def _build_from_declared_shapes(path: str, heads: tuple[Optional[int], Optional[
 def _read_while_building(
     path: str, mmap: bool, dtype: Union[torch.dtype, DtypePlan], heads: tuple[Optional[int], Optional[int]]
 ) -> tuple[OrderedDict[str, torch.Tensor], CLIP]:
-    """read_state_dict in a second thread, the meta model in this one; errors of either propagate
-    (the model's first: a file that is not a CLIP checkpoint fails there before its data is read)."""
+    """Convert the file's tensors on a second thread while this one builds the meta model.
+
+    Only the conversion (Rust, GIL released) runs there: parsing, allocating and assembling the
+    tensors need the GIL and stay on this thread, so the two never wait for each other's GIL.
+    Errors of either propagate; a file that is not a readable checkpoint fails in the parse before
+    any work starts, one that is not a CLIP model fails in the build (reported first)."""
     import threading
 
-    from .checkpoint import read_state_dict
+    from .checkpoint import _plan_read
 
-    outcome: dict[str, Any] = {}
+    pending = _plan_read(path, mmap=mmap, dtype=dtype)
+    outcome: dict[str, BaseException] = {}
 
-    def read() -> None:
+    def convert() -> None:
         try:
-            outcome["tensors"] = read_state_dict(path, mmap=mmap, dtype=dtype)
+            pending.convert()
         except BaseException as error:  # handed over to the calling thread
             outcome["error"] = error
 
-    reader = threading.Thread(target=read, name="clipfast-read", daemon=True)
-    reader.start()
+    worker = threading.Thread(target=convert, name="clipfast-convert", daemon=True)
+    worker.start()
     try:
         model = _build_from_declared_shapes(path, heads)
     finally:
-        reader.join()
+        worker.join()
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["tensors"], model
+    return pending.finish(), model
