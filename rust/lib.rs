@@ -8,6 +8,7 @@ pub mod download;
 pub mod error;
 pub mod hash;
 pub mod image;
+pub mod parallel;
 pub mod pickle;
 pub mod tokenizer;
 pub mod zip;

@@ -12,8 +12,8 @@ use bpe::Bpe;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList, PyString};
-use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use vocab::Vocab;
 
 /// Texts per parallel work item: big enough to amortise the cache lock, small enough to balance.
@@ -157,15 +157,18 @@ impl ClipTokenizer {
                 // Every text has at least its two special tokens.
                 (!prepared.is_empty()).then_some(0)
             } else {
-                prepared
-                    .par_chunks(CHUNK)
-                    .zip(rows.par_chunks_mut(CHUNK * width))
+                let first = AtomicUsize::new(usize::MAX);
+                let chunks: Vec<_> = prepared
+                    .chunks(CHUNK)
+                    .zip(rows.chunks_mut(CHUNK * width))
                     .enumerate()
-                    .filter_map(|(chunk_index, (texts, rows))| {
-                        self.encode_rows(texts, rows, width, truncate)
-                            .map(|i| chunk_index * CHUNK + i)
-                    })
-                    .min()
+                    .collect();
+                crate::parallel::for_each(chunks, |(chunk_index, (texts, rows))| {
+                    if let Some(i) = self.encode_rows(texts, rows, width, truncate) {
+                        first.fetch_min(chunk_index * CHUNK + i, Ordering::Relaxed);
+                    }
+                });
+                Some(first.into_inner()).filter(|&i| i != usize::MAX)
             };
             (rows, too_long)
         });

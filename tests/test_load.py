@@ -446,3 +446,27 @@ def test_other_layouts_of_the_same_weights(
 def test_bad_dtype_fails_before_reading(dtype: Any, tmp_path: Path) -> None:
     with pytest.raises((TypeError, ValueError), match="dtype"):
         clipfast.load(tmp_path / "never-read.pt", device="cpu", dtype=dtype)
+
+
+def test_load_then_fork_does_not_hang(openai_archive: Callable[[str], Path]) -> None:
+    """A forked worker (which, like DataLoader's, sets torch to one thread) loads after its parent
+    did: the conversion's threads are the call's own, none are waited for that fork left behind."""
+    import subprocess
+    import sys
+
+    path = openai_archive("RN50")
+    package = str(Path(clipfast.__file__).parent.parent)
+    code = (
+        f"import os, sys, warnings; sys.path.insert(0, {package!r}); warnings.filterwarnings('ignore')\n"
+        "import clipfast, torch\n"
+        f"a = clipfast.load({str(path)!r}, device='cpu')[0].state_dict()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    torch.set_num_threads(1)\n"
+        f"    b = clipfast.load({str(path)!r}, device='cpu')[0].state_dict()\n"
+        "    os._exit(0 if all(torch.equal(a[k], b[k]) for k in a) else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], timeout=180, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -11,9 +11,9 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
-use rayon::prelude::*;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Source bytes per unit of parallel work: large enough to amortize scheduling, small enough to
 /// balance two cores and bound what is resident at once.
@@ -186,7 +186,11 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
             start = end;
         }
     }
-    let failed = pieces.par_iter().any(|piece| {
+    let failed = AtomicBool::new(false);
+    crate::parallel::for_each(pieces, |piece| {
+        if failed.load(Ordering::Relaxed) {
+            return;
+        }
         let job = &jobs[piece.job];
         let (si, di) = (job.src_dtype.itemsize(), job.dst_dtype.itemsize());
         let src_range =
@@ -205,9 +209,11 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
         prefault(dst);
         let ok = convert_slice(src, job.src_dtype, dst, job.dst_dtype);
         release(map, &src_range);
-        !ok
+        if !ok {
+            failed.store(true, Ordering::Relaxed);
+        }
     });
-    if failed {
+    if failed.into_inner() {
         return Err(fail(
             "dtype conversion failed (misaligned destination)".into(),
         ));
