@@ -92,39 +92,6 @@ mod avx2 {
     use super::super::resample::{clip8, Rows, HALF};
     use std::arch::x86_64::*;
 
-    /// `sum(chunk_j * k_j) + HALF >> 22` clamped to bytes, lane by lane over 32-byte chunks (the
-    /// expression gives the address of tap j's chunk): the scalar reference's arithmetic.
-    /// A macro, not a function: it must be inlined into the AVX2 callers, and a function with
-    /// `#[target_feature]` cannot be forced inline.
-    macro_rules! weighted32 {
-        ($k:expr, $j:ident => $chunk:expr) => {{
-            let bias = _mm256_set1_epi32(HALF);
-            let mut acc = [bias; 4];
-            for ($j, &w) in $k.iter().enumerate() {
-                let weight = _mm256_set1_epi32(w);
-                let chunk: *const u8 = $chunk;
-                // SAFETY: the caller guarantees 32 readable bytes at `chunk` for every tap.
-                let bytes = unsafe { _mm256_loadu_si256(chunk as *const __m256i) };
-                let lo = _mm256_castsi256_si128(bytes);
-                let hi = _mm256_extracti128_si256::<1>(bytes);
-                let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
-                for (a, part) in acc.iter_mut().zip(parts) {
-                    *a = _mm256_add_epi32(
-                        *a,
-                        _mm256_mullo_epi32(_mm256_cvtepu8_epi32(part), weight),
-                    );
-                }
-            }
-            for a in &mut acc {
-                *a = _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(*a);
-            }
-            // packs works within 128-bit lanes; the permutes restore the byte order.
-            let w01 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(acc[0], acc[1]));
-            let w23 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(acc[2], acc[3]));
-            _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(w01, w23))
-        }};
-    }
-
     /// Rows the horizontal pass of 4-byte pixels handles at once: one 32-bit lane each.
     const BLOCK: usize = 8;
 
@@ -492,8 +459,33 @@ mod avx2 {
                 .collect();
             let mut x = 0;
             while x + 32 <= width {
-                // SAFETY (of each chunk address): x + 32 <= width == the length of every tap row.
-                let sums = weighted32!(k, j => unsafe { taps[j].as_ptr().add(x) });
+                // sum(row_j[x..x + 32] * k_j) + HALF >> 22, clamped to bytes lane by lane: the
+                // scalar reference's arithmetic on 32 bytes at once.
+                let mut acc = [_mm256_set1_epi32(HALF); 4];
+                for (row, &w) in taps.iter().zip(k) {
+                    let weight = _mm256_set1_epi32(w);
+                    // SAFETY: x + 32 <= width == row.len(); unaligned loads are allowed.
+                    let bytes =
+                        unsafe { _mm256_loadu_si256(row.as_ptr().add(x) as *const __m256i) };
+                    let lo = _mm256_castsi256_si128(bytes);
+                    let hi = _mm256_extracti128_si256::<1>(bytes);
+                    let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+                    for (a, part) in acc.iter_mut().zip(parts) {
+                        *a = _mm256_add_epi32(
+                            *a,
+                            _mm256_mullo_epi32(_mm256_cvtepu8_epi32(part), weight),
+                        );
+                    }
+                }
+                for a in &mut acc {
+                    *a = _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(*a);
+                }
+                // packs works within 128-bit lanes; the permutes restore the byte order.
+                let w01 =
+                    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(acc[0], acc[1]));
+                let w23 =
+                    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(acc[2], acc[3]));
+                let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(w01, w23));
                 // SAFETY: x + 32 <= width == dst.len(); an unaligned store is allowed.
                 unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(x) as *mut __m256i, sums) };
                 x += 32;
