@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import clipfast
 import pytest
 from clipfast import _testing
 from http_fault_server import FaultServer
@@ -59,3 +63,30 @@ def server() -> Iterator[FaultServer]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture
+def fork_after() -> Callable[..., None]:
+    """(parent, child, timeout) -> runs ``parent`` in a fresh interpreter, forks, runs ``child`` in
+    the child, which must set ``ok``; fails unless the child exits within ``timeout`` with ok true.
+    Each snippet sees ``os``, ``sys`` and the clipfast under test on ``sys.path``."""
+
+    def run(parent: str, child: str, timeout: float = 120) -> None:
+        package = str(Path(clipfast.__file__).parent.parent)
+        code = "\n".join(
+            [
+                "import os, sys, warnings; warnings.filterwarnings('ignore')",
+                f"sys.path.insert(0, {package!r})",
+                textwrap.dedent(parent),
+                "pid = os.fork()",
+                "if pid == 0:",
+                textwrap.indent(textwrap.dedent(child), "    "),
+                "    os._exit(0 if ok else 3)",
+                "_, status = os.waitpid(pid, 0)",
+                "sys.exit(os.waitstatus_to_exitcode(status))",
+            ]
+        )
+        result = subprocess.run([sys.executable, "-c", code], timeout=timeout, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+    return run

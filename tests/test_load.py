@@ -448,25 +448,21 @@ def test_bad_dtype_fails_before_reading(dtype: Any, tmp_path: Path) -> None:
         clipfast.load(tmp_path / "never-read.pt", device="cpu", dtype=dtype)
 
 
-def test_load_then_fork_does_not_hang(openai_archive: Callable[[str], Path]) -> None:
+def test_load_then_fork_does_not_hang(
+    openai_archive: Callable[[str], Path], fork_after: Callable[..., None]
+) -> None:
     """A forked worker (which, like DataLoader's, sets torch to one thread) loads after its parent
     did: the conversion's threads are the call's own, none are waited for that fork left behind."""
-    import subprocess
-    import sys
-
-    path = openai_archive("RN50")
-    package = str(Path(clipfast.__file__).parent.parent)
-    code = (
-        f"import os, sys, warnings; sys.path.insert(0, {package!r}); warnings.filterwarnings('ignore')\n"
-        "import clipfast, torch\n"
-        f"a = clipfast.load({str(path)!r}, device='cpu')[0].state_dict()\n"
-        "pid = os.fork()\n"
-        "if pid == 0:\n"
-        "    torch.set_num_threads(1)\n"
-        f"    b = clipfast.load({str(path)!r}, device='cpu')[0].state_dict()\n"
-        "    os._exit(0 if all(torch.equal(a[k], b[k]) for k in a) else 3)\n"
-        "_, status = os.waitpid(pid, 0)\n"
-        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    path = str(openai_archive("RN50"))
+    fork_after(
+        f"""
+        import clipfast, torch
+        a = clipfast.load({path!r}, device='cpu')[0].state_dict()
+        """,
+        f"""
+        torch.set_num_threads(1)
+        b = clipfast.load({path!r}, device='cpu')[0].state_dict()
+        ok = all(torch.equal(a[k], b[k]) for k in a)
+        """,
+        timeout=180,
     )
-    result = subprocess.run([sys.executable, "-c", code], timeout=180, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
