@@ -85,8 +85,13 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
         dtype_counts=dict(Counter(row[1] for row in rows)),
         total_bytes=total,
         file_size=reader.file_size,
-        tensors=tuple(TensorEntry(row[0], row[1], tuple(row[2])) for row in rows),
+        tensors=tuple(_entry(row) for row in rows),
     )
+
+
+def _entry(row: Any) -> TensorEntry:
+    """A reader row (name, dtype, shape, ...) as the public TensorEntry."""
+    return TensorEntry(row[0], row[1], tuple(row[2]))
 
 
 def read_state_dict(
@@ -144,6 +149,10 @@ class _PendingRead:
         if self.jobs:
             self.reader.convert(self.jobs)
         self.jobs = []
+
+    def declared_shapes(self) -> dict[str, TensorEntry]:
+        """Each tensor's name, stored dtype and shape, as the file declares them (no data read)."""
+        return {row[0]: _entry(row) for row in self.rows}
 
     def finish(self) -> OrderedDict[str, torch.Tensor]:
         """The state dict, once ``convert`` has returned."""

@@ -246,7 +246,7 @@ def _read_while_building(
     worker = threading.Thread(target=convert, name="clipfast-convert", daemon=True)
     worker.start()
     try:
-        model = _build_from_declared_shapes(path, heads)
+        model = _build(pending.declared_shapes(), path, heads)
     finally:
         worker.join()
     if "error" in outcome:
