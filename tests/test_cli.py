@@ -174,6 +174,21 @@ def test_inspect_names_the_official_model_when_the_hash_matches(
     assert info["official_model"] == "ViT-B/16"
 
 
+def test_inspect_infers_a_ddp_training_checkpoint(
+    state_dict_file: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Keys saved from a DataParallel wrapper ("module." first) still describe the architecture."""
+    state = torch.load(state_dict_file("RN50"), map_location="cpu", weights_only=True)
+    path = tmp_path / "ddp.pt"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    status, out, _ = run(capsys, "inspect", str(path), "--json")
+    assert status == 0, out
+    info = json.loads(out)
+    assert info["architecture"]["embed_dim"] == infer_architecture(state).embed_dim
+    assert info["architecture"]["kind"] == "ModifiedResNet"
+    assert all(t["name"].startswith("module.") for t in info["tensors"])  # the file's own names
+
+
 def test_inspect_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00" * 100)

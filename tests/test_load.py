@@ -405,7 +405,8 @@ def test_load_does_not_wake_torchs_compiler(openai_archive: Callable[[str], Path
 
 
 @pytest.mark.parametrize(
-    "variant", ["safetensors", "fp32", "bf16", "wrapped", "non_contiguous", "no_num_batches_tracked"]
+    "variant",
+    ["safetensors", "fp32", "bf16", "wrapped", "ddp", "non_contiguous", "no_num_batches_tracked"],
 )
 def test_other_layouts_of_the_same_weights(
     variant: str, state_dict_file: Callable[[str], Path], tmp_path: Path
@@ -425,6 +426,8 @@ def test_other_layouts_of_the_same_weights(
         torch.save({k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}, path)
     elif variant == "wrapped":
         torch.save({"epoch": 3, "state_dict": state}, path)
+    elif variant == "ddp":  # saved from a (Distributed)DataParallel wrapper, as open_clip's training does
+        torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
     elif variant == "no_num_batches_tracked":  # older BatchNorm state: torch fills in zeros
         torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, path)
     else:  # a transposed view, as a hand-edited checkpoint might hold
@@ -440,6 +443,29 @@ def test_other_layouts_of_the_same_weights(
         assert_same_state(model.state_dict(), expected)
     else:
         assert_same_state(model.state_dict(), reference.state_dict())
+
+
+def test_ddp_checkpoint_plans_see_model_names(state_dict_file: Callable[[str], Path], tmp_path: Path) -> None:
+    """A dtype callable is asked with the model's key names, with or without the wrapper prefix;
+    a file where only some keys carry it is not a CLIP checkpoint."""
+    state = torch.load(state_dict_file("ViT-B/32"), map_location="cpu", weights_only=True)
+    path = tmp_path / "ddp.pt"
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    seen: list[str] = []
+
+    def plan(name: str, stored: torch.dtype) -> torch.dtype:
+        seen.append(name)
+        return torch.float64 if name == "visual.proj" else torch.float32
+
+    model, _ = clipfast.load(path, device="cpu", dtype=plan)
+    assert sorted(seen) == sorted(k for k, v in state.items() if v.is_floating_point())
+    assert model.visual.proj.dtype == torch.float64 and model.visual.conv1.weight.dtype == torch.float32
+    assert torch.equal(model.visual.proj, state["visual.proj"].double())
+
+    mixed = tmp_path / "mixed.pt"
+    torch.save({(f"module.{k}" if k.startswith("visual.") else k): v for k, v in state.items()}, mixed)
+    with pytest.raises(clipfast.ArchitectureError, match=r"mixed\.pt"):
+        clipfast.load(mixed, device="cpu")
 
 
 @pytest.mark.parametrize("dtype", ["fp16", torch.int8, 3])

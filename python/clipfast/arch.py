@@ -11,16 +11,31 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 from .errors import ArchitectureError
 
-__all__ = ["Architecture", "infer_architecture"]
+__all__ = ["WRAPPER_PREFIX", "Architecture", "infer_architecture", "without_wrapper_prefix"]
 
 # The buffers OpenAI's TorchScript archives carry beside the weights; they are not model state.
 ARCHIVE_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+#: The prefix (Distributed)DataParallel gives every key of the model it wraps; training checkpoints
+#: (open_clip's among them) are often saved from the wrapper.
+WRAPPER_PREFIX = "module."
+
+_T = TypeVar("_T")
+
+
+def without_wrapper_prefix(tensors: Mapping[str, _T]) -> OrderedDict[str, _T]:
+    """``tensors`` with :data:`WRAPPER_PREFIX` taken off the keys when every key has it (a mapping
+    where only some keys have it is left as it is, and is not a CLIP state dict)."""
+    if tensors and all(key.startswith(WRAPPER_PREFIX) for key in tensors):
+        return OrderedDict((key[len(WRAPPER_PREFIX) :], value) for key, value in tensors.items())
+    return tensors if isinstance(tensors, OrderedDict) else OrderedDict(tensors)
 
 
 @dataclass(frozen=True)

@@ -214,10 +214,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     architecture: Optional[dict[str, Any]] = None
     arch_error: Optional[str] = None
     try:
-        from .arch import infer_architecture
+        from .arch import infer_architecture, without_wrapper_prefix
 
         shapes = {t.name: _Shape(tuple(t.shape)) for t in info.tensors}
-        arch = infer_architecture(shapes, source=path)
+        arch = infer_architecture(without_wrapper_prefix(shapes), source=path)
         architecture = dataclasses.asdict(arch)
         architecture["kind"] = "ViT" if arch.is_vit else "ModifiedResNet"
     except ArchitectureError as err:

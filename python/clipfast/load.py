@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
+from .arch import WRAPPER_PREFIX, without_wrapper_prefix
 from .errors import ModelNotFoundError
 from .registry import MODELS, available_models
 
@@ -129,8 +130,10 @@ def load(
 
     ``name`` is one of ``available_models()`` (downloaded to ``download_root``, by default
     ``~/.cache/clip``) or the path of a checkpoint: an OpenAI TorchScript archive, a ``torch.save``d
-    state dict, or a ``.safetensors`` file. Returns ``(model, preprocess)``: the model in eval mode on
-    ``device`` (default: CUDA when available, else CPU), and the preprocess for its input resolution.
+    state dict (also a training checkpoint's, under ``"state_dict"``, keys optionally prefixed with
+    DataParallel's ``module.``), or a ``.safetensors`` file. Returns ``(model, preprocess)``: the
+    model in eval mode on ``device`` (default: CUDA when available, else CPU), and the preprocess
+    for its input resolution.
 
     Differences from clip.load: every CPU device (``"cpu"``, ``"cpu:0"``, ``torch.device("cpu")``)
     gives fp32 weights (clip only does so for the exact string ``"cpu"``); ``dtype`` chooses the
@@ -183,7 +186,7 @@ def _load_eager(
     uniform = _uniform_dtype(target, dtype)
     direct: Union[torch.dtype, DtypePlan, None] = uniform
     if direct is None and callable(dtype) and not isinstance(dtype, torch.dtype):
-        direct = dtype  # the caller's own plan needs no knowledge of the architecture
+        direct = _model_names(dtype)  # the caller's own plan needs no knowledge of the architecture
     plan: Optional[DtypePlan] = None
     heads = (vision_heads, transformer_heads)
     if on_cpu and direct is not None:
@@ -195,23 +198,37 @@ def _load_eager(
         # from the declared shapes first, then read once, converting as planned.
         model = _build_from_declared_shapes(path, heads)
         tensors = read_state_dict(
-            path, mmap=mmap, dtype=dtype_plan(target, dtype, half_precision_names(model))
+            path, mmap=mmap, dtype=_model_names(dtype_plan(target, dtype, half_precision_names(model)))
         )
     else:
         # Each tensor is copied once, from a map of the file to the device, and converted there.
         tensors = read_state_dict(path, mmap=True)
         model = _build(tensors, path, heads)
         plan = dtype_plan(target, dtype, half_precision_names(model))
+    tensors = without_wrapper_prefix(tensors)
     _place(tensors, plan, target)
     return assign_state_dict(model, tensors, source=path)
 
 
-def _build(tensors: Any, path: str, heads: tuple[Optional[int], Optional[int]]) -> CLIP:
-    """The meta-device model for the shapes of ``tensors`` (a mapping of names to objects with ``.shape``)."""
+def _model_names(plan: DtypePlan) -> DtypePlan:
+    """``plan``, called with the model's key names where the file's keys carry the wrapper prefix
+    (a file with only some keys prefixed is not a CLIP checkpoint and fails in the build)."""
+
+    def named(name: str, stored: torch.dtype) -> torch.dtype:
+        return plan(name.removeprefix(WRAPPER_PREFIX), stored)
+
+    return named
+
+
+def _build(tensors: Mapping[str, Any], path: str, heads: tuple[Optional[int], Optional[int]]) -> CLIP:
+    """The meta-device model for the shapes of ``tensors`` (a mapping of names to objects with
+    ``.shape``; keys may carry DataParallel's ``module.`` prefix)."""
     from .arch import infer_architecture
     from .model import construct_on_meta
 
-    arch = infer_architecture(tensors, vision_heads=heads[0], transformer_heads=heads[1], source=path)
+    arch = infer_architecture(
+        without_wrapper_prefix(tensors), vision_heads=heads[0], transformer_heads=heads[1], source=path
+    )
     return construct_on_meta(arch)
 
 
