@@ -468,6 +468,33 @@ def test_ddp_checkpoint_plans_see_model_names(state_dict_file: Callable[[str], P
         clipfast.load(mixed, device="cpu")
 
 
+@pytest.mark.parametrize("name", ["ViT-B/32", "RN50"])
+def test_meta_model_blocks_are_independent(name: str) -> None:
+    """Repeated blocks of a meta model are copies of the first: every module, tensor and hook table
+    must still be its own, as if each block had been constructed."""
+    from clipfast.arch import infer_architecture
+    from clipfast.model import construct_on_meta
+
+    reference = _testing.build_reference_model(_testing.tiny(name, text_layers=3))
+    model = construct_on_meta(infer_architecture(reference.state_dict()))
+    params = list(model.named_parameters(remove_duplicate=False))
+    assert len({id(p) for _, p in params}) == len(params) == len(list(reference.parameters()))
+    assert all(p.is_meta and type(p) is torch.nn.Parameter and p.requires_grad for _, p in params)
+    buffers = [b for _, b in model.named_buffers(remove_duplicate=False)]
+    assert len({id(b) for b in buffers}) == len(buffers)
+    modules = list(model.modules(remove_duplicate=False))
+    assert len({id(m) for m in modules}) == len(modules)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+    blocks = list(model.transformer.resblocks)
+    blocks[1].register_forward_hook(lambda *args: None)
+    blocks[1].mlp.c_fc.in_features = -1
+    assert not blocks[0]._forward_hooks and not blocks[2]._forward_hooks
+    assert blocks[0].mlp.c_fc.in_features == blocks[2].mlp.c_fc.in_features > 0
+    assert blocks[0].attn_mask is blocks[2].attn_mask is not None  # shared, as clip's blocks share it
+
+
 @pytest.mark.parametrize("dtype", ["fp16", torch.int8, 3])
 def test_bad_dtype_fails_before_reading(dtype: Any, tmp_path: Path) -> None:
     with pytest.raises((TypeError, ValueError), match="dtype"):

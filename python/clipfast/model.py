@@ -9,10 +9,11 @@ dtype, instead of allocating a random model and copying into it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,53 @@ __all__ = [
     "convert_weights",
     "half_precision_names",
 ]
+
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _repeated(make: Callable[[], _M], count: int) -> list[_M]:
+    """``count`` modules from ``make()``. On the meta device, where there is nothing to initialise,
+    the first is copied instead (a copy costs a few percent of a construction)."""
+    if count <= 0:
+        return []
+    first = make()
+    tensors = [*first.parameters(), *first.buffers()]
+    if tensors and all(t.is_meta for t in tensors):
+        return [first, *(_meta_copy(first) for _ in range(count - 1))]
+    return [first, *(make() for _ in range(count - 1))]
+
+
+def _meta_copy(module: _M) -> _M:
+    """A copy of a module whose tensors are all on the meta device: fresh tensors of the same
+    shapes and types, fresh containers (hooks, child modules); plain attributes shared."""
+    copy = object.__new__(type(module))
+    state = dict(module.__dict__)
+    for name, value in state.items():
+        if type(value) in (dict, OrderedDict, set, list):
+            state[name] = value.copy()
+    with _no_torch_function():  # the meta device's mode adds nothing to explicit meta tensors
+        for table in ("_parameters", "_buffers"):
+            for key, tensor in state[table].items():
+                if tensor is not None:
+                    state[table][key] = _fresh_meta(tensor)
+    children = state["_modules"]
+    for key, child in children.items():
+        if child is not None:
+            children[key] = _meta_copy(child)
+    copy.__dict__.update(state)
+    return copy
+
+
+#: Skips the Python TorchFunctionModes for calls that need none (where torch has the switch).
+_no_torch_function: Callable[[], Any] = getattr(torch._C, "DisableTorchFunction", contextlib.nullcontext)
+
+
+def _fresh_meta(tensor: torch.Tensor) -> torch.Tensor:
+    fresh = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+    if isinstance(tensor, nn.Parameter):
+        return nn.Parameter(fresh, requires_grad=tensor.requires_grad)
+    return fresh
 
 
 def _initial(shape: tuple[int, ...], init: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -173,7 +221,7 @@ class ModifiedResNet(nn.Module):
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         stage = [Bottleneck(self._inplanes, planes, stride)]
         self._inplanes = planes * Bottleneck.expansion
-        stage.extend(Bottleneck(self._inplanes, planes) for _ in range(1, blocks))
+        stage.extend(_repeated(lambda: Bottleneck(self._inplanes, planes), blocks - 1))
         return nn.Sequential(*stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +288,7 @@ class Transformer(nn.Module):
         self.width = width
         self.layers = layers
         self.resblocks = nn.Sequential(
-            *(ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers))
+            *_repeated(lambda: ResidualAttentionBlock(width, heads, attn_mask), layers)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
