@@ -468,6 +468,45 @@ def test_ddp_checkpoint_plans_see_model_names(state_dict_file: Callable[[str], P
         clipfast.load(mixed, device="cpu")
 
 
+class TrainerState(dict):  # type: ignore[type-arg]
+    """A training framework's own container class around the weights (needs its code to unpickle)."""
+
+
+@pytest.mark.parametrize("kind", ["archive", "state_dict", "own_class"])
+def test_weights_only_false_uses_torch_load(
+    kind: str, openai_archive: Callable[[str], Path], state_dict_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """weights_only=False reads with torch's own unpickler: the same model for ordinary files, and
+    files the restricted reader refuses (weights inside a class of the file's framework) load."""
+    source = openai_archive("RN50") if kind == "archive" else state_dict_file("RN50")
+    path = source
+    if kind == "own_class":
+        state = torch.load(state_dict_file("RN50"), map_location="cpu", weights_only=True)
+        path = tmp_path / "trainer.pt"
+        torch.save(
+            {"epoch": 2, "state_dict": TrainerState({f"module.{k}": v for k, v in state.items()})}, path
+        )
+        with pytest.raises(UnsafeCheckpointError, match=r"trainer\.pt.*\"state_dict\" is .*TrainerState"):
+            clipfast.load(path, device="cpu")
+    model, preprocess = clipfast.load(path, device="cpu", weights_only=False)
+    expected, _ = clipfast.load(source, device="cpu")
+    assert_same_state(model.state_dict(), expected.state_dict())
+    assert not model.training and preprocess.transforms[0].size == expected.visual.input_resolution
+    half, _ = clipfast.load(path, device="cpu", weights_only=False, dtype=torch.float16)
+    assert half.visual.conv1.weight.dtype == torch.float16 and half.visual.bn1.weight.dtype == torch.float32
+
+
+def test_weights_only_false_errors_name_the_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a pickle at all")
+    with pytest.raises(CheckpointError, match=r"junk\.pt"):
+        clipfast.load(junk, device="cpu", weights_only=False)
+    numbers = tmp_path / "numbers.pt"
+    torch.save({"epoch": 3, "lr": 0.1}, numbers)
+    with pytest.raises(CheckpointError, match=r"numbers\.pt.*no tensors"):
+        clipfast.load(numbers, device="cpu", weights_only=False)
+
+
 @pytest.mark.parametrize("name", ["ViT-B/32", "RN50"])
 def test_meta_model_blocks_are_independent(name: str) -> None:
     """Repeated blocks of a meta model are copies of the first: every module, tensor and hook table

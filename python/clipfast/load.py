@@ -125,6 +125,7 @@ def load(
     mmap: bool = False,
     vision_heads: Optional[int] = None,
     transformer_heads: Optional[int] = None,
+    weights_only: bool = True,
 ) -> tuple[Any, Compose]:
     """Load a CLIP model; the same arguments and results as openai/CLIP's ``clip.load``.
 
@@ -142,7 +143,10 @@ def load(
     file (faster, less memory; the file must not be truncated or rewritten in place while the model
     lives: replacing it with a new file is safe);
     ``vision_heads`` / ``transformer_heads`` override the head counts shapes cannot reveal.
-    No pickle code is ever run, unless ``jit=True`` (TorchScript is loaded by torch itself).
+    No pickle code is ever run, unless ``jit=True`` (TorchScript is loaded by torch itself) or
+    ``weights_only=False``: then ``torch.load(weights_only=False)`` reads the file, which **runs
+    any code its pickle names** (only for files you trust, whose weights sit inside objects of
+    their own classes that clipfast refuses to rebuild); the model is made from its state dict.
 
     Raises ``ModelNotFoundError`` (a RuntimeError, as in clip), ``CheckpointError`` /
     ``UnsafeCheckpointError`` for damaged or unsafe files, ``ArchitectureError`` when the tensors do
@@ -164,7 +168,7 @@ def load(
             return scripted, for_resolution(int(scripted.input_resolution.item()))
         warnings.warn(f"File {path} is not a JIT archive. Loading as a state dict instead", stacklevel=2)
 
-    model = _load_eager(path, device, dtype, mmap, vision_heads, transformer_heads)
+    model = _load_eager(path, device, dtype, mmap, (vision_heads, transformer_heads), weights_only)
     return model, for_resolution(model.visual.input_resolution)
 
 
@@ -173,8 +177,8 @@ def _load_eager(
     device: DeviceLike,
     dtype: DtypeLike,
     mmap: bool,
-    vision_heads: Optional[int],
-    transformer_heads: Optional[int],
+    heads: tuple[Optional[int], Optional[int]],
+    weights_only: bool,
 ) -> CLIP:
     from .checkpoint import read_state_dict
     from .model import assign_state_dict, half_precision_names
@@ -188,8 +192,11 @@ def _load_eager(
     if direct is None and callable(dtype) and not isinstance(dtype, torch.dtype):
         direct = _model_names(dtype)  # the caller's own plan needs no knowledge of the architecture
     plan: Optional[DtypePlan] = None
-    heads = (vision_heads, transformer_heads)
-    if on_cpu and direct is not None:
+    if not weights_only:
+        tensors = _torch_loaded_state_dict(path)
+        model = _build(tensors, path, heads)
+        plan = dtype_plan(target, dtype, half_precision_names(model))
+    elif on_cpu and direct is not None:
         # The common case: one read, converted once in Rust (GIL released) while this thread
         # builds the meta model from the shapes the file declares.
         tensors, model = _read_while_building(path, mmap, direct, heads)
@@ -208,6 +215,34 @@ def _load_eager(
     tensors = without_wrapper_prefix(tensors)
     _place(tensors, plan, target)
     return assign_state_dict(model, tensors, source=path)
+
+
+def _torch_loaded_state_dict(path: str) -> OrderedDict[str, torch.Tensor]:
+    """The tensors of ``torch.load(path, weights_only=False)`` (this runs the file's pickle code):
+    a module's state dict, or the mapping of tensors at the top or under "state_dict" / "model"."""
+    from .errors import CheckpointError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notice that it hands TorchScript to torch.jit.load
+            loaded = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # anything the file's own pickle raises, too
+        raise CheckpointError(f"{path}: torch.load failed: {type(err).__name__}: {err}") from err
+    state: Any = loaded.state_dict() if isinstance(loaded, torch.nn.Module) else loaded
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            inner = state.get(key)
+            if isinstance(inner, Mapping):
+                state = inner
+                break
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(loaded).__name__}, not a state dict")
+    tensors = OrderedDict(
+        (k, v) for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+    )
+    if not tensors:
+        raise CheckpointError(f"{path}: no tensors found (at the top level or under 'state_dict' / 'model')")
+    return tensors
 
 
 def _model_names(plan: DtypePlan) -> DtypePlan:

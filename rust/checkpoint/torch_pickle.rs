@@ -259,7 +259,7 @@ impl<'a> Rebuilder<'a> {
                 format!(
                     "{name:?} is {global} (a global outside the allow-list) where a tensor should \
                      be; clipfast never imports or calls it. Load the file with \
-                     torch.load(weights_only=False) only if you trust it"
+                     weights_only=False (torch's unpickler) only if you trust it"
                 ),
             ),
             None => self.fail(format!("{name:?} is {}, not a tensor", self.describe(id))),
@@ -394,10 +394,28 @@ impl<'a> Rebuilder<'a> {
         let pickle = self.pickle;
         let mut items = self.root_items(pickle.root)?;
         for _ in 0..MAX_DEPTH {
-            let wrapped = ["state_dict", "model"].iter().find_map(|key| {
-                let (_, v) = items.iter().find(|(k, _)| pickle.as_str(*k) == Some(key))?;
-                self.dict_items(*v)
-            });
+            let mut wrapped = None;
+            for key in ["state_dict", "model"] {
+                let Some(&(_, v)) = items.iter().find(|(k, _)| pickle.as_str(*k) == Some(key))
+                else {
+                    continue;
+                };
+                if let Some(inner) = self.dict_items(v) {
+                    wrapped = Some(inner);
+                    break;
+                }
+                if let Some(global) = self.foreign_name(v) {
+                    // The weights are inside an object of the training framework's own class.
+                    return Err(Error::unsafe_global(
+                        self.path,
+                        format!(
+                            "{key:?} is {global} (a global outside the allow-list) where a dict \
+                             of tensors should be; clipfast never imports or calls it. Load the \
+                             file with weights_only=False (torch's unpickler) only if you trust it"
+                        ),
+                    ));
+                }
+            }
             match wrapped {
                 Some(inner) => items = inner,
                 None => break,
