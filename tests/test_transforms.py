@@ -6,7 +6,9 @@ import io
 import multiprocessing
 import os
 import pickle
+import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -330,6 +332,120 @@ def test_batch_refuses_decompression_bombs(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow's own DecompressionBombError
     out, bad = clipfast.preprocess_batch([buf.getvalue(), buf.getvalue()], on_error="skip")
     assert bad == [0, 1] and out.shape[0] == 0
+
+
+def _interlaced_png(pixels: np.ndarray, color_type: int) -> bytes:
+    """An Adam7-interlaced 8-bit PNG (Pillow writes only non-interlaced ones)."""
+    h, w = pixels.shape[:2]
+    raw = bytearray()
+    for x0, y0, dx, dy in [
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    ]:
+        sub = pixels[y0::dy, x0::dx]
+        if sub.size:
+            for row in sub:
+                raw += b"\x00" + row.tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 1)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(raw)))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _png_cases() -> list[tuple[str, bytes]]:
+    cases = []
+    for mode, (w, h) in [
+        ("L", (301, 207)),
+        ("LA", (150, 400)),
+        ("RGB", (640, 427)),
+        ("RGBA", (224, 224)),
+        ("RGB", (7, 3000)),
+    ]:
+        buf = io.BytesIO()
+        synthetic(w, h, mode, seed=w).save(buf, "PNG")
+        cases.append((f"{mode} {w}x{h}", buf.getvalue()))
+    for mode in ("L", "RGB"):  # tRNS: Pillow keeps L / RGB and only notes it
+        buf = io.BytesIO()
+        synthetic(260, 230, mode, seed=3).save(buf, "PNG", transparency=7 if mode == "L" else (7, 8, 9))
+        cases.append((f"{mode} + tRNS", buf.getvalue()))
+    for mode, color in [("RGB", 2), ("LA", 4), ("RGBA", 6), ("L", 0)]:
+        arr = np.asarray(synthetic(333, 251, mode, seed=color))
+        cases.append((f"{mode} interlaced", _interlaced_png(arr, color)))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "data"), _png_cases(), ids=[c[0] for c in _png_cases()])
+def test_batch_decodes_8bit_png_in_rust_exactly(
+    name: str, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8-bit L/LA/RGB/RGBA PNGs (interlaced or not) are decoded in Rust, to Pillow's pixels."""
+    img = Image.open(io.BytesIO(data))
+    assert img.mode in ("L", "LA", "RGB", "RGBA"), name
+    expected = {n: reference(img, n) for n in (224, 336)}
+
+    def no_pillow(item: Any) -> Image.Image:
+        raise AssertionError("decoded by Pillow")
+
+    monkeypatch.setattr(transforms, "_decode", no_pillow)
+    for n, want in expected.items():
+        assert torch.equal(clipfast.preprocess_batch([data, data], n, threads=2)[1], want), (name, n)
+
+
+def test_batch_other_pngs_go_to_pillow(tmp_path: Path) -> None:
+    """Palettes, 1-bit, 16-bit and animated PNGs: Pillow decodes them (its modes resize differently)."""
+    rgb = synthetic(320, 240, "RGB", seed=5)
+    items = {}
+    for mode in ("P", "1", "I;16"):
+        buf = io.BytesIO()
+        synthetic(320, 240, mode, seed=6).save(buf, "PNG")
+        items[mode] = buf.getvalue()
+    wide = np.asarray(rgb).astype(">u2") * 257 + 3  # 16-bit RGB: Pillow keeps the high bytes
+    items["RGB;16"] = _interlaced_png(wide, 2).replace(b"\x08\x02\x00\x00\x01", b"\x10\x02\x00\x00\x01", 1)
+    items["RGB;16"] = _fix_ihdr_crc(items["RGB;16"])
+    buf = io.BytesIO()
+    rgb.save(buf, "PNG", save_all=True, append_images=[synthetic(320, 240, "RGB", seed=9)], duration=100)
+    items["APNG"] = buf.getvalue()
+    for name, data in items.items():
+        path = tmp_path / f"{name.replace(';', '_')}.png"
+        path.write_bytes(data)
+        want = reference(Image.open(io.BytesIO(data)), 224)
+        got = clipfast.preprocess_batch([data, path], 224, threads=2)
+        assert torch.equal(got[0], want) and torch.equal(got[1], want), name
+
+
+def _fix_ihdr_crc(data: bytes) -> bytes:
+    body = data[12:29]
+    return data[:29] + struct.pack(">I", zlib.crc32(body)) + data[33:]
+
+
+def test_batch_damaged_pngs_are_judged_by_pillow() -> None:
+    buf = io.BytesIO()
+    synthetic(300, 200, "RGB").save(buf, "PNG")
+    good = buf.getvalue()
+    truncated = good[: len(good) // 2]
+    with pytest.raises(ImageError, match=r"item 1: .*(truncated|broken|OSError|SyntaxError)"):
+        clipfast.preprocess_batch([good, truncated], threads=2)
+    bad_crc = bytearray(good)
+    bad_crc[40] ^= 0xFF  # inside the first IDAT: both decoders see a corrupt stream
+    out, bad = clipfast.preprocess_batch([good, bytes(bad_crc), good], on_error="skip")
+    try:
+        want_bad: Any = reference(Image.open(io.BytesIO(bytes(bad_crc))), 224)
+    except Exception:
+        want_bad = None
+    assert (bad == [1]) == (want_bad is None)
+    assert torch.equal(out[0], reference(Image.open(io.BytesIO(good)), 224))
 
 
 def test_batch_threads_then_fork_does_not_deadlock(fork_after: Callable[..., None]) -> None:

@@ -130,8 +130,9 @@ def preprocess_into(
     simd: bool = True,
     max_pixels: int | None = None,
 ) -> list[str | None]:
-    """Resize, crop, convert and normalise ``items`` (L, LA, RGB, RGBA; mode "jpeg": JPEG bytes
-    decoded in Rust) into the tensor at ``out_addr``; one error message (or None) per item."""
+    """Resize, crop, convert and normalise ``items`` (L, LA, RGB, RGBA; mode "jpeg" / "png": JPEG
+    or 8-bit PNG bytes decoded in Rust) into the tensor at ``out_addr``; one error message (or
+    None) per item."""
 
 def simd_level() -> str:
     """ "avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""

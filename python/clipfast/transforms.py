@@ -327,23 +327,42 @@ def _is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
 
+def _is_direct_png(data: bytes) -> bool:
+    """An 8-bit gray, gray + alpha, RGB or RGBA PNG (IHDR's bit depth and colour type): Pillow opens
+    these as L, LA, RGB or RGBA, and Rust decodes them to the same pixels (PNG is lossless)."""
+    return (
+        len(data) > 33
+        and data[:8] == b"\x89PNG\r\n\x1a\n"
+        and data[12:16] == b"IHDR"
+        and data[24] == 8
+        and data[25] in (0, 2, 4, 6)
+    )
+
+
+def _encoded(item: Any) -> bytes | None:
+    """The encoded bytes of a bytes-like item or file path; None for other objects."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    if isinstance(item, (str, os.PathLike)):
+        with open(item, "rb") as f:
+            return f.read()
+    return None
+
+
 def _prepare(item: Any, n_px: int, fast: bool) -> tuple[Any, int, int, str]:
     if isinstance(item, Image.Image):
         return _item(item, n_px)
     if isinstance(item, np.ndarray):
         return _array_item(item, n_px)
-    if isinstance(item, (bytes, bytearray, memoryview, str, os.PathLike)):
-        if fast:
-            if isinstance(item, (bytes, bytearray, memoryview)):
-                data = bytes(item)
-            else:
-                with open(item, "rb") as f:
-                    data = f.read()
-            if _is_jpeg(data):
-                return data, 0, 0, "jpeg"  # decoded in Rust, on the worker threads
-            item = data
-        return _item(_decode(item), n_px)
-    raise ImageError(f"cannot preprocess an object of type {type(item).__name__}")
+    data = _encoded(item)
+    if data is None:
+        raise ImageError(f"cannot preprocess an object of type {type(item).__name__}")
+    # Decoded in Rust, on the worker threads; any Rust decode failure goes back to Pillow.
+    if _is_direct_png(data):
+        return data, 0, 0, "png"
+    if fast and _is_jpeg(data):
+        return data, 0, 0, "jpeg"
+    return _item(_decode(data), n_px)
 
 
 def preprocess_batch(
@@ -364,9 +383,10 @@ def preprocess_batch(
     (default: ``torch.get_num_threads()``) with the GIL released. ``dtype`` is float32 (default),
     float16 (the float32 result rounded) or uint8 (resized and cropped RGB bytes, not normalised).
     With ``on_error="skip"`` the result is ``(tensor_of_good_items, bad_indices)``; with "raise" a
-    bad item raises :class:`clipfast.ImageError` naming its index. ``decode="fast"`` decodes JPEG
-    files and bytes in Rust (zune-jpeg) instead of Pillow: faster, but pixels may differ from
-    Pillow's decode by a few levels (see docs/preprocess.md); everything else stays exact.
+    bad item raises :class:`clipfast.ImageError` naming its index. 8-bit PNGs are decoded in Rust
+    (lossless, so Pillow's pixels), other files by Pillow. ``decode="fast"`` also decodes JPEG
+    files and bytes in Rust (zune-jpeg): faster, but pixels may differ from Pillow's decode by a
+    few levels (see docs/preprocess.md); everything else stays exact.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip", not {on_error!r}')
@@ -390,10 +410,20 @@ def preprocess_batch(
 
     def work(i: int) -> None:
         prepared = prepare(i)
-        if prepared is not None:
+        if prepared is None:
+            return
+        err = _run([prepared], out[i : i + 1], n_px, lut, 1)[0]
+        if err is not None and prepared[3] == "png":
+            # A PNG the Rust decoder refused (animated, damaged, ...): Pillow decides what it is,
+            # giving its own pixels or its own error.
+            try:
+                prepared = _item(_decode(prepared[0]), n_px)
+            except Exception as exc:
+                errors[i] = f"{type(exc).__name__}: {exc}"
+                return
             err = _run([prepared], out[i : i + 1], n_px, lut, 1)[0]
-            if err is not None:
-                errors[i] = err
+        if err is not None:
+            errors[i] = err
 
     needs_decode = any(not isinstance(x, (Image.Image, np.ndarray)) for x in items)
     if needs_decode and workers > 1 and len(items) > 1:

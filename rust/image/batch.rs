@@ -4,7 +4,7 @@
 //! without a child inheriting locked pool state.
 
 use super::crop::Geometry;
-use super::decode::decode_jpeg;
+use super::decode::{decode_jpeg, decode_png};
 use super::normalize::pixels_to_chw;
 use super::pipeline::{resize_crop_u8, rgb_bytes};
 use super::pixels::{Mode, Source};
@@ -16,6 +16,11 @@ pub enum Item<'a> {
     Pixels(Source<'a>),
     /// JPEG bytes for the fast decoder, with the decompression-bomb limit.
     Jpeg {
+        data: &'a [u8],
+        max_pixels: Option<u64>,
+    },
+    /// PNG bytes (8-bit L, LA, RGB or RGBA), with the decompression-bomb limit.
+    Png {
         data: &'a [u8],
         max_pixels: Option<u64>,
     },
@@ -38,7 +43,7 @@ pub fn process<T: Copy>(
     .unwrap_or_else(|_| Err("internal error while preprocessing this image".into()))
 }
 
-/// Decode (fast mode) if needed, then [`process_source`].
+/// Decode (PNG, or JPEG in the fast mode) if needed, then [`process_source`].
 pub fn process_item<T: Copy>(
     item: &Item<'_>,
     n: usize,
@@ -51,6 +56,11 @@ pub fn process_item<T: Copy>(
         Item::Jpeg { data, max_pixels } => {
             let img = decode_jpeg(data, *max_pixels)?;
             let src = Source::packed(&img.rgb, img.width, img.height, Mode::Rgb)?;
+            process_source(&src, n, lut, out, simd)
+        }
+        Item::Png { data, max_pixels } => {
+            let img = decode_png(data, *max_pixels)?;
+            let src = Source::packed(&img.pixels, img.width, img.height, img.mode)?;
             process_source(&src, n, lut, out, simd)
         }
         Item::Failed => Err("failed before preprocessing".into()),

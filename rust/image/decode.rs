@@ -1,8 +1,12 @@
-//! The fast decode mode: JPEG bytes decoded in Rust (zune-jpeg), on the worker threads.
+//! Image files decoded in Rust, on the worker threads.
 //!
-//! zune-jpeg's IDCT and chroma upsampling are not libjpeg-turbo's, so pixels can differ from
-//! Pillow's decode by a few levels; the exact mode decodes with Pillow instead.
+//! - PNG (both modes): lossless, so a correct decoder gives Pillow's pixels; only the cases where
+//!   Pillow's mode is one the 8-bit pipeline reads directly (8-bit L, LA, RGB, RGBA, one frame)
+//!   are decoded here, the rest (palettes, 16-bit, 1-bit, animations) go to Pillow.
+//! - JPEG (fast mode only): zune-jpeg's IDCT and chroma upsampling are not libjpeg-turbo's, so
+//!   pixels can differ from Pillow's decode by a few levels; the exact mode uses Pillow.
 
+use super::pixels::Mode;
 use zune_jpeg::zune_core::bytestream::ZCursor;
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
@@ -58,6 +62,66 @@ pub fn decode_jpeg(data: &[u8], max_pixels: Option<u64>) -> Result<Decoded, Stri
     Ok(Decoded { rgb, width, height })
 }
 
+/// A decoded PNG: packed pixels of `mode`.
+pub struct DecodedPng {
+    pub pixels: Vec<u8>,
+    pub width: usize,
+    pub height: usize,
+    pub mode: Mode,
+}
+
+/// Decode an 8-bit L / LA / RGB / RGBA PNG, refusing images over `max_pixels` before any pixel
+/// is decoded. `Err` for anything else or any damage: the caller then lets Pillow decide.
+pub fn decode_png(data: &[u8], max_pixels: Option<u64>) -> Result<DecodedPng, String> {
+    let fail = |e: png::DecodingError| format!("cannot decode PNG: {e}");
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(data));
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder.read_info().map_err(fail)?;
+    let info = reader.info();
+    let (width, height) = (info.width as usize, info.height as usize);
+    if info.animation_control.is_some() {
+        return Err("animated PNG: decoded by Pillow".into());
+    }
+    let mode = match (info.color_type, info.bit_depth) {
+        (png::ColorType::Grayscale, png::BitDepth::Eight) => Mode::L,
+        (png::ColorType::GrayscaleAlpha, png::BitDepth::Eight) => Mode::LA,
+        (png::ColorType::Rgb, png::BitDepth::Eight) => Mode::Rgb,
+        (png::ColorType::Rgba, png::BitDepth::Eight) => Mode::Rgba,
+        (color, depth) => return Err(format!("PNG of {color:?} {depth:?}: decoded by Pillow")),
+    };
+    if width == 0 || height == 0 {
+        return Err(format!("image has zero size ({width}x{height})"));
+    }
+    let pixels = width as u64 * height as u64;
+    if let Some(limit) = max_pixels {
+        if pixels > limit {
+            return Err(format!(
+                "{width}x{height} = {pixels} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS ({limit})"
+            ));
+        }
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or("cannot decode PNG: image too large")?;
+    let packed = width * height * mode.packed_size();
+    if size != packed {
+        return Err(format!(
+            "cannot decode PNG: {size} bytes for {width}x{height} {mode:?}"
+        ));
+    }
+    let mut buffer = vec![0u8; size];
+    let frame = reader.next_frame(&mut buffer).map_err(fail)?;
+    if frame.buffer_size() != packed {
+        return Err("cannot decode PNG: short frame".into());
+    }
+    Ok(DecodedPng {
+        pixels: buffer,
+        width,
+        height,
+        mode,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +131,70 @@ mod tests {
         assert!(!is_jpeg(b"hello"));
         assert!(decode_jpeg(b"\xFF\xD8\xFF\xE0 not really", None).is_err());
         assert!(decode_jpeg(&[], None).is_err());
+    }
+
+    fn encode_png(
+        width: u32,
+        height: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(color);
+        encoder.set_depth(depth);
+        let mut writer = encoder.write_header().expect("header");
+        writer.write_image_data(data).expect("data");
+        writer.finish().expect("finish");
+        out
+    }
+
+    #[test]
+    fn png_round_trips_for_the_direct_kinds() {
+        for (color, mode) in [
+            (png::ColorType::Grayscale, Mode::L),
+            (png::ColorType::GrayscaleAlpha, Mode::LA),
+            (png::ColorType::Rgb, Mode::Rgb),
+            (png::ColorType::Rgba, Mode::Rgba),
+        ] {
+            let (w, h) = (13u32, 7u32);
+            let data: Vec<u8> = (0..w * h * mode.packed_size() as u32)
+                .map(|i| (i * 37 % 256) as u8)
+                .collect();
+            let file = encode_png(w, h, color, png::BitDepth::Eight, &data);
+            let img = decode_png(&file, Some(1000)).expect("decodes");
+            assert_eq!((img.width, img.height, img.mode), (13, 7, mode));
+            assert_eq!(img.pixels, data);
+            assert!(decode_png(&file, Some(90)).is_err(), "over the pixel limit");
+            assert!(
+                decode_png(&file[..file.len() / 2], None).is_err(),
+                "truncated"
+            );
+        }
+    }
+
+    #[test]
+    fn other_pngs_are_left_to_pillow() {
+        let wide = encode_png(
+            4,
+            4,
+            png::ColorType::Rgb,
+            png::BitDepth::Sixteen,
+            &[7u8; 96],
+        );
+        assert!(decode_png(&wide, None).is_err());
+        let palette = {
+            let mut out = Vec::new();
+            let mut encoder = png::Encoder::new(&mut out, 2, 2);
+            encoder.set_color(png::ColorType::Indexed);
+            encoder.set_palette(vec![0u8, 0, 0, 255, 255, 255]);
+            let mut writer = encoder.write_header().expect("header");
+            writer.write_image_data(&[0, 1, 1, 0]).expect("data");
+            writer.finish().expect("finish");
+            out
+        };
+        assert!(decode_png(&palette, None).is_err());
+        assert!(decode_png(b"\x89PNG\r\n\x1a\n garbage", None).is_err());
     }
 }
