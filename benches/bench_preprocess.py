@@ -7,6 +7,7 @@ images of 1024x768 and 4000x3000 (written once to benches/.cache/ as JPEG, quali
                     on already decoded PIL images; torch limited to one thread.
 - JPEG bytes, 1 core: ``Image.open(BytesIO(b))`` + clip's pipeline vs
                     ``clipfast.preprocess_batch(bytes, threads=1)`` (exact mode: Pillow decodes).
+- PNG bytes, 1 core: the photos saved as PNG, the same pair (clipfast decodes 8-bit PNGs in Rust).
 - all cores:        clip's pipeline in a fork process pool with one worker per core (what a DataLoader
                     does) vs ``clipfast.preprocess_batch(items, threads=cores)``.
 
@@ -88,6 +89,12 @@ def decode(b: bytes) -> Image.Image:
     return img
 
 
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
 def clip_from_bytes(b: bytes) -> torch.Tensor:
     return _REFERENCE(decode(b))
 
@@ -164,6 +171,17 @@ def main() -> None:
             repeats,
         )
         add(f"{name}, JPEG bytes (exact), 1 core", len(encoded), ref, fast)
+
+        if name.startswith("photos"):
+            # The same photos as PNG files (Pillow's default compression): decoded in Rust, exactly.
+            pngs = [png_bytes(im) for im in images]
+            assert torch.equal(clipfast.preprocess_batch(pngs, threads=1), expected), "not exact"
+            ref, fast = timed_pair(
+                lambda pngs=pngs: [clip_from_bytes(b) for b in pngs],
+                lambda pngs=pngs: clipfast.preprocess_batch(pngs, threads=1),
+                repeats,
+            )
+            add(f"{name}, PNG bytes (exact), 1 core", len(pngs), ref, fast)
 
         if cores > 1:
             batch = encoded * max(1, (4 * cores) // len(encoded))

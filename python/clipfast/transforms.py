@@ -141,7 +141,7 @@ class Compose:
             plan = _standard_plan(self.transforms)
             if plan is not None:
                 n_px, mean, std = plan
-                return _preprocess_images([img], n_px, mean, std, torch.float32, 1)[0]
+                return _preprocess_one(img, n_px, mean, std)
         for t in self.transforms:
             img = t(img)
         return img
@@ -290,20 +290,17 @@ def _run(
     )
 
 
-def _preprocess_images(
-    images: list[Image.Image],
-    n_px: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    dtype: torch.dtype,
-    threads: int,
+def _preprocess_one(
+    img: Image.Image, n_px: int, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    out = _new_output(len(images), n_px, dtype)
-    items = [_item(img, n_px) for img in images]
-    errors = _run(items, out, n_px, _lut(mean, std, dtype), threads)
-    for i, err in enumerate(errors):
-        if err is not None:
-            raise ImageError(f"item {i}: {err}")
+    """clip's whole pipeline for one PIL image, in Rust, into a new float32 [3, n_px, n_px] tensor
+    (the per-call path of ``Compose``: no batch bookkeeping)."""
+    out = torch.empty((3, n_px, n_px), dtype=torch.float32)
+    item = _item(img, n_px)
+    lut = _lut(mean, std, torch.float32)
+    err = _native.preprocess_into([item], n_px, lut, out.data_ptr(), out.numel(), "float32", 1, _SIMD)[0]
+    if err is not None:
+        raise ImageError(f"item 0: {err}")
     return out
 
 
