@@ -296,9 +296,7 @@ def _preprocess_one(
     """clip's whole pipeline for one PIL image, in Rust, into a new float32 [3, n_px, n_px] tensor
     (the per-call path of ``Compose``: no batch bookkeeping)."""
     out = torch.empty((3, n_px, n_px), dtype=torch.float32)
-    item = _item(img, n_px)
-    lut = _lut(mean, std, torch.float32)
-    err = _native.preprocess_into([item], n_px, lut, out.data_ptr(), out.numel(), "float32", 1, _SIMD)[0]
+    err = _run([_item(img, n_px)], out, n_px, _lut(mean, std, torch.float32), 1)[0]
     if err is not None:
         raise ImageError(f"item 0: {err}")
     return out

@@ -24,6 +24,21 @@ pub fn is_jpeg(data: &[u8]) -> bool {
     data.len() > 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF
 }
 
+/// Refuses an empty image, or one over `max_pixels` (Pillow's `MAX_IMAGE_PIXELS`), from its
+/// header's size, before any pixel is decoded.
+fn check_size(width: usize, height: usize, max_pixels: Option<u64>) -> Result<(), String> {
+    if width == 0 || height == 0 {
+        return Err(format!("image has zero size ({width}x{height})"));
+    }
+    let pixels = width as u64 * height as u64;
+    match max_pixels {
+        Some(limit) if pixels > limit => Err(format!(
+            "{width}x{height} = {pixels} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS ({limit})"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Decode JPEG bytes to RGB, refusing images over `max_pixels` before any pixel is decoded.
 /// Strict mode: truncated or corrupt data is an error, not a grey-filled image.
 pub fn decode_jpeg(data: &[u8], max_pixels: Option<u64>) -> Result<Decoded, String> {
@@ -39,17 +54,7 @@ pub fn decode_jpeg(data: &[u8], max_pixels: Option<u64>) -> Result<Decoded, Stri
     let (width, height) = decoder
         .dimensions()
         .ok_or("cannot decode JPEG: no frame header")?;
-    if width == 0 || height == 0 {
-        return Err(format!("image has zero size ({width}x{height})"));
-    }
-    let pixels = width as u64 * height as u64;
-    if let Some(limit) = max_pixels {
-        if pixels > limit {
-            return Err(format!(
-                "{width}x{height} = {pixels} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS ({limit})"
-            ));
-        }
-    }
+    check_size(width, height, max_pixels)?;
     let rgb = decoder
         .decode()
         .map_err(|e| format!("cannot decode JPEG: {e:?}"))?;
@@ -89,17 +94,7 @@ pub fn decode_png(data: &[u8], max_pixels: Option<u64>) -> Result<DecodedPng, St
         (png::ColorType::Rgba, png::BitDepth::Eight) => Mode::Rgba,
         (color, depth) => return Err(format!("PNG of {color:?} {depth:?}: decoded by Pillow")),
     };
-    if width == 0 || height == 0 {
-        return Err(format!("image has zero size ({width}x{height})"));
-    }
-    let pixels = width as u64 * height as u64;
-    if let Some(limit) = max_pixels {
-        if pixels > limit {
-            return Err(format!(
-                "{width}x{height} = {pixels} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS ({limit})"
-            ));
-        }
-    }
+    check_size(width, height, max_pixels)?;
     let size = reader
         .output_buffer_size()
         .ok_or("cannot decode PNG: image too large")?;
