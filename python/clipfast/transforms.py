@@ -14,7 +14,7 @@ import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -205,6 +205,21 @@ def _lut(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) ->
     return table
 
 
+class _Normalization(NamedTuple):
+    """ToTensor + Normalize for the native call: the table, and for float32 output the constants
+    (Rust computes with them only after checking they reproduce the table bit for bit)."""
+
+    table: bytes
+    mean_std: tuple[tuple[float, float, float], tuple[float, float, float]] | None
+
+
+def _normalization(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) -> _Normalization:
+    table = _lut(mean, std, dtype)
+    if dtype == torch.float32 and len(mean) == 3 and len(std) == 3:
+        return _Normalization(table, ((mean[0], mean[1], mean[2]), (std[0], std[1], std[2])))
+    return _Normalization(table, None)
+
+
 def _pillow_steps(img: Image.Image, n_px: int) -> Image.Image:
     """Resize, crop and convert with Pillow itself: modes the Rust path does not cover (P, 1, ...)."""
     return ConvertToRGB()(CenterCrop(n_px)(Resize(n_px)(img)))
@@ -273,20 +288,21 @@ def _run(
     items: list[tuple[Any, int, int, str]],
     out: torch.Tensor,
     n_px: int,
-    lut: bytes,
+    norm: _Normalization,
     threads: int,
 ) -> list[str | None]:
     limit = Image.MAX_IMAGE_PIXELS
     return _native.preprocess_into(
         items,
         n_px,
-        lut,
+        norm.table,
         out.data_ptr(),
         out.numel(),
         _OUTPUT_KINDS[out.dtype],
         threads,
         _SIMD,
         None if limit is None else int(limit),
+        norm.mean_std,
     )
 
 
@@ -296,7 +312,7 @@ def _preprocess_one(
     """clip's whole pipeline for one PIL image, in Rust, into a new float32 [3, n_px, n_px] tensor
     (the per-call path of ``Compose``: no batch bookkeeping)."""
     out = torch.empty((3, n_px, n_px), dtype=torch.float32)
-    err = _run([_item(img, n_px)], out, n_px, _lut(mean, std, torch.float32), 1)[0]
+    err = _run([_item(img, n_px)], out, n_px, _normalization(mean, std, torch.float32), 1)[0]
     if err is not None:
         raise ImageError(f"item 0: {err}")
     return out
@@ -392,7 +408,7 @@ def preprocess_batch(
         raise ValueError(f"n_px must be a positive int, not {n_px!r}")
     items = list(items)
     workers = max(1, int(threads) if threads is not None else torch.get_num_threads())
-    lut = _lut(tuple(float(m) for m in mean), tuple(float(s) for s in std), dtype)
+    norm = _normalization(tuple(float(m) for m in mean), tuple(float(s) for s in std), dtype)
     out = _new_output(len(items), n_px, dtype)
     errors: list[str | None] = [None] * len(items)
 
@@ -407,7 +423,7 @@ def preprocess_batch(
         prepared = prepare(i)
         if prepared is None:
             return
-        err = _run([prepared], out[i : i + 1], n_px, lut, 1)[0]
+        err = _run([prepared], out[i : i + 1], n_px, norm, 1)[0]
         if err is not None and prepared[3] == "png":
             # A PNG the Rust decoder refused (animated, damaged, ...): Pillow decides what it is,
             # giving its own pixels or its own error.
@@ -416,7 +432,7 @@ def preprocess_batch(
             except Exception as exc:
                 errors[i] = f"{type(exc).__name__}: {exc}"
                 return
-            err = _run([prepared], out[i : i + 1], n_px, lut, 1)[0]
+            err = _run([prepared], out[i : i + 1], n_px, norm, 1)[0]
         if err is not None:
             errors[i] = err
 
@@ -435,7 +451,7 @@ def preprocess_batch(
     else:
         placeholder = (b"\0\0\0", 1, 1, "RGB")
         batch = [p if p is not None else placeholder for p in map(prepare, range(len(items)))]
-        run_errors = _run(batch, out, n_px, lut, workers)
+        run_errors = _run(batch, out, n_px, norm, workers)
         for i, err in enumerate(run_errors):
             if errors[i] is None and err is not None:
                 errors[i] = err

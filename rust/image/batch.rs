@@ -5,7 +5,7 @@
 
 use super::crop::Geometry;
 use super::decode::{decode_jpeg, decode_png};
-use super::normalize::pixels_to_chw;
+use super::normalize::{Normalize, Sample};
 use super::pipeline::{resize_crop_u8, rgb_bytes};
 use super::pixels::{Mode, Source};
 use std::sync::Mutex;
@@ -30,48 +30,48 @@ pub enum Item<'a> {
 
 /// [`process_item`], with a panic (a bug, never expected) turned into this item's error so that
 /// one bad image cannot take the batch or the interpreter down.
-pub fn process<T: Copy>(
+pub fn process<T: Sample>(
     item: &Item<'_>,
     n: usize,
-    lut: &[T],
+    norm: &Normalize<'_, T>,
     out: &mut [T],
     simd: bool,
 ) -> Result<(), String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        process_item(item, n, lut, out, simd)
+        process_item(item, n, norm, out, simd)
     }))
     .unwrap_or_else(|_| Err("internal error while preprocessing this image".into()))
 }
 
 /// Decode (PNG, or JPEG in the fast mode) if needed, then [`process_source`].
-pub fn process_item<T: Copy>(
+pub fn process_item<T: Sample>(
     item: &Item<'_>,
     n: usize,
-    lut: &[T],
+    norm: &Normalize<'_, T>,
     out: &mut [T],
     simd: bool,
 ) -> Result<(), String> {
     match item {
-        Item::Pixels(src) => process_source(src, n, lut, out, simd),
+        Item::Pixels(src) => process_source(src, n, norm, out, simd),
         Item::Jpeg { data, max_pixels } => {
             let img = decode_jpeg(data, *max_pixels)?;
             let src = Source::packed(&img.rgb, img.width, img.height, Mode::Rgb)?;
-            process_source(&src, n, lut, out, simd)
+            process_source(&src, n, norm, out, simd)
         }
         Item::Png { data, max_pixels } => {
             let img = decode_png(data, *max_pixels)?;
             let src = Source::packed(&img.pixels, img.width, img.height, img.mode)?;
-            process_source(&src, n, lut, out, simd)
+            process_source(&src, n, norm, out, simd)
         }
         Item::Failed => Err("failed before preprocessing".into()),
     }
 }
 
 /// Resize, crop, convert and normalise one 8-bit image into `out` (3 x n x n values).
-pub fn process_source<T: Copy>(
+pub fn process_source<T: Sample>(
     src: &Source<'_>,
     n: usize,
-    lut: &[T],
+    norm: &Normalize<'_, T>,
     out: &mut [T],
     simd: bool,
 ) -> Result<(), String> {
@@ -79,15 +79,15 @@ pub fn process_source<T: Copy>(
     let rgb = rgb_bytes(src.mode)
         .ok_or_else(|| format!("mode {:?} is converted to RGB before this step", src.mode))?;
     let (px, ps) = resize_crop_u8(src, &g, simd);
-    pixels_to_chw(&px, ps, rgb, lut, out);
+    T::write_chw(&px, ps, rgb, norm, simd, out);
     Ok(())
 }
 
 /// Process every item on up to `threads` threads; returns one error message per failed item.
-pub fn run<T: Copy + Send + Sync>(
+pub fn run<T: Sample>(
     items: &[Item<'_>],
     n: usize,
-    lut: &[T],
+    norm: &Normalize<'_, T>,
     out: &mut [T],
     threads: usize,
     simd: bool,
@@ -98,7 +98,7 @@ pub fn run<T: Copy + Send + Sync>(
     let threads = threads.clamp(1, items.len().max(1));
     if threads == 1 {
         for (i, slot) in jobs {
-            errors[i] = process(&items[i], n, lut, slot, simd).err();
+            errors[i] = process(&items[i], n, norm, slot, simd).err();
         }
         return errors;
     }
@@ -110,7 +110,7 @@ pub fn run<T: Copy + Send + Sync>(
                 // A poisoned lock only means another worker panicked; the queue is still sound.
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                 let Some((i, slot)) = next else { break };
-                let outcome = process(&items[i], n, lut, slot, simd).err();
+                let outcome = process(&items[i], n, norm, slot, simd).err();
                 if outcome.is_some() {
                     results
                         .lock()

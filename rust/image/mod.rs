@@ -14,7 +14,7 @@ pub mod resample;
 pub mod resample_simd;
 
 use crate::error::Error;
-use normalize::OutKind;
+use normalize::{Affine, Normalize, OutKind};
 use pixels::{Mode, Source};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule};
@@ -107,7 +107,7 @@ fn lut_values<T>(lut: &[u8], size: usize, from: impl Fn(&[u8]) -> T) -> PyResult
 /// at `out_addr` (B x 3 x n x n elements of `kind`). Returns one error message (or None) per item.
 /// Mode "jpeg" / "png" means the pixels are JPEG / PNG bytes decoded here (width and height unused).
 #[pyfunction]
-#[pyo3(signature = (items, n_px, lut, out_addr, out_len, kind, threads=1, simd=true, max_pixels=None))]
+#[pyo3(signature = (items, n_px, lut, out_addr, out_len, kind, threads=1, simd=true, max_pixels=None, mean_std=None))]
 #[allow(clippy::too_many_arguments)]
 fn preprocess_into(
     py: Python<'_>,
@@ -120,6 +120,7 @@ fn preprocess_into(
     threads: usize,
     simd: bool,
     max_pixels: Option<u64>,
+    mean_std: Option<([f64; 3], [f64; 3])>,
 ) -> PyResult<Vec<Option<String>>> {
     let kind =
         OutKind::parse(kind).ok_or_else(|| image_error(format!("unknown output kind {kind:?}")))?;
@@ -154,22 +155,38 @@ fn preprocess_into(
     let run_errors = match kind {
         OutKind::F32 => {
             let table = lut_values(lut, 4, |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))?;
+            // torch rounds the constants to float32 the same way (to nearest).
+            let affine = mean_std.and_then(|(mean, std)| {
+                Affine::matching(mean.map(|v| v as f32), std.map(|v| v as f32), &table)
+            });
+            let norm = Normalize {
+                lut: &table,
+                affine,
+            };
             // SAFETY: Python passes the data pointer of a contiguous float32 tensor of out_len
             // elements that it keeps alive and does not touch during this call.
             let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut f32, out_len) };
-            py.detach(|| batch::run(&batch, n_px, &table, out, threads, simd))
+            py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd))
         }
         OutKind::F16 => {
             let table = lut_values(lut, 2, |b| u16::from_ne_bytes([b[0], b[1]]))?;
             // SAFETY: as above, a contiguous float16 tensor (2-byte elements).
             let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut u16, out_len) };
-            py.detach(|| batch::run(&batch, n_px, &table, out, threads, simd))
+            let norm = Normalize {
+                lut: &table,
+                affine: None,
+            };
+            py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd))
         }
         OutKind::U8 => {
             let table: Vec<u8> = (0..768).map(|i| (i % 256) as u8).collect();
             // SAFETY: as above, a contiguous uint8 tensor.
             let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut u8, out_len) };
-            py.detach(|| batch::run(&batch, n_px, &table, out, threads, simd))
+            let norm = Normalize {
+                lut: &table,
+                affine: None,
+            };
+            py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd))
         }
     };
     for (slot, e) in errors.iter_mut().zip(run_errors) {

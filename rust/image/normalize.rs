@@ -1,7 +1,10 @@
-//! ToTensor + Normalize as a per-channel lookup table: HWC RGB bytes -> CHW values.
+//! ToTensor + Normalize: HWC RGB bytes -> CHW values.
 //!
 //! With 256 possible inputs per channel, `(x / 255 - mean) / std` in float32 is a table; Python
 //! builds it with torch's own ops, so the values are exactly those of torchvision's transforms.
+//! For float32 output an AVX2 route computes the same expression eight pixels at a time (IEEE
+//! division and subtraction, rounded to float32 after each op, as torch's kernels do); it is used
+//! only once it has been checked to give the table's bits for all 3 x 256 inputs.
 
 /// The element types the output tensor can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,140 @@ impl OutKind {
             OutKind::F32 => 4,
             OutKind::F16 => 2,
             OutKind::U8 => 1,
+        }
+    }
+}
+
+/// The per-channel constants of ToTensor + Normalize, as float32 (torch rounds them so too).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Affine {
+    mean: [f32; 3],
+    std: [f32; 3],
+}
+
+impl Affine {
+    /// The channel `c` value of byte `x` computed as torchvision's ops compute it.
+    fn value(&self, c: usize, x: u8) -> f32 {
+        (f32::from(x) / 255.0 - self.mean[c]) / self.std[c]
+    }
+
+    /// `Some` when the arithmetic reproduces every entry of `lut` (3 x 256 float32, bit for bit),
+    /// so that either route gives the same tensor; `None` otherwise (the table is then used).
+    pub fn matching(mean: [f32; 3], std: [f32; 3], lut: &[f32]) -> Option<Affine> {
+        let affine = Affine { mean, std };
+        let same = lut.len() == 768
+            && (0..768)
+                .all(|i| affine.value(i / 256, (i % 256) as u8).to_bits() == lut[i].to_bits());
+        same.then_some(affine)
+    }
+}
+
+/// How one call normalises: the table, and for float32 output the checked arithmetic route.
+#[derive(Debug, Clone, Copy)]
+pub struct Normalize<'a, T> {
+    pub lut: &'a [T],
+    pub affine: Option<Affine>,
+}
+
+/// An output element type: writes CHW planes, by table or by a faster route with the same bits.
+pub trait Sample: Copy + Send + Sync {
+    fn write_chw(
+        px: &[u8],
+        ps: usize,
+        rgb: [usize; 3],
+        norm: &Normalize<'_, Self>,
+        simd: bool,
+        out: &mut [Self],
+    ) {
+        let _ = simd;
+        pixels_to_chw(px, ps, rgb, norm.lut, out);
+    }
+}
+
+impl Sample for u8 {}
+impl Sample for u16 {}
+
+impl Sample for f32 {
+    fn write_chw(
+        px: &[u8],
+        ps: usize,
+        rgb: [usize; 3],
+        norm: &Normalize<'_, f32>,
+        simd: bool,
+        out: &mut [f32],
+    ) {
+        if let (true, Some(affine)) = (simd, norm.affine) {
+            if affine_to_chw(px, ps, rgb, &affine, out) {
+                return;
+            }
+        }
+        pixels_to_chw(px, ps, rgb, norm.lut, out);
+    }
+}
+
+/// The arithmetic route (AVX2); false when this CPU or these arguments have none.
+fn affine_to_chw(px: &[u8], ps: usize, rgb: [usize; 3], affine: &Affine, out: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::resample_simd::has_avx2()
+        && (1..=4).contains(&ps)
+        && rgb.iter().all(|&i| i < ps)
+        && out.len() == 3 * (px.len() / ps)
+        && px.len() % ps == 0
+    {
+        // SAFETY: AVX2 is available (checked at run time just above); the sizes were checked.
+        unsafe { avx2::affine_to_chw(px, ps, rgb, affine, out) };
+        return true;
+    }
+    let _ = (px, ps, rgb, affine, out);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Affine;
+    use std::arch::x86_64::*;
+
+    /// Eight pixels per step: two 16-byte loads (pixels 0-3 and 4-7, one per 128-bit lane), one
+    /// shuffle per channel widening its bytes to 32-bit lanes, then `(x / 255 - mean) / std` in
+    /// float32. Callers check: AVX2, `1 <= ps <= 4`, `rgb[c] < ps`, `out.len() == 3 * pixels`.
+    #[target_feature(enable = "avx2")]
+    pub fn affine_to_chw(px: &[u8], ps: usize, rgb: [usize; 3], affine: &Affine, out: &mut [f32]) {
+        let plane = px.len() / ps;
+        let masks: [__m256i; 3] = std::array::from_fn(|c| {
+            let mut m = [-1i8; 32];
+            for lane in 0..2 {
+                for j in 0..4 {
+                    m[16 * lane + 4 * j] = (j * ps + rgb[c]) as i8;
+                }
+            }
+            // SAFETY: m is 32 bytes; an unaligned load is allowed.
+            unsafe { _mm256_loadu_si256(m.as_ptr() as *const __m256i) }
+        });
+        let scale = _mm256_set1_ps(255.0);
+        let mean: [__m256; 3] = std::array::from_fn(|c| _mm256_set1_ps(affine.mean[c]));
+        let std: [__m256; 3] = std::array::from_fn(|c| _mm256_set1_ps(affine.std[c]));
+        let mut i = 0;
+        // The second load reads 16 bytes from pixel i + 4: stay inside `px`.
+        while i + 8 <= plane && (i + 4) * ps + 16 <= px.len() {
+            // SAFETY: both 16-byte loads end at or before (i + 4) * ps + 16 <= px.len() (loop
+            // condition); every store writes 8 floats at c * plane + i with i + 8 <= plane, inside
+            // `out` (3 * plane floats). Unaligned loads and stores are allowed.
+            unsafe {
+                let lo = _mm_loadu_si128(px.as_ptr().add(i * ps) as *const __m128i);
+                let hi = _mm_loadu_si128(px.as_ptr().add((i + 4) * ps) as *const __m128i);
+                let bytes = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi);
+                for c in 0..3 {
+                    let x = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(bytes, masks[c]));
+                    let v = _mm256_div_ps(_mm256_sub_ps(_mm256_div_ps(x, scale), mean[c]), std[c]);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(c * plane + i), v);
+                }
+            }
+            i += 8;
+        }
+        for j in i..plane {
+            for c in 0..3 {
+                out[c * plane + j] = affine.value(c, px[j * ps + rgb[c]]);
+            }
         }
     }
 }
@@ -90,5 +227,60 @@ mod tests {
         let la = [7u8, 200, 9, 100];
         pixels_to_chw(&la, 2, [0, 0, 0], &lut, &mut out[..6]);
         assert_eq!(out, [7, 9, 263, 265, 519, 521]);
+    }
+
+    const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+    const STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+    fn table() -> Vec<f32> {
+        let affine = Affine {
+            mean: MEAN,
+            std: STD,
+        };
+        (0..768)
+            .map(|i| affine.value(i / 256, (i % 256) as u8))
+            .collect()
+    }
+
+    #[test]
+    fn affine_is_refused_unless_it_gives_the_table() {
+        let mut lut = table();
+        assert!(Affine::matching(MEAN, STD, &lut).is_some());
+        lut[700] = f32::from_bits(lut[700].to_bits() ^ 1); // one ulp off, one entry
+        assert!(Affine::matching(MEAN, STD, &lut).is_none());
+        assert!(Affine::matching(MEAN, STD, &lut[..767]).is_none());
+    }
+
+    #[test]
+    fn arithmetic_route_equals_the_table_for_every_pixel_size_and_length() {
+        let lut = table();
+        let affine = Affine::matching(MEAN, STD, &lut);
+        assert!(affine.is_some());
+        let norm = Normalize { lut: &lut, affine };
+        let mut x = 0x2545_f491_u32;
+        for (ps, rgb) in [
+            (1, [0, 0, 0]),
+            (2, [0, 0, 0]),
+            (3, [0, 1, 2]),
+            (4, [0, 1, 2]),
+            (4, [2, 1, 0]),
+        ] {
+            for pixels in [0usize, 1, 7, 8, 9, 15, 16, 17, 50, 224 * 3 + 5] {
+                let px: Vec<u8> = (0..pixels * ps)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        x as u8
+                    })
+                    .collect();
+                let mut by_table = vec![0f32; 3 * pixels];
+                let mut by_route = vec![1f32; 3 * pixels];
+                pixels_to_chw(&px, ps, rgb, &lut, &mut by_table);
+                f32::write_chw(&px, ps, rgb, &norm, true, &mut by_route);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&by_table), bits(&by_route), "ps {ps}, {pixels} pixels");
+            }
+        }
     }
 }

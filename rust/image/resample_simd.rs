@@ -20,12 +20,12 @@ pub fn level() -> &'static str {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(super) fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn has_avx2() -> bool {
+pub(super) fn has_avx2() -> bool {
     false
 }
 
