@@ -104,21 +104,23 @@ pub fn run<T: Sample>(
     }
     let queue = Mutex::new(jobs.into_iter());
     let results = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                // A poisoned lock only means another worker panicked; the queue is still sound.
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                let Some((i, slot)) = next else { break };
-                let outcome = process(&items[i], n, norm, slot, simd).err();
-                if outcome.is_some() {
-                    results
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((i, outcome));
-                }
-            });
+    let work = || loop {
+        // A poisoned lock only means another worker panicked; the queue is still sound.
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+        let Some((i, slot)) = next else { break };
+        let outcome = process(&items[i], n, norm, slot, simd).err();
+        if outcome.is_some() {
+            results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((i, outcome));
         }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(work);
+        }
+        work(); // the calling thread is the last worker
     });
     for (i, e) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
         errors[i] = e;
