@@ -216,7 +216,12 @@ class _Normalization(NamedTuple):
 def _normalization(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) -> _Normalization:
     table = _lut(mean, std, dtype)
     if dtype == torch.float32 and len(mean) == 3 and len(std) == 3:
-        return _Normalization(table, ((mean[0], mean[1], mean[2]), (std[0], std[1], std[2])))
+        try:
+            m = (float(mean[0]), float(mean[1]), float(mean[2]))
+            s = (float(std[0]), float(std[1]), float(std[2]))
+        except (TypeError, ValueError):  # constants torch accepted but float() does not: table only
+            return _Normalization(table, None)
+        return _Normalization(table, (m, s))
     return _Normalization(table, None)
 
 
