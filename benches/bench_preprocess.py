@@ -7,6 +7,8 @@ images of 1024x768 and 4000x3000 (written once to benches/.cache/ as JPEG, quali
                     on already decoded PIL images; torch limited to one thread.
 - JPEG bytes, 1 core: ``Image.open(BytesIO(b))`` + clip's pipeline vs
                     ``clipfast.preprocess_batch(bytes, threads=1)`` (exact mode: Pillow decodes).
+- JPEG bytes (fast): the same with ``decode="fast"`` (large JPEGs decoded at a reduced DCT scale;
+                    photos under 4 x 224 px are not reduced, so they stay exact).
 - PNG bytes, 1 core: the photos saved as PNG, the same pair (clipfast decodes 8-bit PNGs in Rust).
 - all cores:        clip's pipeline in a fork process pool with one worker per core (what a DataLoader
                     does) vs ``clipfast.preprocess_batch(items, threads=cores)``.
@@ -184,6 +186,13 @@ def main() -> None:
             repeats,
         )
         add(f"{name}, JPEG bytes (exact), 1 core", len(encoded), pair)
+
+        pair = timed_pair(
+            lambda encoded=encoded: [clip_from_bytes(b) for b in encoded],
+            lambda encoded=encoded: clipfast.preprocess_batch(encoded, threads=1, decode="fast"),
+            repeats,
+        )
+        add(f"{name}, JPEG bytes (fast), 1 core", len(encoded), pair)
 
         if name.startswith("photos"):
             # The same photos as PNG files (Pillow's default compression): decoded in Rust, exactly.

@@ -131,8 +131,8 @@ def preprocess_into(
     max_pixels: int | None = None,
     mean_std: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None,
 ) -> list[str | None]:
-    """Resize, crop, convert and normalise ``items`` (L, LA, RGB, RGBA; mode "jpeg" / "png": JPEG
-    or 8-bit PNG bytes decoded in Rust) into the tensor at ``out_addr``; one error message (or
+    """Resize, crop, convert and normalise ``items`` (L, LA, RGB, RGBA; mode "png": 8-bit PNG
+    bytes decoded in Rust) into the tensor at ``out_addr``; one error message (or
     None) per item. With ``mean_std`` and float32 output, the values are computed as
     ``(x / 255 - mean) / std`` in float32 (SIMD) wherever that reproduces ``lut`` exactly."""
 

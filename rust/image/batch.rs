@@ -4,21 +4,16 @@
 //! without a child inheriting locked pool state.
 
 use super::crop::Geometry;
-use super::decode::{decode_jpeg, decode_png};
+use super::decode::decode_png;
 use super::normalize::{Normalize, Sample};
 use super::pipeline::{resize_crop_u8, rgb_bytes};
-use super::pixels::{Mode, Source};
+use super::pixels::Source;
 use std::sync::Mutex;
 
 /// One image of a batch.
 pub enum Item<'a> {
     /// Decoded pixels.
     Pixels(Source<'a>),
-    /// JPEG bytes for the fast decoder, with the decompression-bomb limit.
-    Jpeg {
-        data: &'a [u8],
-        max_pixels: Option<u64>,
-    },
     /// PNG bytes (8-bit L, LA, RGB or RGBA), with the decompression-bomb limit.
     Png {
         data: &'a [u8],
@@ -43,7 +38,7 @@ pub fn process<T: Sample>(
     .unwrap_or_else(|_| Err("internal error while preprocessing this image".into()))
 }
 
-/// Decode (PNG, or JPEG in the fast mode) if needed, then [`process_source`].
+/// Decode PNG bytes if needed, then [`process_source`].
 pub fn process_item<T: Sample>(
     item: &Item<'_>,
     n: usize,
@@ -53,11 +48,6 @@ pub fn process_item<T: Sample>(
 ) -> Result<(), String> {
     match item {
         Item::Pixels(src) => process_source(src, n, norm, out, simd),
-        Item::Jpeg { data, max_pixels } => {
-            let img = decode_jpeg(data, *max_pixels)?;
-            let src = Source::packed(&img.rgb, img.width, img.height, Mode::Rgb)?;
-            process_source(&src, n, norm, out, simd)
-        }
         Item::Png { data, max_pixels } => {
             let img = decode_png(data, *max_pixels)?;
             let src = Source::packed(&img.pixels, img.width, img.height, img.mode)?;

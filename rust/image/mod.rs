@@ -105,7 +105,7 @@ fn lut_values<T>(lut: &[u8], size: usize, from: impl Fn(&[u8]) -> T) -> PyResult
 
 /// Preprocess `items` (tuples of pixels, width, height, mode) into the contiguous output tensor
 /// at `out_addr` (B x 3 x n x n elements of `kind`). Returns one error message (or None) per item.
-/// Mode "jpeg" / "png" means the pixels are JPEG / PNG bytes decoded here (width and height unused).
+/// Mode "png" means the pixels are PNG bytes decoded here (width and height unused).
 #[pyfunction]
 #[pyo3(signature = (items, n_px, lut, out_addr, out_len, kind, threads=1, simd=true, max_pixels=None, mean_std=None))]
 #[allow(clippy::too_many_arguments)]
@@ -130,15 +130,11 @@ fn preprocess_into(
     let mut errors = vec![None; items.len()];
     let mut batch = Vec::with_capacity(items.len());
     for (i, (obj, w, h, mode)) in items.iter().enumerate() {
-        let item = if mode == "jpeg" || mode == "png" {
+        let item = if mode == "png" {
             obj.cast::<PyBytes>()
-                .map(|b| {
-                    let data = b.as_bytes();
-                    if mode == "png" {
-                        batch::Item::Png { data, max_pixels }
-                    } else {
-                        batch::Item::Jpeg { data, max_pixels }
-                    }
+                .map(|b| batch::Item::Png {
+                    data: b.as_bytes(),
+                    max_pixels,
                 })
                 .map_err(|_| image_error("encoded image data must be bytes"))
         } else {
