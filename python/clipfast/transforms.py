@@ -213,7 +213,18 @@ class _Normalization(NamedTuple):
     mean_std: tuple[tuple[float, float, float], tuple[float, float, float]] | None
 
 
+_NORMALIZATIONS: dict[tuple[tuple[float, ...], tuple[float, ...], torch.dtype], _Normalization] = {}
+
+
 def _normalization(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) -> _Normalization:
+    key = (mean, std, dtype)
+    norm = _NORMALIZATIONS.get(key)
+    if norm is None:
+        norm = _NORMALIZATIONS[key] = _new_normalization(mean, std, dtype)
+    return norm
+
+
+def _new_normalization(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) -> _Normalization:
     table = _lut(mean, std, dtype)
     if dtype == torch.float32 and len(mean) == 3 and len(std) == 3:
         try:
