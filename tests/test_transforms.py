@@ -545,6 +545,21 @@ def test_fast_decode_is_pillow_draft_then_exact(n_px: int) -> None:
     assert 0 < levels.max().item() <= 16 and levels.mean().item() < 1.0
 
 
+def test_fast_decode_reduces_mpo_first_frames() -> None:
+    """Phones save MPO files (a JPEG plus more frames): Pillow's first frame, reduced like a JPEG."""
+    first, second = synthetic(2000, 1500, "RGB", seed=7), synthetic(2000, 1500, "RGB", seed=8)
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    data = buf.getvalue()
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "MPO"
+    img.draft(None, (448, 448))
+    img.load()
+    assert img.size == (1000, 750)
+    assert torch.equal(clipfast.preprocess_batch([data], decode="fast")[0], reference(img, 224))
+    assert torch.equal(clipfast.preprocess_batch([data])[0], reference(Image.open(io.BytesIO(data)), 224))
+
+
 def test_fast_decode_leaves_other_files_exact() -> None:
     png = (IMAGES / "chelsea.png").read_bytes()
     small = next(p for p in PHOTOS if p.suffix == ".jpg" and min(Image.open(p).size) < 448).read_bytes()

@@ -348,7 +348,7 @@ def _decode(item: Any, reduce_to: int | None = None) -> Image.Image:
     if limit is not None and w * h > limit:
         img.close()
         raise ImageError(f"{w}x{h} = {w * h} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS ({limit})")
-    if reduce_to is not None and img.format == "JPEG":
+    if reduce_to is not None and img.format in ("JPEG", "MPO"):  # MPO: phones' JPEG + extra frames
         img.draft(None, (reduce_to, reduce_to))
     img.load()
     return img
