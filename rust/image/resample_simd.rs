@@ -1,9 +1,10 @@
 //! x86_64 AVX2 versions of the 8-bit passes, chosen at run time.
 //!
 //! They do the scalar reference's arithmetic exactly: every product of a byte and a 22-bit
-//! fixed-point weight is formed exactly in 32-bit lanes (`_mm256_mullo_epi32` on widened bytes,
-//! or, in the horizontal pass of 4-byte pixels, `_mm256_madd_epi16` on bytes widened to 16 bits
-//! and the weight split into two 16-bit halves), summed in 32-bit lanes, then shifted and clamped
+//! fixed-point weight is formed exactly in 32-bit lanes (`_mm256_madd_epi16` on bytes widened to
+//! 16 bits against the weight split into two 16-bit halves, two taps at once: two columns in the
+//! horizontal pass of 4-byte pixels, two rows in the vertical pass; `_mm256_mullo_epi32` on
+//! widened bytes elsewhere), summed in 32-bit lanes, then shifted and clamped
 //! as Pillow does. Pillow-SIMD's 16-bit weights are not used: they round differently. Integer sums
 //! do not depend on the order of the terms, so the lanes may regroup them freely.
 
@@ -439,6 +440,84 @@ mod avx2 {
         }
     }
 
+    /// The weights of taps (2j, 2j + 1) as [`split_weight`] halves packed for `_mm256_madd_epi16`
+    /// (tap 2j in the low 16 bits; an odd last tap pairs with a zero weight). False if a weight
+    /// does not split.
+    fn split_pairs(k: &[i32], pairs: &mut Vec<(i32, i32)>) -> bool {
+        pairs.clear();
+        for two in k.chunks(2) {
+            let (Some((h0, l0)), Some((h1, l1))) = (
+                split_weight(two[0]),
+                split_weight(two.get(1).copied().unwrap_or(0)),
+            ) else {
+                return false;
+            };
+            let pack = |a: i16, b: i16| i32::from(a as u16) | (i32::from(b as u16) << 16);
+            pairs.push((pack(h0, h1), pack(l0, l1)));
+        }
+        true
+    }
+
+    /// Vertical pass over two rows at a time, 32 bytes per step: the rows' bytes interleaved and
+    /// widened to 16 bits meet both taps' weight halves in one `_mm256_madd_epi16` each (exact
+    /// 32-bit products, as in the horizontal pass). Returns how many bytes of `dst` it wrote (whole
+    /// 32-byte steps; the caller finishes the row).
+    #[target_feature(enable = "avx2")]
+    fn vertical_pairs(taps: &[&[u8]], pairs: &[(i32, i32)], dst: &mut [u8]) -> usize {
+        let width = dst.len();
+        if taps.is_empty()
+            || taps.iter().any(|t| t.len() != width)
+            || pairs.len() != taps.len().div_ceil(2)
+        {
+            return 0; // unreachable: the caller passes rows of the destination's width
+        }
+        let zero = _mm256_setzero_si256();
+        let half = _mm256_set1_epi32(HALF);
+        let mut x = 0;
+        while x + 32 <= width {
+            let mut acc_high = [zero; 4];
+            let mut acc_low = [zero; 4];
+            for (j, &(h, l)) in pairs.iter().enumerate() {
+                let first = taps[2 * j];
+                let second = taps.get(2 * j + 1).copied().unwrap_or(first); // weight 0
+                                                                            // SAFETY: x + 32 <= width == the length of both rows (checked above); unaligned
+                                                                            // loads are allowed.
+                let (a, b) = unsafe {
+                    (
+                        _mm256_loadu_si256(first.as_ptr().add(x) as *const __m256i),
+                        _mm256_loadu_si256(second.as_ptr().add(x) as *const __m256i),
+                    )
+                };
+                let (lo, hi) = (_mm256_unpacklo_epi8(a, b), _mm256_unpackhi_epi8(a, b));
+                // Per 128-bit lane, bytes 0-3, 4-7, 8-11, 12-15 of that lane as (a, b) pairs.
+                let parts = [
+                    _mm256_unpacklo_epi8(lo, zero),
+                    _mm256_unpackhi_epi8(lo, zero),
+                    _mm256_unpacklo_epi8(hi, zero),
+                    _mm256_unpackhi_epi8(hi, zero),
+                ];
+                let (h, l) = (_mm256_set1_epi32(h), _mm256_set1_epi32(l));
+                for (i, part) in parts.into_iter().enumerate() {
+                    acc_high[i] = _mm256_add_epi32(acc_high[i], _mm256_madd_epi16(part, h));
+                    acc_low[i] = _mm256_add_epi32(acc_low[i], _mm256_madd_epi16(part, l));
+                }
+            }
+            let sums: [__m256i; 4] = std::array::from_fn(|i| {
+                let total = _mm256_add_epi32(_mm256_slli_epi32::<8>(acc_high[i]), acc_low[i]);
+                _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(_mm256_add_epi32(total, half))
+            });
+            // Saturating packs within lanes put the bytes back in order (see `parts`).
+            let bytes = _mm256_packus_epi16(
+                _mm256_packs_epi32(sums[0], sums[1]),
+                _mm256_packs_epi32(sums[2], sums[3]),
+            );
+            // SAFETY: x + 32 <= width == dst.len(); an unaligned store is allowed.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(x) as *mut __m256i, bytes) };
+            x += 32;
+        }
+        x
+    }
+
     /// Vertical pass: 32 bytes of a row per step, each widened to 32-bit lanes.
     #[target_feature(enable = "avx2")]
     pub fn vertical(
@@ -451,6 +530,7 @@ mod avx2 {
     ) {
         let width = cols * ps;
         let offset = first_col * ps;
+        let mut pairs: Vec<(i32, i32)> = Vec::with_capacity(axis.ksize / 2 + 1);
         for (slot, dst) in out.chunks_exact_mut(width).enumerate() {
             let k = axis.fixed_of(slot);
             let base = axis.start[slot] - src.row0;
@@ -458,6 +538,9 @@ mod avx2 {
                 .map(|i| &src.rows[base + i][offset..offset + width])
                 .collect();
             let mut x = 0;
+            if split_pairs(k, &mut pairs) {
+                x = vertical_pairs(&taps, &pairs, dst);
+            }
             while x + 32 <= width {
                 // sum(row_j[x..x + 32] * k_j) + HALF >> 22, clamped to bytes lane by lane: the
                 // scalar reference's arithmetic on 32 bytes at once.
@@ -588,6 +671,9 @@ mod tests {
             (5, 300, 224, 77, 3),
             (3, 3, 50, 60, 4),
             (531, 23, 229, 11, 5),
+            (40, 7, 41, 29, 6), // vertical upscale, rows of 40+ bytes: the row-pair path
+            (64, 500, 63, 3, 7), // 300+ taps per output row
+            (33, 64, 30, 64, 8), // same height: one tap of weight 1.0
         ] {
             for ps in [1usize, 2, 3, 4] {
                 let data = noise(w * hgt * ps, seed + ps as u64);
