@@ -33,6 +33,10 @@ def demo_checkpoint() -> Path:
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
             _testing.write_openai_archive(partial, _testing.spec(MODEL))
+            # On disk before it gets its name (a crash leaves no half file there), and no
+            # write-back still running while the loads below are timed.
+            with open(partial, "rb+") as f:
+                os.fsync(f.fileno())
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
