@@ -35,6 +35,13 @@ MODES = ["RGB", "L", "LA", "RGBA", "P", "PA", "CMYK", "I;16", "I", "F", "1", "P+
 _REFERENCES: dict[int, Any] = {}
 
 
+def encode(img: Image.Image, fmt: str, **params: Any) -> bytes:
+    """``img`` saved as a ``fmt`` file, in memory."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
 def reference(img: Image.Image, n_px: int) -> torch.Tensor:
     if n_px not in _REFERENCES:
         _REFERENCES[n_px] = clip.clip._transform(n_px)
@@ -304,9 +311,8 @@ def test_batch_of_mixed_inputs_matches_clip(tmp_path: Path) -> None:
     img = synthetic(640, 480, "RGBA")
     arr = np.asarray(synthetic(500, 300, "RGB"))
     grey = np.asarray(synthetic(300, 500, "L"))
-    png = io.BytesIO()
-    synthetic(257, 199, "P").save(png, "PNG")
-    items: list[Any] = [img, arr, grey, str(photo), photo, png.getvalue(), photo.read_bytes()]
+    png = encode(synthetic(257, 199, "P"), "PNG")
+    items: list[Any] = [img, arr, grey, str(photo), photo, png, photo.read_bytes()]
     out = clipfast.preprocess_batch(items, 224, threads=2)
     decoded = [
         img,
@@ -314,7 +320,7 @@ def test_batch_of_mixed_inputs_matches_clip(tmp_path: Path) -> None:
         Image.fromarray(grey),
         Image.open(photo),
         Image.open(photo),
-        Image.open(io.BytesIO(png.getvalue())),
+        Image.open(io.BytesIO(png)),
         Image.open(photo),
     ]
     expected = torch.stack([reference(d, 224) for d in decoded])
@@ -355,13 +361,12 @@ def test_batch_bad_inputs_name_the_index() -> None:
 
 
 def test_batch_refuses_decompression_bombs(monkeypatch: pytest.MonkeyPatch) -> None:
-    buf = io.BytesIO()
-    synthetic(200, 100, "RGB").save(buf, "PNG")
+    png = encode(synthetic(200, 100, "RGB"), "PNG")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 20,000 pixels: between 1x and 2x
     with pytest.raises(ImageError, match=r"item 0: .*MAX_IMAGE_PIXELS"):
-        clipfast.preprocess_batch([buf.getvalue()])
+        clipfast.preprocess_batch([png])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow's own DecompressionBombError
-    out, bad = clipfast.preprocess_batch([buf.getvalue(), buf.getvalue()], on_error="skip")
+    out, bad = clipfast.preprocess_batch([png, png], on_error="skip")
     assert bad == [0, 1] and out.shape[0] == 0
 
 
@@ -404,13 +409,12 @@ def _png_cases() -> list[tuple[str, bytes]]:
         ("RGBA", (224, 224)),
         ("RGB", (7, 3000)),
     ]:
-        buf = io.BytesIO()
-        synthetic(w, h, mode, seed=w).save(buf, "PNG")
-        cases.append((f"{mode} {w}x{h}", buf.getvalue()))
+        cases.append((f"{mode} {w}x{h}", encode(synthetic(w, h, mode, seed=w), "PNG")))
     for mode in ("L", "RGB"):  # tRNS: Pillow keeps L / RGB and only notes it
-        buf = io.BytesIO()
-        synthetic(260, 230, mode, seed=3).save(buf, "PNG", transparency=7 if mode == "L" else (7, 8, 9))
-        cases.append((f"{mode} + tRNS", buf.getvalue()))
+        transparency = 7 if mode == "L" else (7, 8, 9)
+        cases.append(
+            (f"{mode} + tRNS", encode(synthetic(260, 230, mode, seed=3), "PNG", transparency=transparency))
+        )
     for mode, color in [("RGB", 2), ("LA", 4), ("RGBA", 6), ("L", 0)]:
         arr = np.asarray(synthetic(333, 251, mode, seed=color))
         cases.append((f"{mode} interlaced", _interlaced_png(arr, color)))
@@ -439,15 +443,13 @@ def test_batch_other_pngs_go_to_pillow(tmp_path: Path) -> None:
     rgb = synthetic(320, 240, "RGB", seed=5)
     items = {}
     for mode in ("P", "1", "I;16"):
-        buf = io.BytesIO()
-        synthetic(320, 240, mode, seed=6).save(buf, "PNG")
-        items[mode] = buf.getvalue()
+        items[mode] = encode(synthetic(320, 240, mode, seed=6), "PNG")
     wide = np.asarray(rgb).astype(">u2") * 257 + 3  # 16-bit RGB: Pillow keeps the high bytes
     items["RGB;16"] = _interlaced_png(wide, 2).replace(b"\x08\x02\x00\x00\x01", b"\x10\x02\x00\x00\x01", 1)
     items["RGB;16"] = _fix_ihdr_crc(items["RGB;16"])
-    buf = io.BytesIO()
-    rgb.save(buf, "PNG", save_all=True, append_images=[synthetic(320, 240, "RGB", seed=9)], duration=100)
-    items["APNG"] = buf.getvalue()
+    items["APNG"] = encode(
+        rgb, "PNG", save_all=True, append_images=[synthetic(320, 240, "RGB", seed=9)], duration=100
+    )
     for name, data in items.items():
         path = tmp_path / f"{name.replace(';', '_')}.png"
         path.write_bytes(data)
@@ -462,9 +464,7 @@ def _fix_ihdr_crc(data: bytes) -> bytes:
 
 
 def test_batch_damaged_pngs_are_judged_by_pillow() -> None:
-    buf = io.BytesIO()
-    synthetic(300, 200, "RGB").save(buf, "PNG")
-    good = buf.getvalue()
+    good = encode(synthetic(300, 200, "RGB"), "PNG")
     truncated = good[: len(good) // 2]
     with pytest.raises(ImageError, match=r"item 1: .*(truncated|broken|OSError|SyntaxError)"):
         clipfast.preprocess_batch([good, truncated], threads=2)
@@ -510,22 +510,16 @@ def test_default_threads_follow_torch() -> None:
 # --- fast decode mode -----------------------------------------------------------------------------
 
 
-def _jpeg(img: Image.Image, **save: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", **save)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("n_px", [224, 336])
 def test_fast_decode_is_pillow_draft_then_exact(n_px: int) -> None:
     """decode="fast": a JPEG decoded by Pillow at a reduced DCT scale (draft) that keeps both sides
     >= 2 n_px, then clip's pipeline bit for bit; smaller JPEGs are not reduced."""
     jpegs = [p.read_bytes() for p in PHOTOS if p.suffix == ".jpg"]
     jpegs += [
-        _jpeg(synthetic(3000, 1700, "RGB", seed=3), quality=92),
-        _jpeg(synthetic(900, 3600, "L", seed=4)),
-        _jpeg(synthetic(2000, 2000, "CMYK", seed=5)),
-        _jpeg(synthetic(1600, 1400, "RGB", seed=6), progressive=True, subsampling=0),
+        encode(synthetic(3000, 1700, "RGB", seed=3), "JPEG", quality=92),
+        encode(synthetic(900, 3600, "L", seed=4), "JPEG"),
+        encode(synthetic(2000, 2000, "CMYK", seed=5), "JPEG"),
+        encode(synthetic(1600, 1400, "RGB", seed=6), "JPEG", progressive=True, subsampling=0),
     ]
     fast = clipfast.preprocess_batch(jpegs, n_px, threads=2, decode="fast")
     exact = clipfast.preprocess_batch(jpegs, n_px, threads=2)
@@ -548,9 +542,7 @@ def test_fast_decode_is_pillow_draft_then_exact(n_px: int) -> None:
 def test_fast_decode_reduces_mpo_first_frames() -> None:
     """Phones save MPO files (a JPEG plus more frames): Pillow's first frame, reduced like a JPEG."""
     first, second = synthetic(2000, 1500, "RGB", seed=7), synthetic(2000, 1500, "RGB", seed=8)
-    buf = io.BytesIO()
-    first.save(buf, "MPO", save_all=True, append_images=[second])
-    data = buf.getvalue()
+    data = encode(first, "MPO", save_all=True, append_images=[second])
     img = Image.open(io.BytesIO(data))
     assert img.format == "MPO"
     img.draft(None, (448, 448))

@@ -163,7 +163,6 @@ _DIRECT_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
 #: Modes Rust resizes exactly; Pillow converts the small n x n result to RGB.
 _RESIZED_MODES = frozenset({"CMYK", "I", "F", "I;16"})
 _OUTPUT_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
-_LUTS: dict[tuple[tuple[float, ...], tuple[float, ...], torch.dtype], bytes] = {}
 _SIMD = os.environ.get("CLIPFAST_SCALAR", "") in ("", "0")
 
 
@@ -192,17 +191,13 @@ def _standard_plan(steps: list[Any]) -> tuple[int, tuple[float, ...], tuple[floa
 
 
 def _lut(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) -> bytes:
-    """ToTensor + Normalize for every byte value of each channel, computed with torch's own ops."""
-    key = (mean, std, dtype)
-    table = _LUTS.get(key)
-    if table is None:
-        values = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256).contiguous()
-        norm = Normalize(mean, std)(values.to(torch.float32).div(255))
-        if dtype != torch.float32:
-            norm = norm.to(dtype)
-        table = norm.contiguous().numpy().tobytes()
-        _LUTS[key] = table
-    return table
+    """ToTensor + Normalize for every byte value of each channel, computed with torch's own ops
+    (built once per (mean, std, dtype): ``_normalization`` keeps it)."""
+    values = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256).contiguous()
+    norm = Normalize(mean, std)(values.to(torch.float32).div(255))
+    if dtype != torch.float32:
+        norm = norm.to(dtype)
+    return norm.contiguous().numpy().tobytes()
 
 
 class _Normalization(NamedTuple):
@@ -226,14 +221,14 @@ def _normalization(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch
 
 def _new_normalization(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype) -> _Normalization:
     table = _lut(mean, std, dtype)
-    if dtype == torch.float32 and len(mean) == 3 and len(std) == 3:
-        try:
-            m = (float(mean[0]), float(mean[1]), float(mean[2]))
-            s = (float(std[0]), float(std[1]), float(std[2]))
-        except (TypeError, ValueError):  # constants torch accepted but float() does not: table only
-            return _Normalization(table, None)
-        return _Normalization(table, (m, s))
-    return _Normalization(table, None)
+    if dtype != torch.float32 or len(mean) != 3 or len(std) != 3:
+        return _Normalization(table, None)
+    try:
+        m = (float(mean[0]), float(mean[1]), float(mean[2]))
+        s = (float(std[0]), float(std[1]), float(std[2]))
+    except (TypeError, ValueError):  # constants torch accepted but float() does not: table only
+        return _Normalization(table, None)
+    return _Normalization(table, (m, s))
 
 
 def _pillow_steps(img: Image.Image, n_px: int) -> Image.Image:

@@ -69,7 +69,7 @@ pub fn process_source<T: Sample>(
     let rgb = rgb_bytes(src.mode)
         .ok_or_else(|| format!("mode {:?} is converted to RGB before this step", src.mode))?;
     let (px, ps) = resize_crop_u8(src, &g, simd);
-    T::write_chw(&px, ps, rgb, norm, simd, out);
+    norm.write_chw(&px, ps, rgb, simd, out);
     Ok(())
 }
 

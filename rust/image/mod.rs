@@ -168,20 +168,14 @@ fn preprocess_into(
             let table = lut_values(lut, 2, |b| u16::from_ne_bytes([b[0], b[1]]))?;
             // SAFETY: as above, a contiguous float16 tensor (2-byte elements).
             let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut u16, out_len) };
-            let norm = Normalize {
-                lut: &table,
-                affine: None,
-            };
+            let norm = Normalize::table(&table);
             py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd))
         }
         OutKind::U8 => {
             let table: Vec<u8> = (0..768).map(|i| (i % 256) as u8).collect();
             // SAFETY: as above, a contiguous uint8 tensor.
             let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut u8, out_len) };
-            let norm = Normalize {
-                lut: &table,
-                affine: None,
-            };
+            let norm = Normalize::table(&table);
             py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd))
         }
     };

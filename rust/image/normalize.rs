@@ -66,18 +66,35 @@ pub struct Normalize<'a, T> {
     pub affine: Option<Affine>,
 }
 
-/// An output element type: writes CHW planes, by table or by a faster route with the same bits.
+impl<'a, T: Sample> Normalize<'a, T> {
+    /// Normalising by the table alone.
+    pub fn table(lut: &'a [T]) -> Normalize<'a, T> {
+        Normalize { lut, affine: None }
+    }
+
+    /// Write pixels of `ps` bytes as CHW planes (see [`pixels_to_chw`]): by the arithmetic route
+    /// where `simd` allows it and this type has one, else by the table. Both give the same bits.
+    pub fn write_chw(&self, px: &[u8], ps: usize, rgb: [usize; 3], simd: bool, out: &mut [T]) {
+        if let (true, Some(affine)) = (simd, self.affine) {
+            if T::affine_to_chw(px, ps, rgb, &affine, out) {
+                return;
+            }
+        }
+        pixels_to_chw(px, ps, rgb, self.lut, out);
+    }
+}
+
+/// An output element type, and whether it has an arithmetic route besides the table.
 pub trait Sample: Copy + Send + Sync {
-    fn write_chw(
-        px: &[u8],
-        ps: usize,
-        rgb: [usize; 3],
-        norm: &Normalize<'_, Self>,
-        simd: bool,
-        out: &mut [Self],
-    ) {
-        let _ = simd;
-        pixels_to_chw(px, ps, rgb, norm.lut, out);
+    /// The arithmetic route into `out`; false (nothing written) where this type or CPU has none.
+    fn affine_to_chw(
+        _px: &[u8],
+        _ps: usize,
+        _rgb: [usize; 3],
+        _affine: &Affine,
+        _out: &mut [Self],
+    ) -> bool {
+        false
     }
 }
 
@@ -85,20 +102,14 @@ impl Sample for u8 {}
 impl Sample for u16 {}
 
 impl Sample for f32 {
-    fn write_chw(
+    fn affine_to_chw(
         px: &[u8],
         ps: usize,
         rgb: [usize; 3],
-        norm: &Normalize<'_, f32>,
-        simd: bool,
+        affine: &Affine,
         out: &mut [f32],
-    ) {
-        if let (true, Some(affine)) = (simd, norm.affine) {
-            if affine_to_chw(px, ps, rgb, &affine, out) {
-                return;
-            }
-        }
-        pixels_to_chw(px, ps, rgb, norm.lut, out);
+    ) -> bool {
+        affine_to_chw(px, ps, rgb, affine, out)
     }
 }
 
@@ -277,7 +288,7 @@ mod tests {
                 let mut by_table = vec![0f32; 3 * pixels];
                 let mut by_route = vec![1f32; 3 * pixels];
                 pixels_to_chw(&px, ps, rgb, &lut, &mut by_table);
-                f32::write_chw(&px, ps, rgb, &norm, true, &mut by_route);
+                norm.write_chw(&px, ps, rgb, true, &mut by_route);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&by_table), bits(&by_route), "ps {ps}, {pixels} pixels");
             }
