@@ -11,7 +11,7 @@ STAMP := $(VENV)/.deps-stamp
 # python/ directly, so several checkouts can share one virtual environment.
 export PYTHONPATH := $(CURDIR)/python
 export PYO3_PYTHON := $(abspath $(PY))
-RUST_SOURCES := $(shell find rust -name '*.rs') Cargo.toml
+RUST_SOURCES := $(shell find rust -name "*.rs" -o -name "*.c") Cargo.toml build.rs
 NATIVE := python/clipfast/.native-stamp
 
 .PHONY: setup build-dev demo test test-rust test-python bench lint fmt clean

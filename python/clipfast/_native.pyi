@@ -25,6 +25,7 @@ __all__ = [
     "resize_crop",
     "sha256_file",
     "simd_level",
+    "use_pillow_libjpeg",
 ]
 
 __version__: str
@@ -132,12 +133,17 @@ def preprocess_into(
     mean_std: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None,
 ) -> list[str | None]:
     """Resize, crop, convert and normalise ``items`` (L, LA, RGB, RGBA; mode "png": 8-bit PNG
-    bytes decoded in Rust) into the tensor at ``out_addr``; one error message (or
+    bytes decoded in Rust; "jpeg" / "jpeg-fast": JPEG bytes decoded with Pillow's libjpeg, see
+    ``use_pillow_libjpeg``) into the tensor at ``out_addr``; one error message (or
     None) per item. With ``mean_std`` and float32 output, the values are computed as
     ``(x / 255 - mean) / std`` in float32 (SIMD) wherever that reproduces ``lut`` exactly."""
 
 def simd_level() -> str:
     """ "avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""
+
+def use_pillow_libjpeg(path: str) -> str | None:
+    """Decode JPEGs (item modes "jpeg" and "jpeg-fast") with the libjpeg that ``path`` (Pillow's
+    ``_imaging`` extension) was linked with. None when in use, else why not."""
 
 # --- text ---
 

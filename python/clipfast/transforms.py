@@ -164,6 +164,8 @@ _DIRECT_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
 _RESIZED_MODES = frozenset({"CMYK", "I", "F", "I;16"})
 _OUTPUT_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
 _SIMD = os.environ.get("CLIPFAST_SCALAR", "") in ("", "0")
+#: Item modes whose pixels are encoded bytes that Rust decodes (Pillow takes over on failure).
+_ENCODED_MODES = frozenset({"png", "jpeg", "jpeg-fast"})
 
 
 def _standard_plan(steps: list[Any]) -> tuple[int, tuple[float, ...], tuple[float, ...]] | None:
@@ -289,6 +291,65 @@ def _pixels(img: Image.Image) -> Any:
     return img.getim() if _CAPSULE_STATE[0] else img.tobytes()
 
 
+def _probe_jpegs() -> list[tuple[bytes, int, bool]]:
+    """Small JPEGs (bytes, n_px, fast) that take every route of the Rust JPEG path: column crop,
+    row skip, vertical-first resize, 4:2:0 / 4:2:2 / 4:4:4, grey, progressive, restart markers,
+    DCT scaling."""
+    rng = np.random.default_rng(7)
+
+    def photo(w: int, h: int, mode: str) -> Image.Image:
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([(xx * 3 + yy) % 256, (yy * 2) % 256, (xx + 2 * yy) % 256], axis=-1)
+        noisy = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        return Image.fromarray(noisy).convert(mode)
+
+    cases = [
+        (photo(300, 110, "RGB"), {"subsampling": 2}, 32, False),
+        (photo(70, 260, "RGB"), {"subsampling": 1, "restart_marker_rows": 1}, 32, False),
+        (photo(150, 190, "L"), {}, 32, False),
+        (photo(130, 170, "RGB"), {"subsampling": 0, "progressive": True}, 32, False),
+        (photo(300, 270, "RGB"), {"subsampling": 2}, 32, True),
+    ]
+    out = []
+    for img, params, n_px, fast in cases:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85, **params)
+        out.append((buf.getvalue(), n_px, fast))
+    return out
+
+
+def _use_pillow_libjpeg() -> bool:
+    """Point Rust at the libjpeg Pillow's ``_imaging`` was linked with, then check on small JPEGs
+    that decoding there gives Pillow's pixels (else JPEGs stay with Pillow)."""
+    try:
+        from PIL import _imaging
+
+        if _native.use_pillow_libjpeg(_imaging.__file__) is not None:
+            return False
+        norm = _normalization(MEAN, STD, torch.float32)
+        for data, n_px, fast in _probe_jpegs():
+            ours = torch.empty((1, 3, n_px, n_px))
+            theirs = torch.empty((1, 3, n_px, n_px))
+            mode = "jpeg-fast" if fast else "jpeg"
+            if _run([(data, 0, 0, mode)], ours, n_px, norm, 1)[0] is not None:
+                return False
+            pillow = _item(_decode(data, 2 * n_px if fast else None), n_px)
+            if _run([pillow], theirs, n_px, norm, 1)[0] is not None or not torch.equal(ours, theirs):
+                return False
+        return True
+    except Exception:
+        return False
+
+
+_JPEG_STATE: list[bool] = []  # filled on first use: [whether Rust decodes JPEGs]
+
+
+def _jpeg_in_rust() -> bool:
+    if not _JPEG_STATE:
+        _JPEG_STATE.append(_use_pillow_libjpeg())
+    return _JPEG_STATE[0]
+
+
 def _new_output(count: int, n_px: int, dtype: torch.dtype) -> torch.Tensor:
     if dtype not in _OUTPUT_KINDS:
         raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.uint8, not {dtype}")
@@ -382,6 +443,8 @@ def _prepare(item: Any, n_px: int, fast: bool) -> tuple[Any, int, int, str]:
     # Decoded in Rust, on the worker threads; any Rust decode failure goes back to Pillow.
     if _is_direct_png(data):
         return data, 0, 0, "png"
+    if data[:3] == b"\xff\xd8\xff" and _jpeg_in_rust():
+        return data, 0, 0, "jpeg-fast" if fast else "jpeg"
     # Fast: a reduced JPEG decode, still twice the output size, so the bicubic resize antialiases.
     return _item(_decode(data, 2 * n_px if fast else None), n_px)
 
@@ -405,7 +468,10 @@ def preprocess_batch(
     float16 (the float32 result rounded) or uint8 (resized and cropped RGB bytes, not normalised).
     With ``on_error="skip"`` the result is ``(tensor_of_good_items, bad_indices)``; with "raise" a
     bad item raises :class:`clipfast.ImageError` naming its index. 8-bit PNGs are decoded in Rust
-    (lossless, so Pillow's pixels), other files by Pillow. ``decode="fast"`` decodes a JPEG that
+    (lossless, so Pillow's pixels); JPEGs are decoded in Rust by the libjpeg-turbo Pillow itself
+    uses, with Pillow's settings, only the rows and columns the crop reads (checked against
+    Pillow once per process; a file libjpeg warns about goes to Pillow); other files by Pillow.
+    ``decode="fast"`` decodes a JPEG that
     is at least four times ``n_px`` on both sides at 1/2, 1/4 or 1/8 scale in libjpeg-turbo's DCT
     domain (Pillow's ``draft``), keeping both sides >= ``2 * n_px`` so that the bicubic resize
     still does the antialiasing: much faster on large photos, a few levels from the exact result
@@ -436,11 +502,11 @@ def preprocess_batch(
         if prepared is None:
             return
         err = _run([prepared], out[i : i + 1], n_px, norm, 1)[0]
-        if err is not None and prepared[3] == "png":
-            # A PNG the Rust decoder refused (animated, damaged, ...): Pillow decides what it is,
-            # giving its own pixels or its own error.
+        if err is not None and prepared[3] in _ENCODED_MODES:
+            # A file the Rust decoder refused (animated, damaged, CMYK, a libjpeg warning ...):
+            # Pillow decides what it is, giving its own pixels or its own error.
             try:
-                prepared = _item(_decode(prepared[0]), n_px)
+                prepared = _item(_decode(prepared[0], 2 * n_px if fast else None), n_px)
             except Exception as exc:
                 errors[i] = f"{type(exc).__name__}: {exc}"
                 return

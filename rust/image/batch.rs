@@ -5,9 +5,12 @@
 
 use super::crop::Geometry;
 use super::decode::decode_png;
+use super::jpeg::Decoder;
 use super::normalize::{Normalize, Sample};
-use super::pipeline::{resize_crop_u8, rgb_bytes};
-use super::pixels::Source;
+use super::pipeline::{
+    resize_crop_u8, resize_streamed_u8, resize_window_u8, rgb_bytes, streams, Plan,
+};
+use super::pixels::{widen_rgb, Source};
 use std::sync::Mutex;
 
 /// One image of a batch.
@@ -18,6 +21,12 @@ pub enum Item<'a> {
     Png {
         data: &'a [u8],
         max_pixels: Option<u64>,
+    },
+    /// JPEG bytes decoded with Pillow's libjpeg; `scale_for` as Pillow's `draft(None, (s, s))`.
+    Jpeg {
+        data: &'a [u8],
+        max_pixels: Option<u64>,
+        scale_for: Option<usize>,
     },
     /// Python already found this item bad.
     Failed,
@@ -53,6 +62,11 @@ pub fn process_item<T: Sample>(
             let src = Source::packed(&img.pixels, img.width, img.height, img.mode)?;
             process_source(&src, n, norm, out, simd)
         }
+        Item::Jpeg {
+            data,
+            max_pixels,
+            scale_for,
+        } => process_jpeg(data, *max_pixels, *scale_for, n, norm, out, simd),
         Item::Failed => Err("failed before preprocessing".into()),
     }
 }
@@ -70,6 +84,64 @@ pub fn process_source<T: Sample>(
         .ok_or_else(|| format!("mode {:?} is converted to RGB before this step", src.mode))?;
     let (px, ps) = resize_crop_u8(src, &g, simd);
     norm.write_chw(&px, ps, rgb, simd, out);
+    Ok(())
+}
+
+/// Decode only the rows and columns of a JPEG that the resize reads and resize them as they
+/// arrive (a band of rows at a time), then crop and normalise.
+fn process_jpeg<T: Sample>(
+    data: &[u8],
+    max_pixels: Option<u64>,
+    scale_for: Option<usize>,
+    n: usize,
+    norm: &Normalize<'_, T>,
+    out: &mut [T],
+    simd: bool,
+) -> Result<(), String> {
+    let mut dec = Decoder::open(data, scale_for, max_pixels)?;
+    let (w, h) = dec.size();
+    let mode = dec.mode();
+    let g = Geometry::new(w, h, n)?;
+    let plan = Plan::new(&g);
+    let cols = dec.crop(plan.cols.clone())?;
+    dec.seek(plan.rows.start)?;
+    // Decoded rows are packed (RGB: 3 bytes); the passes take Pillow's 4-byte RGB pixels.
+    let (dps, ps) = (mode.packed_size(), mode.pillow_layout().1);
+    let decoded_stride = cols.len() * dps;
+    let (first, last) = (
+        (plan.cols.start - cols.start) * dps,
+        (plan.cols.end - cols.start) * dps,
+    );
+    let mut decoded = Vec::new();
+    let mut fill = |buf: &mut [u8], count: usize| -> Result<(), String> {
+        decoded.resize(count * decoded_stride, 0);
+        let mut rows: Vec<&mut [u8]> = decoded.chunks_exact_mut(decoded_stride).collect();
+        dec.read(&mut rows)?;
+        let window_stride = plan.cols.len() * ps;
+        for (src, dst) in decoded
+            .chunks_exact(decoded_stride)
+            .zip(buf.chunks_exact_mut(window_stride))
+        {
+            if ps == dps {
+                dst.copy_from_slice(&src[first..last]);
+            } else {
+                widen_rgb(&src[first..last], dst);
+            }
+        }
+        Ok(())
+    };
+    let (px, px_size) = if streams(&g, mode) {
+        resize_streamed_u8(&plan, ps, mode, &g, simd, &mut fill)?
+    } else {
+        let window_stride = plan.cols.len() * ps;
+        let mut window = vec![0u8; plan.rows.len() * window_stride];
+        fill(&mut window, plan.rows.len())?;
+        let rows = window.chunks_exact(window_stride).collect();
+        resize_window_u8(&plan, rows, ps, mode, &g, simd)
+    };
+    dec.finish()?;
+    let rgb = rgb_bytes(mode).ok_or("JPEG mode without RGB bytes")?;
+    norm.write_chw(&px, px_size, rgb, simd, out);
     Ok(())
 }
 

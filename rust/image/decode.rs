@@ -1,13 +1,17 @@
 //! Image files decoded in Rust, on the worker threads: PNG, which is lossless, so a correct
 //! decoder gives Pillow's pixels. Only the cases where Pillow's mode is one the 8-bit pipeline
 //! reads directly (8-bit L, LA, RGB, RGBA, one frame) are decoded here; the rest (palettes,
-//! 16-bit, 1-bit, animations) go to Pillow. JPEGs are always decoded by Pillow (libjpeg-turbo).
+//! 16-bit, 1-bit, animations) go to Pillow. JPEGs: see `jpeg.rs` (Pillow's own libjpeg).
 
 use super::pixels::Mode;
 
 /// Refuses an empty image, or one over `max_pixels` (Pillow's `MAX_IMAGE_PIXELS`), from its
 /// header's size, before any pixel is decoded.
-fn check_size(width: usize, height: usize, max_pixels: Option<u64>) -> Result<(), String> {
+pub(crate) fn check_size(
+    width: usize,
+    height: usize,
+    max_pixels: Option<u64>,
+) -> Result<(), String> {
     if width == 0 || height == 0 {
         return Err(format!("image has zero size ({width}x{height})"));
     }

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod coeffs;
 pub mod crop;
 pub mod decode;
+pub mod jpeg;
 pub mod normalize;
 pub mod pipeline;
 pub mod pixels;
@@ -105,7 +106,8 @@ fn lut_values<T>(lut: &[u8], size: usize, from: impl Fn(&[u8]) -> T) -> PyResult
 
 /// Preprocess `items` (tuples of pixels, width, height, mode) into the contiguous output tensor
 /// at `out_addr` (B x 3 x n x n elements of `kind`). Returns one error message (or None) per item.
-/// Mode "png" means the pixels are PNG bytes decoded here (width and height unused).
+/// Mode "png" means the pixels are PNG bytes decoded here (width and height unused); "jpeg" and
+/// "jpeg-fast" JPEG bytes decoded with Pillow's libjpeg (see [`use_pillow_libjpeg`]).
 #[pyfunction]
 #[pyo3(signature = (items, n_px, lut, out_addr, out_len, kind, threads=1, simd=true, max_pixels=None, mean_std=None))]
 #[allow(clippy::too_many_arguments)]
@@ -130,13 +132,21 @@ fn preprocess_into(
     let mut errors = vec![None; items.len()];
     let mut batch = Vec::with_capacity(items.len());
     for (i, (obj, w, h, mode)) in items.iter().enumerate() {
-        let item = if mode == "png" {
+        let encoded = || {
             obj.cast::<PyBytes>()
-                .map(|b| batch::Item::Png {
-                    data: b.as_bytes(),
-                    max_pixels,
-                })
+                .map(|b| b.as_bytes())
                 .map_err(|_| image_error("encoded image data must be bytes"))
+        };
+        let item = if mode == "png" {
+            encoded().map(|data| batch::Item::Png { data, max_pixels })
+        } else if mode == "jpeg" || mode == "jpeg-fast" {
+            // "jpeg-fast": Pillow's draft to twice the output size (width, height unused).
+            let scale_for = (mode == "jpeg-fast").then_some(2 * n_px);
+            encoded().map(|data| batch::Item::Jpeg {
+                data,
+                max_pixels,
+                scale_for,
+            })
         } else {
             source(obj, *w, *h, mode).map(batch::Item::Pixels)
         };
@@ -187,6 +197,13 @@ fn preprocess_into(
     Ok(errors)
 }
 
+/// Decode JPEGs with the libjpeg that `path` (Pillow's `_imaging` extension) was linked with.
+/// Returns None when in use, else why not (JPEGs then stay with Pillow).
+#[pyfunction]
+fn use_pillow_libjpeg(path: &str) -> Option<String> {
+    jpeg::use_library(path).err()
+}
+
 /// Whether the running CPU has the SIMD paths (AVX2 or SSE4.1) the 8-bit passes can use.
 #[pyfunction]
 fn simd_level() -> &'static str {
@@ -197,5 +214,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resize_crop, m)?)?;
     m.add_function(wrap_pyfunction!(preprocess_into, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(use_pillow_libjpeg, m)?)?;
     Ok(())
 }

@@ -4,8 +4,10 @@ use super::coeffs::Axis;
 use super::crop::Geometry;
 use super::pixels::{premultiply, unpremultiply, Mode, Source};
 use super::resample::{
-    horizontal_u8, horizontal_wide, vertical_u8, vertical_wide, PassOrder, Plane, Rows, WideSample,
+    horizontal_u8, horizontal_u8_prepared, horizontal_wide, vertical_u8, vertical_wide, PassOrder,
+    Plane, Rows, WideSample,
 };
+use super::resample_simd::Prepared;
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -37,30 +39,59 @@ fn kept_bytes(mode: Mode, ps: usize) -> usize {
     }
 }
 
+/// The resize's axes for one geometry, and the source rows and columns its kept outputs read.
+pub struct Plan {
+    h: Option<Rc<Axis>>,
+    v: Option<Rc<Axis>>,
+    pub rows: Range<usize>,
+    pub cols: Range<usize>,
+}
+
+impl Plan {
+    pub fn new(g: &Geometry) -> Plan {
+        let (h, v) = axes(g);
+        let (rows, cols) = source_window(g, h.as_deref(), v.as_deref());
+        Plan { h, v, rows, cols }
+    }
+}
+
 /// Resize + crop an 8-bit image; returns n x n pixels (alpha un-premultiplied) and their size in
 /// bytes: `src.ps`, or 3 for RGB (Pillow's padding byte dropped).
 pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> (Vec<u8>, usize) {
-    let ps = src.ps;
-    let kept = kept_bytes(src.mode, ps);
+    let plan = Plan::new(g);
+    let window = src.window(plan.rows.clone(), plan.cols.clone());
+    resize_window_u8(&plan, window, src.ps, src.mode, g, simd)
+}
+
+/// [`resize_crop_u8`] on the source window alone: `window` holds rows `plan.rows`, each starting
+/// at column `plan.cols.start` (a decoder may produce only these).
+pub fn resize_window_u8(
+    plan: &Plan,
+    window: Vec<&[u8]>,
+    ps: usize,
+    mode: Mode,
+    g: &Geometry,
+    simd: bool,
+) -> (Vec<u8>, usize) {
+    let kept = kept_bytes(mode, ps);
     let n = g.n;
-    let (h, v) = axes(g);
-    let (wrows, wcols) = source_window(g, h.as_deref(), v.as_deref());
+    let (h, v) = (plan.h.as_deref(), plan.v.as_deref());
+    let (wrows, wcols) = (plan.rows.clone(), plan.cols.clone());
     // Pillow premultiplies only when it resamples; a same-size image is merely cropped.
-    let premultiply_alpha = src.mode.has_alpha() && g.order != PassOrder::Copy;
+    let premultiply_alpha = mode.has_alpha() && g.order != PassOrder::Copy;
     let premultiplied: Vec<Vec<u8>>;
     let window: Vec<&[u8]> = if premultiply_alpha {
-        premultiplied = src
-            .window(wrows.clone(), wcols.clone())
+        premultiplied = window
             .into_iter()
             .map(|r| {
                 let mut out = Vec::new();
-                premultiply(r, ps, &mut out);
+                premultiply(&r[..wcols.len() * ps], ps, &mut out);
                 out
             })
             .collect();
         premultiplied.iter().map(|r| &r[..]).collect()
     } else {
-        src.window(wrows.clone(), wcols.clone())
+        window
     };
     let rows = Rows {
         rows: window,
@@ -74,7 +105,7 @@ pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> (Vec<u8>, u
         _ => kept,
     };
     let mut out = vec![0u8; n * n * out_ps];
-    match (g.order, h.as_deref(), v.as_deref()) {
+    match (g.order, h, v) {
         (PassOrder::HorizontalOnly, Some(h), _) => {
             horizontal_u8(&rows, ps, kept, h, &mut out, simd)
         }
@@ -111,6 +142,67 @@ pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> (Vec<u8>, u
         unpremultiply(&mut out, out_ps);
     }
     (out, out_ps)
+}
+
+/// Window rows the horizontal pass takes per step when they come from a decoder: few enough that
+/// the decoded band stays in cache between the decoder writing it and the pass reading it.
+const STREAM_ROWS: usize = 16;
+
+/// Whether [`resize_streamed_u8`] applies: a horizontal pass on the source (no alpha to
+/// premultiply), so that source rows can be resized as they arrive.
+pub fn streams(g: &Geometry, mode: Mode) -> bool {
+    !mode.has_alpha()
+        && matches!(
+            g.order,
+            PassOrder::HorizontalFirst | PassOrder::HorizontalOnly
+        )
+}
+
+/// [`resize_window_u8`] with the window's rows arriving in order: `fill(buf, count)` writes the
+/// next `count` rows of the window (each `plan.cols.len() * ps` bytes, from column
+/// `plan.cols.start`) into `buf`. Only [`STREAM_ROWS`] source rows are held at once. Requires
+/// [`streams`].
+pub fn resize_streamed_u8(
+    plan: &Plan,
+    ps: usize,
+    mode: Mode,
+    g: &Geometry,
+    simd: bool,
+    mut fill: impl FnMut(&mut [u8], usize) -> Result<(), String>,
+) -> Result<(Vec<u8>, usize), String> {
+    let kept = kept_bytes(mode, ps);
+    let n = g.n;
+    let h = plan.h.as_deref().ok_or("no horizontal pass to stream")?;
+    let stride = plan.cols.len() * ps;
+    let out_row = n * kept;
+    let mut band = vec![0u8; STREAM_ROWS * stride];
+    let mut mid = vec![0u8; plan.rows.len() * out_row];
+    let prepared = Prepared::new(h, plan.cols.start, ps);
+    for (i, dst) in mid.chunks_mut(STREAM_ROWS * out_row).enumerate() {
+        let count = dst.len() / out_row;
+        let buf = &mut band[..count * stride];
+        fill(buf, count)?;
+        let rows = Rows {
+            rows: buf.chunks_exact(stride).collect(),
+            row0: plan.rows.start + i * STREAM_ROWS,
+            col0: plan.cols.start,
+        };
+        horizontal_u8_prepared(&rows, ps, kept, h, &prepared, dst, simd);
+    }
+    match (g.order, plan.v.as_deref()) {
+        (PassOrder::HorizontalOnly, _) => Ok((mid, kept)),
+        (PassOrder::HorizontalFirst, Some(v)) => {
+            let rows = Rows {
+                rows: mid.chunks_exact(out_row).collect(),
+                row0: plan.rows.start,
+                col0: 0,
+            };
+            let mut out = vec![0u8; n * out_row];
+            vertical_u8(&rows, kept, v, 0, n, &mut out, simd);
+            Ok((out, kept))
+        }
+        _ => Err("this resize does not start with a horizontal pass".into()),
+    }
 }
 
 /// Resize + crop a single-band wide image (I, F, I;16) in double precision.

@@ -110,6 +110,48 @@ impl<'a> Source<'a> {
     }
 }
 
+/// Packed RGB -> Pillow's 4-byte RGB pixels (the padding byte, which no pass reads, set to 255).
+pub fn widen_rgb(src: &[u8], dst: &mut [u8]) {
+    let pixels = (src.len() / 3).min(dst.len() / 4);
+    #[cfg(target_arch = "x86_64")]
+    let done = if std::arch::is_x86_feature_detected!("ssse3") {
+        // SAFETY: SSSE3 is available (checked at run time just above).
+        unsafe { widen_rgb_ssse3(&src[..pixels * 3], &mut dst[..pixels * 4]) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    widen_rgb_scalar(&src[done * 3..pixels * 3], &mut dst[done * 4..pixels * 4]);
+}
+
+fn widen_rgb_scalar(src: &[u8], dst: &mut [u8]) {
+    for (d, s) in dst.chunks_exact_mut(4).zip(src.chunks_exact(3)) {
+        d.copy_from_slice(&[s[0], s[1], s[2], 255]);
+    }
+}
+
+/// Four pixels per shuffle while 16 source bytes can be loaded; returns the pixels done.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3")]
+unsafe fn widen_rgb_ssse3(src: &[u8], dst: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let spread = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+    let pad = _mm_set1_epi32(0xff00_0000_u32 as i32);
+    let mut i = 0;
+    while 3 * i + 16 <= src.len() && 4 * i + 16 <= dst.len() {
+        // SAFETY: bytes 3i..3i+16 of src and 4i..4i+16 of dst are in bounds (loop condition);
+        // unaligned loads and stores.
+        unsafe {
+            let v = _mm_loadu_si128(src.as_ptr().add(3 * i) as *const __m128i);
+            let w = _mm_or_si128(_mm_shuffle_epi8(v, spread), pad);
+            _mm_storeu_si128(dst.as_mut_ptr().add(4 * i) as *mut __m128i, w);
+        }
+        i += 4;
+    }
+    i
+}
+
 /// Premultiply by alpha (the last byte of each pixel) as Pillow's RGBA -> RGBa conversion does.
 pub fn premultiply(src: &[u8], ps: usize, dst: &mut Vec<u8>) {
     dst.reserve(src.len());

@@ -71,6 +71,27 @@ pub fn horizontal_u8(
     if simd && resample_simd::horizontal_u8(src, ps, bands, axis, out) {
         return;
     }
+    horizontal_u8_scalar(src, ps, bands, axis, out);
+}
+
+/// [`horizontal_u8`] with the axis prepared once for many bands of rows (see
+/// [`resample_simd::Prepared`]).
+pub fn horizontal_u8_prepared(
+    src: &Rows<'_>,
+    ps: usize,
+    bands: usize,
+    axis: &Axis,
+    prepared: &resample_simd::Prepared,
+    out: &mut [u8],
+    simd: bool,
+) {
+    if simd && resample_simd::horizontal_u8_prepared(src, ps, bands, axis, prepared, out) {
+        return;
+    }
+    horizontal_u8_scalar(src, ps, bands, axis, out);
+}
+
+fn horizontal_u8_scalar(src: &Rows<'_>, ps: usize, bands: usize, axis: &Axis, out: &mut [u8]) {
     match (ps, bands) {
         (1, _) => horizontal_u8_ps::<1, 1>(src, axis, out),
         (2, _) => horizontal_u8_ps::<2, 2>(src, axis, out),

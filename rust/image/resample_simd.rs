@@ -33,24 +33,62 @@ pub(super) fn has_avx2() -> bool {
 /// Returns false when no SIMD version applies (the caller then runs the scalar reference).
 /// Reads pixels of `ps` bytes and writes their first `bands` bytes, as the scalar pass does.
 pub fn horizontal_u8(src: &Rows<'_>, ps: usize, bands: usize, axis: &Axis, out: &mut [u8]) -> bool {
+    let prepared = Prepared::new(axis, src.col0, ps);
+    horizontal_u8_prepared(src, ps, bands, axis, &prepared, out)
+}
+
+/// What the horizontal pass derives from an axis alone (the 4-byte pass's packed weights), made
+/// once when many bands of rows go through the same axis.
+pub struct Prepared {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && equal_lengths(src) {
-        match (ps, bands) {
-            (1, 1) => {
+    packed: Option<avx2::Packed>,
+    col0: usize,
+}
+
+impl Prepared {
+    /// For rows of `ps`-byte pixels whose first pixel is source column `col0`.
+    pub fn new(axis: &Axis, col0: usize, ps: usize) -> Prepared {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let packed = if ps == 4 && has_avx2() {
+                avx2::Packed::new(axis, col0)
+            } else {
+                None
+            };
+            Prepared { packed, col0 }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (axis, ps);
+            Prepared { col0 }
+        }
+    }
+}
+
+/// [`horizontal_u8`] with the axis already prepared (for rows starting at the same column).
+pub fn horizontal_u8_prepared(
+    src: &Rows<'_>,
+    ps: usize,
+    bands: usize,
+    axis: &Axis,
+    prepared: &Prepared,
+    out: &mut [u8],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && equal_lengths(src) && prepared.col0 == src.col0 {
+        match (ps, bands, prepared.packed.as_ref()) {
+            (1, 1, _) => {
                 // SAFETY: AVX2 is available (checked at run time just above).
                 unsafe { avx2::horizontal1(src, axis, out) };
                 return true;
             }
-            (4, 3 | 4) => {
-                let Some(packed) = avx2::Packed::new(axis, src.col0) else {
-                    return false;
-                };
+            (4, 3 | 4, Some(packed)) => {
                 // SAFETY: AVX2 is available (checked at run time just above).
                 unsafe {
                     if bands == 3 {
-                        avx2::horizontal4::<3>(src, axis, &packed, out)
+                        avx2::horizontal4::<3>(src, axis, packed, out)
                     } else {
-                        avx2::horizontal4::<4>(src, axis, &packed, out)
+                        avx2::horizontal4::<4>(src, axis, packed, out)
                     }
                 };
                 return true;
@@ -58,7 +96,7 @@ pub fn horizontal_u8(src: &Rows<'_>, ps: usize, bands: usize, axis: &Axis, out: 
             _ => {}
         }
     }
-    let _ = (src, ps, bands, axis, out);
+    let _ = (src, ps, bands, axis, prepared, out);
     false
 }
 
