@@ -540,6 +540,111 @@ mod tests {
     use super::*;
     use std::mem::offset_of;
 
+    /// A 640x427 4:2:0 photo from the Python tests.
+    const PHOTO: &[u8] = include_bytes!("../../tests/images/rocket.jpg");
+
+    /// The system's libjpeg-turbo (Python uses Pillow's; these tests only need some 6.2 libjpeg).
+    fn library() -> bool {
+        let found = ["libjpeg.so.62", "/usr/lib/x86_64-linux-gnu/libjpeg.so.62"]
+            .iter()
+            .any(|p| use_library(p).is_ok());
+        if !found {
+            eprintln!("skipped: no libjpeg.so.62 on this machine");
+        }
+        found
+    }
+
+    /// Rows `rows`, columns `cols` of the image, decoded with crop and skip.
+    fn band(data: &[u8], rows: Range<usize>, cols: Range<usize>) -> Result<Vec<u8>, String> {
+        let mut dec = Decoder::open(data, None, None)?;
+        let got = dec.crop(cols.clone())?;
+        dec.seek(rows.start)?;
+        let ps = dec.ps();
+        let stride = got.len() * ps;
+        let mut pixels = vec![0u8; rows.len() * stride];
+        let mut slices: Vec<&mut [u8]> = pixels.chunks_exact_mut(stride).collect();
+        dec.read(&mut slices)?;
+        dec.finish()?;
+        let (a, b) = ((cols.start - got.start) * ps, (cols.end - got.start) * ps);
+        Ok(pixels
+            .chunks_exact(stride)
+            .flat_map(|r| r[a..b].to_vec())
+            .collect())
+    }
+
+    #[test]
+    fn cropped_and_skipped_bands_equal_the_full_decode() {
+        if !library() {
+            return;
+        }
+        let dec = Decoder::open(PHOTO, None, None).expect("opens");
+        let (w, h) = dec.size();
+        assert_eq!((w, h, dec.mode()), (640, 427, Mode::Rgb));
+        drop(dec);
+        let full = band(PHOTO, 0..h, 0..w).expect("decodes");
+        assert_eq!(full.len(), w * h * 3);
+        for (rows, cols) in [
+            (0..h, 100..540),
+            (37..400, 0..w),
+            (200..201, 333..334),
+            (5..427, 1..639),
+            (120..300, 7..611),
+        ] {
+            let got = band(PHOTO, rows.clone(), cols.clone()).expect("decodes a band");
+            let expected: Vec<u8> = full
+                .chunks_exact(w * 3)
+                .skip(rows.start)
+                .take(rows.len())
+                .flat_map(|r| r[cols.start * 3..cols.end * 3].to_vec())
+                .collect();
+            assert!(got == expected, "band {rows:?} x {cols:?} differs");
+        }
+    }
+
+    #[test]
+    fn scaled_decode_rounds_sizes_up_like_pillows_draft() {
+        if !library() {
+            return;
+        }
+        // 640x427 with both sides >= 100: 640 / 100 and 427 / 100 allow 1/4.
+        let dec = Decoder::open(PHOTO, Some(100), None).expect("opens");
+        assert_eq!(dec.size(), (160, 107));
+        let dec = Decoder::open(PHOTO, Some(200), None).expect("opens");
+        assert_eq!(dec.size(), (320, 214));
+        let dec = Decoder::open(PHOTO, Some(500), None).expect("opens");
+        assert_eq!(dec.size(), (640, 427));
+    }
+
+    #[test]
+    fn damage_is_an_error_never_a_crash() {
+        if !library() {
+            return;
+        }
+        let truncated = &PHOTO[..PHOTO.len() / 2];
+        assert!(
+            band(truncated, 0..427, 0..640).is_err(),
+            "libjpeg's EOF warning"
+        );
+        for bad in [
+            &b""[..],
+            b"\xff\xd8\xff",
+            b"not a jpeg at all",
+            &PHOTO[..300],
+        ] {
+            let err = Decoder::open(bad, None, None).err();
+            assert!(err.is_some_and(|e| e.starts_with("libjpeg") || e.contains("image")));
+        }
+        assert!(
+            Decoder::open(PHOTO, None, Some(1000)).is_err(),
+            "over the pixel limit"
+        );
+        let mut dec = Decoder::open(PHOTO, None, None).expect("opens");
+        assert!(
+            dec.read(&mut [&mut [0u8; 10][..]]).is_err(),
+            "row buffer too short"
+        );
+    }
+
     /// Offsets and sizes of libjpeg-turbo's jpeglib.h (ABI 62) on LP64 targets.
     #[test]
     #[cfg(target_pointer_width = "64")]

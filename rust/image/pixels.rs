@@ -264,6 +264,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn widen_rgb_simd_equals_scalar_at_every_length() {
+        for pixels in 0..40 {
+            let src: Vec<u8> = (0..pixels * 3).map(|i| (i * 37 % 251) as u8).collect();
+            let mut fast = vec![0u8; pixels * 4];
+            let mut slow = vec![1u8; pixels * 4];
+            widen_rgb(&src, &mut fast);
+            widen_rgb_scalar(&src, &mut slow);
+            assert_eq!(fast, slow, "{pixels} pixels");
+            for (p, q) in fast.chunks_exact(4).zip(src.chunks_exact(3)) {
+                assert_eq!(&p[..3], q);
+            }
+        }
+    }
+
+    #[test]
     fn premultiply_roundtrip_of_opaque_is_identity() {
         let src = [10u8, 20, 30, 255, 1, 2, 3, 0];
         let mut dst = Vec::new();
