@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
@@ -432,6 +432,11 @@ def _encoded(item: Any) -> bytes | None:
     return None
 
 
+def _rust_decodes(data: bytes) -> bool:
+    """Whether Rust decodes these bytes itself (Pillow only if it refuses them)."""
+    return _is_direct_png(data) or (data[:3] == b"\xff\xd8\xff" and _jpeg_in_rust())
+
+
 def _prepare(item: Any, n_px: int, fast: bool) -> tuple[Any, int, int, str]:
     if isinstance(item, Image.Image):
         return _item(item, n_px)
@@ -490,12 +495,40 @@ def preprocess_batch(
     out = _new_output(len(items), n_px, dtype)
     errors: list[str | None] = [None] * len(items)
 
-    def prepare(i: int) -> tuple[Any, int, int, str] | None:
+    # Files are read up front; when every item is in memory or a file Rust decodes (PNG, JPEG),
+    # the whole batch is one native call on `workers` threads.
+    inputs: list[Any] = list(items)
+    rust_only = True
+    for i, item in enumerate(items):
+        if isinstance(item, (Image.Image, np.ndarray)):
+            continue
         try:
-            return _prepare(items[i], n_px, fast)
+            data = _encoded(item)
+        except Exception as exc:  # unreadable path: reported per item (typed below)
+            errors[i] = f"{type(exc).__name__}: {exc}"
+            continue
+        if data is not None:
+            inputs[i] = data
+            rust_only = rust_only and _rust_decodes(data)
+
+    def prepare(i: int) -> tuple[Any, int, int, str] | None:
+        if errors[i] is not None:
+            return None
+        try:
+            return _prepare(inputs[i], n_px, fast)
         except Exception as exc:  # any failure is reported per item (typed below)
             errors[i] = f"{type(exc).__name__}: {exc}"
             return None
+
+    def with_pillow(i: int) -> None:
+        # A file the Rust decoder refused (animated, damaged, CMYK, a libjpeg warning ...):
+        # Pillow decides what it is, giving its own pixels or its own error.
+        try:
+            prepared = _item(_decode(inputs[i], 2 * n_px if fast else None), n_px)
+        except Exception as exc:
+            errors[i] = f"{type(exc).__name__}: {exc}"
+            return
+        errors[i] = _run([prepared], out[i : i + 1], n_px, norm, 1)[0]
 
     def work(i: int) -> None:
         prepared = prepare(i)
@@ -503,36 +536,38 @@ def preprocess_batch(
             return
         err = _run([prepared], out[i : i + 1], n_px, norm, 1)[0]
         if err is not None and prepared[3] in _ENCODED_MODES:
-            # A file the Rust decoder refused (animated, damaged, CMYK, a libjpeg warning ...):
-            # Pillow decides what it is, giving its own pixels or its own error.
-            try:
-                prepared = _item(_decode(prepared[0], 2 * n_px if fast else None), n_px)
-            except Exception as exc:
-                errors[i] = f"{type(exc).__name__}: {exc}"
-                return
-            err = _run([prepared], out[i : i + 1], n_px, norm, 1)[0]
-        if err is not None:
+            with_pillow(i)
+        elif err is not None:
             errors[i] = err
 
-    needs_decode = any(not isinstance(x, (Image.Image, np.ndarray)) for x in items)
-    if needs_decode and workers > 1 and len(items) > 1:
-        # Each worker decodes one item (Pillow releases the GIL while decoding) and preprocesses it
-        # straight into its slot (Rust releases the GIL), so decoded images never pile up. The pool
-        # lives only for this call, so a later fork inherits no threads.
-        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-            list(pool.map(work, range(len(items))))
-    elif needs_decode:
-        # One thread: each image is preprocessed right after its decode, while its pixels are
-        # still in the cache, and freed before the next one is decoded.
-        for i in range(len(items)):
-            work(i)
-    else:
+    def on_threads(jobs: list[int], fn: Callable[[int], None]) -> None:
+        if workers > 1 and len(jobs) > 1:
+            # Each worker decodes one item (Pillow releases the GIL while decoding) and preprocesses
+            # it straight into its slot (Rust releases the GIL), so decoded images never pile up.
+            # The pool lives only for this call, so a later fork inherits no threads.
+            with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                list(pool.map(fn, jobs))
+        else:
+            # One thread: each image is preprocessed right after its decode, while its pixels are
+            # still in the cache, and freed before the next one is decoded.
+            for i in jobs:
+                fn(i)
+
+    if rust_only:
         placeholder = (b"\0\0\0", 1, 1, "RGB")
-        batch = [p if p is not None else placeholder for p in map(prepare, range(len(items)))]
+        prepared = [prepare(i) for i in range(len(items))]
+        batch = [p if p is not None else placeholder for p in prepared]
         run_errors = _run(batch, out, n_px, norm, workers)
+        retry = []
         for i, err in enumerate(run_errors):
             if errors[i] is None and err is not None:
-                errors[i] = err
+                if batch[i][3] in _ENCODED_MODES:
+                    retry.append(i)
+                else:
+                    errors[i] = err
+        on_threads(retry, with_pillow)
+    else:
+        on_threads(list(range(len(items))), work)
     bad = [i for i, e in enumerate(errors) if e is not None]
     if on_error == "raise":
         if bad:
