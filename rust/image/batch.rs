@@ -10,7 +10,7 @@ use super::normalize::{Normalize, Sample};
 use super::pipeline::{
     resize_crop_u8, resize_streamed_u8, resize_window_u8, rgb_bytes, streams, Plan,
 };
-use super::pixels::{widen_rgb, Source};
+use super::pixels::{widen_rgb, Mode, Source};
 use std::sync::Mutex;
 
 /// One image of a batch.
@@ -59,6 +59,19 @@ pub fn process_item<T: Sample>(
         Item::Pixels(src) => process_source(src, n, norm, out, simd),
         Item::Png { data, max_pixels } => {
             let img = decode_png(data, *max_pixels)?;
+            if img.mode == Mode::Rgb {
+                // Pillow's 4-byte layout, which the SIMD horizontal pass takes.
+                let mut wide = vec![0u8; img.width * img.height * 4];
+                widen_rgb(&img.pixels, &mut wide);
+                let src = Source {
+                    rows: wide.chunks_exact(img.width * 4).collect(),
+                    ps: 4,
+                    width: img.width,
+                    height: img.height,
+                    mode: Mode::Rgb,
+                };
+                return process_source(&src, n, norm, out, simd);
+            }
             let src = Source::packed(&img.pixels, img.width, img.height, img.mode)?;
             process_source(&src, n, norm, out, simd)
         }
