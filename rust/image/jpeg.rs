@@ -502,7 +502,14 @@ impl<'lib> Decoder<'lib> {
     /// Entropy-decode the rest of the stream (so that damage after the kept rows is seen, as
     /// Pillow sees it) and finish; `Err` for any libjpeg warning, so that Pillow decides.
     pub fn finish(mut self) -> Result<(), String> {
-        self.skip_to(self.height)?;
+        if self.row() < self.height {
+            // Not a skip to the very end: libjpeg-turbo then marks the input done without reading
+            // it. A skip that stops one row short entropy-decodes every iMCU row it passes, and
+            // the last row is decoded (in the cropped band only).
+            self.skip_to(self.height - 1)?;
+            let mut scratch = vec![0u8; self.cols.len() * self.ps()];
+            self.read(&mut [&mut scratch[..]])?;
+        }
         let mut ok = 0;
         // SAFETY: every scanline has been read or skipped.
         let failed = unsafe { clipfast_jpeg_int(self.lib.finish, self.cinfo.as_mut(), &mut ok) };
