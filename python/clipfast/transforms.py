@@ -433,9 +433,14 @@ def _encoded(item: Any) -> bytes | None:
     return None
 
 
-def _rust_decodes(data: bytes) -> bool:
-    """Whether Rust decodes these bytes itself (Pillow only if it refuses them)."""
-    return _is_direct_png(data) or (data[:3] == b"\xff\xd8\xff" and _jpeg_in_rust())
+def _rust_mode(data: bytes, fast: bool) -> str | None:
+    """The item mode under which Rust decodes these bytes itself ("png", "jpeg", "jpeg-fast"),
+    or None for files Pillow decodes (Pillow also takes over any file Rust refuses)."""
+    if _is_direct_png(data):
+        return "png"
+    if data[:3] == b"\xff\xd8\xff" and _jpeg_in_rust():
+        return "jpeg-fast" if fast else "jpeg"
+    return None
 
 
 def _prepare(item: Any, n_px: int, fast: bool) -> tuple[Any, int, int, str]:
@@ -447,10 +452,9 @@ def _prepare(item: Any, n_px: int, fast: bool) -> tuple[Any, int, int, str]:
     if data is None:
         raise ImageError(f"cannot preprocess an object of type {type(item).__name__}")
     # Decoded in Rust, on the worker threads; any Rust decode failure goes back to Pillow.
-    if _is_direct_png(data):
-        return data, 0, 0, "png"
-    if data[:3] == b"\xff\xd8\xff" and _jpeg_in_rust():
-        return data, 0, 0, "jpeg-fast" if fast else "jpeg"
+    mode = _rust_mode(data, fast)
+    if mode is not None:
+        return data, 0, 0, mode
     # Fast: a reduced JPEG decode, still twice the output size, so the bicubic resize antialiases.
     return _item(_decode(data, 2 * n_px if fast else None), n_px)
 
@@ -510,7 +514,7 @@ def preprocess_batch(
             continue
         if data is not None:
             inputs[i] = data
-            rust_only = rust_only and _rust_decodes(data)
+            rust_only = rust_only and _rust_mode(data, fast) is not None
 
     def prepare(i: int) -> tuple[Any, int, int, str] | None:
         if errors[i] is not None:

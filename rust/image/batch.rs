@@ -121,6 +121,7 @@ fn process_jpeg<T: Sample>(
     // Decoded rows are packed (RGB: 3 bytes); the passes take Pillow's 4-byte RGB pixels.
     let (dps, ps) = (mode.packed_size(), mode.pillow_layout().1);
     let decoded_stride = cols.len() * dps;
+    let window_stride = plan.cols.len() * ps;
     let (first, last) = (
         (plan.cols.start - cols.start) * dps,
         (plan.cols.end - cols.start) * dps,
@@ -130,7 +131,6 @@ fn process_jpeg<T: Sample>(
         decoded.resize(count * decoded_stride, 0);
         let mut rows: Vec<&mut [u8]> = decoded.chunks_exact_mut(decoded_stride).collect();
         dec.read(&mut rows)?;
-        let window_stride = plan.cols.len() * ps;
         for (src, dst) in decoded
             .chunks_exact(decoded_stride)
             .zip(buf.chunks_exact_mut(window_stride))
@@ -146,7 +146,6 @@ fn process_jpeg<T: Sample>(
     let (px, px_size) = if streams(&g, mode) {
         resize_streamed_u8(&plan, ps, mode, &g, simd, &mut fill)?
     } else {
-        let window_stride = plan.cols.len() * ps;
         let mut window = vec![0u8; plan.rows.len() * window_stride];
         fill(&mut window, plan.rows.len())?;
         let rows = window.chunks_exact(window_stride).collect();

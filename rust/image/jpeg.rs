@@ -194,16 +194,11 @@ struct Library {
 
 static LIBRARY: OnceLock<Library> = OnceLock::new();
 
-/// Whether [`use_library`] succeeded in this process.
-pub fn available() -> bool {
-    LIBRARY.get().is_some()
-}
-
 /// Look up libjpeg's functions through the shared object at `path` (Pillow's `_imaging`
 /// extension, already loaded) or a libjpeg itself. The first success is kept for the process.
 #[cfg(unix)]
 pub fn use_library(path: &str) -> Result<(), String> {
-    if available() {
+    if LIBRARY.get().is_some() {
         return Ok(());
     }
     let cpath = std::ffi::CString::new(path).map_err(|_| "path holds a NUL byte".to_string())?;
@@ -468,6 +463,17 @@ impl<'lib> Decoder<'lib> {
         Ok(())
     }
 
+    /// Position the decoder at `row`: rows above it are only entropy-decoded, except a margin
+    /// that is decoded and thrown away (upsampling reads the row above).
+    pub fn seek(&mut self, row: usize) -> Result<(), String> {
+        self.skip_to(row.saturating_sub(MARGIN))?;
+        let mut scratch = vec![0u8; self.cols.len() * self.ps()];
+        while self.row() < row {
+            self.read(&mut [&mut scratch[..]])?;
+        }
+        Ok(())
+    }
+
     /// Decode the next `rows.len()` rows into `rows` (each `cols.len() * components` bytes).
     pub fn read(&mut self, rows: &mut [&mut [u8]]) -> Result<(), String> {
         let stride = self.cols.len() * self.ps();
@@ -521,24 +527,6 @@ impl<'lib> Decoder<'lib> {
             return Err(format!("{} (a warning): decoded by Pillow", self.message()));
         }
         Ok(())
-    }
-}
-
-impl Decoder<'_> {
-    /// Position the decoder at `row`: rows above it are only entropy-decoded, except a margin
-    /// that is decoded and thrown away (upsampling reads the row above).
-    pub fn seek(&mut self, row: usize) -> Result<(), String> {
-        self.skip_to(row.saturating_sub(MARGIN))?;
-        let mut scratch = vec![0u8; self.cols.len() * self.ps()];
-        while self.row() < row {
-            self.read(&mut [&mut scratch[..]])?;
-        }
-        Ok(())
-    }
-
-    /// Decoded columns (after [`Decoder::crop`]).
-    pub fn cols(&self) -> Range<usize> {
-        self.cols.clone()
     }
 }
 

@@ -113,12 +113,7 @@ pub fn resize_window_u8(
         (PassOrder::HorizontalFirst, Some(h), Some(v)) => {
             let mut tmp = vec![0u8; rows.rows.len() * n * kept];
             horizontal_u8(&rows, ps, kept, h, &mut tmp, simd);
-            let mid = Rows {
-                rows: tmp.chunks_exact(n * kept).collect(),
-                row0: rows.row0,
-                col0: 0,
-            };
-            vertical_u8(&mid, kept, v, 0, n, &mut out, simd);
+            vertical_after_horizontal(&tmp, rows.row0, kept, v, n, &mut out, simd);
         }
         (PassOrder::VerticalFirst, Some(h), Some(v)) => {
             let cols = wcols.len();
@@ -142,6 +137,25 @@ pub fn resize_window_u8(
         unpremultiply(&mut out, out_ps);
     }
     (out, out_ps)
+}
+
+/// The vertical pass over a horizontal pass's output `mid` (rows of `n` pixels of `kept` bytes,
+/// the first being source row `row0`) into the n x n `out`.
+fn vertical_after_horizontal(
+    mid: &[u8],
+    row0: usize,
+    kept: usize,
+    v: &Axis,
+    n: usize,
+    out: &mut [u8],
+    simd: bool,
+) {
+    let rows = Rows {
+        rows: mid.chunks_exact(n * kept).collect(),
+        row0,
+        col0: 0,
+    };
+    vertical_u8(&rows, kept, v, 0, n, out, simd);
 }
 
 /// Window rows the horizontal pass takes per step when they come from a decoder: few enough that
@@ -192,13 +206,8 @@ pub fn resize_streamed_u8(
     match (g.order, plan.v.as_deref()) {
         (PassOrder::HorizontalOnly, _) => Ok((mid, kept)),
         (PassOrder::HorizontalFirst, Some(v)) => {
-            let rows = Rows {
-                rows: mid.chunks_exact(out_row).collect(),
-                row0: plan.rows.start,
-                col0: 0,
-            };
             let mut out = vec![0u8; n * out_row];
-            vertical_u8(&rows, kept, v, 0, n, &mut out, simd);
+            vertical_after_horizontal(&mid, plan.rows.start, kept, v, n, &mut out, simd);
             Ok((out, kept))
         }
         _ => Err("this resize does not start with a horizontal pass".into()),
