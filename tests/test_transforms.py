@@ -328,6 +328,27 @@ def test_batch_of_mixed_inputs_matches_clip(tmp_path: Path) -> None:
     assert torch.equal(out, expected)
 
 
+def test_batch_reads_file_objects_from_their_position(tmp_path: Path) -> None:
+    """Binary file objects (an open file, BytesIO) are read as Image.open reads them: from where
+    they stand; something whose read() gives no bytes is a typed error for that item."""
+    photo = PHOTOS[0]
+    png = encode(synthetic(333, 222, "RGBA", seed=4), "PNG")
+    prefixed = io.BytesIO(b"header" + png)
+    prefixed.seek(6)
+
+    class TextReader:
+        def read(self) -> str:
+            return "not bytes"
+
+    with open(photo, "rb") as f:
+        out, bad = clipfast.preprocess_batch([f, prefixed, TextReader()], 224, threads=2, on_error="skip")
+    assert bad == [2]
+    expected = torch.stack([reference(Image.open(photo), 224), reference(Image.open(io.BytesIO(png)), 224)])
+    assert torch.equal(out, expected)
+    with pytest.raises(clipfast.ImageError, match=r"item 0.*TextReader"):
+        clipfast.preprocess_batch([TextReader()])
+
+
 def test_batch_dtypes() -> None:
     imgs = [synthetic(300, 200, "RGB", seed=1), synthetic(200, 300, "LA", seed=2)]
     f32 = clipfast.preprocess_batch(imgs, 224, threads=1)

@@ -424,12 +424,19 @@ def _is_direct_png(data: bytes) -> bool:
 
 
 def _encoded(item: Any) -> bytes | None:
-    """The encoded bytes of a bytes-like item or file path; None for other objects."""
+    """The encoded bytes of a bytes-like item, a file path or a binary file object (read from its
+    current position, as ``Image.open`` reads it); None for other objects."""
     if isinstance(item, (bytes, bytearray, memoryview)):
         return bytes(item)
     if isinstance(item, (str, os.PathLike)):
         with open(item, "rb") as f:
             return f.read()
+    read = getattr(item, "read", None)
+    if callable(read):
+        data = read()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{type(item).__name__}.read() returned {type(data).__name__}, not bytes")
+        return bytes(data)
     return None
 
 
@@ -472,20 +479,22 @@ def preprocess_batch(
 ) -> Any:
     """Preprocess many images into one ``Tensor[B, 3, n_px, n_px]``, exactly as clip's preprocess.
 
-    ``items`` may hold PIL images, numpy arrays (HWC uint8, read as ``Image.fromarray`` reads them),
-    file paths or encoded image bytes (decoded with Pillow). Work runs on ``threads`` threads
-    (default: ``torch.get_num_threads()``) with the GIL released. ``dtype`` is float32 (default),
-    float16 (the float32 result rounded) or uint8 (resized and cropped RGB bytes, not normalised).
-    With ``on_error="skip"`` the result is ``(tensor_of_good_items, bad_indices)``; with "raise" a
-    bad item raises :class:`clipfast.ImageError` naming its index. 8-bit PNGs are decoded in Rust
-    (lossless, so Pillow's pixels); JPEGs are decoded in Rust by the libjpeg-turbo Pillow itself
-    uses, with Pillow's settings, only the rows and columns the crop reads (checked against
-    Pillow once per process; a file libjpeg warns about goes to Pillow); other files by Pillow.
-    ``decode="fast"`` decodes a JPEG that
-    is at least four times ``n_px`` on both sides at 1/2, 1/4 or 1/8 scale in libjpeg-turbo's DCT
-    domain (Pillow's ``draft``), keeping both sides >= ``2 * n_px`` so that the bicubic resize
-    still does the antialiasing: much faster on large photos, a few levels from the exact result
-    (see docs/preprocess.md); smaller JPEGs and everything else stay exact.
+    ``items`` may hold PIL images, numpy arrays (read as ``Image.fromarray`` reads them), file
+    paths, binary file objects (``open(p, "rb")``, ``io.BytesIO``) or encoded image bytes. Work
+    runs on ``threads`` threads (default: ``torch.get_num_threads()``) with the GIL released.
+    ``dtype`` is float32 (default), float16 (the float32 result rounded) or uint8 (resized and
+    cropped RGB bytes, not normalised). With ``on_error="skip"`` the result is
+    ``(tensor_of_good_items, bad_indices)``; with "raise" a bad item raises
+    :class:`clipfast.ImageError` naming its index.
+
+    8-bit PNGs are decoded in Rust (lossless, so Pillow's pixels); JPEGs are decoded in Rust by
+    the libjpeg-turbo Pillow itself uses, with Pillow's settings, only the rows and columns the
+    crop reads (checked against Pillow once per process; a file libjpeg warns about goes to
+    Pillow); other files by Pillow. ``decode="fast"`` decodes a JPEG that is at least four times
+    ``n_px`` on both sides at 1/2, 1/4 or 1/8 scale in libjpeg-turbo's DCT domain (Pillow's
+    ``draft``), keeping both sides >= ``2 * n_px`` so that the bicubic resize still does the
+    antialiasing: much faster on large photos, a few levels from the exact result (see
+    docs/preprocess.md); smaller JPEGs and everything else stay exact.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip", not {on_error!r}')
