@@ -247,6 +247,24 @@ def test_preprocess_object_is_picklable_and_keeps_its_shape() -> None:
     assert torch.equal(clone(img), reference(img, 224))
 
 
+def test_steps_expose_torchvisions_attributes() -> None:
+    """Code that reads the steps' attributes (say, the crop size) sees what clip's Compose holds."""
+    ours, theirs = transforms.for_resolution(336), clip.clip._transform(336)
+    assert ours.transforms[0].size == theirs.transforms[0].size == 336
+    assert ours.transforms[1].size == theirs.transforms[1].size == (336, 336)
+    assert repr(ours.transforms[1]) == repr(theirs.transforms[1])
+    assert tuple(ours.transforms[4].mean) == tuple(theirs.transforms[4].mean)
+    assert tuple(ours.transforms[4].std) == tuple(theirs.transforms[4].std)
+    img = synthetic(333, 222, "RGB")
+    for size in (200, (150, 180), [180, 150], (190,)):
+        crop = transforms.CenterCrop(size)
+        reference_crop = clip.clip.CenterCrop(size)
+        assert crop.size == tuple(reference_crop.size)
+        assert np.array_equal(np.asarray(crop(img)), np.asarray(reference_crop(img)))
+    with pytest.raises(ValueError):
+        transforms.CenterCrop((1, 2, 3))
+
+
 def test_swapped_steps_run_one_by_one() -> None:
     img = synthetic(333, 222, "RGB")
     pre = transforms.for_resolution(224)

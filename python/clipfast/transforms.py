@@ -66,24 +66,35 @@ class Resize:
 
 
 class CenterCrop:
-    """Crop the centre ``size`` x ``size`` square, offsets rounded as torchvision rounds them."""
+    """Crop the centre ``(height, width)`` region, offsets rounded as torchvision rounds them.
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    ``size`` is an int (a square) or ``(h, w)``; like torchvision's, the attribute is ``(h, w)``.
+    """
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        if isinstance(size, int):
+            self.size: tuple[int, int] = (size, size)
+        else:
+            dims = tuple(int(v) for v in size)
+            if len(dims) == 1:
+                dims = (dims[0], dims[0])
+            if len(dims) != 2:
+                raise ValueError(f"CenterCrop size must be an int or (h, w), not {size!r}")
+            self.size = (dims[0], dims[1])
 
     def __call__(self, img: Image.Image) -> Image.Image:
         w, h = img.size
-        n = self.size
-        if w < n or h < n:  # torchvision pads with zeros first; after Resize this cannot happen
-            padded = Image.new(img.mode, (max(w, n), max(h, n)))
-            padded.paste(img, ((max(w, n) - w) // 2, (max(h, n) - h) // 2))
+        nh, nw = self.size
+        if w < nw or h < nh:  # torchvision pads with zeros first; after Resize this cannot happen
+            padded = Image.new(img.mode, (max(w, nw), max(h, nh)))
+            padded.paste(img, ((max(w, nw) - w) // 2, (max(h, nh) - h) // 2))
             img, (w, h) = padded, padded.size
-        top = round((h - n) / 2.0)
-        left = round((w - n) / 2.0)
-        return img.crop((left, top, left + n, top + n))
+        top = round((h - nh) / 2.0)
+        left = round((w - nw) / 2.0)
+        return img.crop((left, top, left + nw, top + nh))
 
     def __repr__(self) -> str:
-        return f"CenterCrop(size=({self.size}, {self.size}))"
+        return f"CenterCrop(size={self.size})"
 
 
 class ConvertToRGB:
@@ -185,7 +196,7 @@ def _standard_plan(steps: list[Any]) -> tuple[int, tuple[float, ...], tuple[floa
         getattr(resize.interpolation, "value", None) == "bicubic"
     )
     n_px = resize.size
-    if not (bicubic and isinstance(n_px, int) and n_px > 0 and crop.size == n_px):
+    if not (bicubic and isinstance(n_px, int) and n_px > 0 and crop.size == (n_px, n_px)):
         return None
     if len(normalize.mean) != 3 or len(normalize.std) != 3:
         return None
