@@ -48,15 +48,24 @@ def resized_size(width: int, height: int, n_px: int) -> tuple[int, int]:
 
 
 class Resize:
-    """Resize the shorter side to ``size`` with Pillow's bicubic filter (no-op when it already matches)."""
+    """Resize with Pillow's bicubic filter, as torchvision's Resize on a PIL image: an int (or a
+    one-element sequence) is the shorter side (no-op when it already matches), ``(h, w)`` is the
+    exact size."""
 
-    def __init__(self, size: int, interpolation: Any = Image.Resampling.BICUBIC) -> None:
+    def __init__(self, size: int | Sequence[int], interpolation: Any = Image.Resampling.BICUBIC) -> None:
         self.size = size
         self.interpolation = interpolation
 
     def __call__(self, img: Image.Image) -> Image.Image:
         w, h = img.size
-        new = resized_size(w, h, self.size)
+        if isinstance(self.size, int):
+            new = resized_size(w, h, self.size)
+        elif len(self.size) == 1:
+            new = resized_size(w, h, int(self.size[0]))
+        elif len(self.size) == 2:
+            new = (int(self.size[1]), int(self.size[0]))
+        else:
+            raise ValueError(f"Resize size must be an int, (s,) or (h, w), not {self.size!r}")
         if new == (w, h):
             return img
         return img.resize(new, self.interpolation)
