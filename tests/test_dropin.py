@@ -180,6 +180,26 @@ def test_simple_tokenizer_module_path() -> None:
     assert ours.decoder[49407] == ref.decoder[49407]
 
 
+def test_clip_clip_module_names() -> None:
+    """Code that reaches into openai/CLIP's `clip.clip` module finds the same names and results."""
+    ours = clipfast.clip
+    ref = reference_clip.clip
+    assert ours._MODELS == ref._MODELS
+    assert ours.available_models() == ref.available_models()
+    assert ours.load is clipfast.load and ours.tokenize is clipfast.tokenize
+    assert set(ours.__all__) == set(ref.__all__)
+    image = Image.new("RGB", (301, 257), (200, 30, 90))
+    ImageDraw.Draw(image).ellipse((20, 30, 250, 200), fill=(10, 220, 40))
+    for n_px in (224, 336):
+        assert torch.equal(ours._transform(n_px)(image), ref._transform(n_px)(image))
+    assert ours._convert_image_to_rgb(image.convert("L")).mode == "RGB"
+    text = "A photo of a café &amp; its 2 dogs"
+    assert ours._tokenizer.encode(text) == ref._tokenizer.encode(text)
+    assert clipfast.simple_tokenizer.SimpleTokenizer().encode(text) == ref._tokenizer.encode(text)
+    with pytest.raises(AttributeError):
+        _ = ours.no_such_name
+
+
 def test_tokenize_through_the_package_name() -> None:
     texts = ["a diagram", "a dog", "a cat"]
     assert torch.equal(clipfast.tokenize(texts).long(), reference_clip.tokenize(texts))

@@ -26,6 +26,8 @@ def test_import_does_not_pull_torchvision_or_network() -> None:
         "socket.socket.connect = refuse\n"
         "import clipfast\n"
         "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+        "clipfast.clip._transform(224), clipfast.simple_tokenizer\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision imported by clipfast.clip'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

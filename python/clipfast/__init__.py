@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from . import download  # a callable module: download(url, ...) and download.resolve_model(name)
 from . import model as model  # `clipfast.model`, as `clip.model` is after `import clip`
 from ._native import __version__
@@ -40,3 +43,11 @@ __all__ = [
     "preprocess_batch",
     "tokenize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `clip.clip` and `clip.simple_tokenizer` exist after `import clip`; here they load on first use,
+    # so `import clipfast` stays fast.
+    if name in ("clip", "simple_tokenizer"):
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

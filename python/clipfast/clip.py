@@ -1,0 +1,51 @@
+"""``clipfast.clip``: the names of openai/CLIP's ``clip.clip`` module, for code that reaches into it.
+
+After ``import clipfast as clip``, ``clip.clip.load``, ``clip.clip._MODELS``,
+``clip.clip._transform(n_px)`` and the other names that code written for openai/CLIP uses resolve
+to clipfast's versions (same results). ``BICUBIC`` is Pillow's constant, not torchvision's
+``InterpolationMode`` (clipfast does not import torchvision); both mean the same filter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from PIL import Image
+
+from .download import download as _download_file
+from .load import load
+from .registry import MODELS, available_models
+from .tokenizer import tokenize
+from .transforms import Compose, for_resolution
+
+__all__ = ["available_models", "load", "tokenize"]
+
+BICUBIC = Image.Resampling.BICUBIC
+
+#: Model name -> download URL, as openai/CLIP's ``_MODELS``.
+_MODELS: dict[str, str] = dict(MODELS)
+
+
+def _download(url: str, root: Optional[str] = None) -> str:
+    """openai/CLIP's ``_download(url, root)``: the verified file's path (see ``clipfast.download``)."""
+    return _download_file(url, root)
+
+
+def _convert_image_to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+def _transform(n_px: int) -> Compose:
+    """The preprocess that ``load`` returns for input resolution ``n_px``."""
+    return for_resolution(n_px)
+
+
+def __getattr__(name: str) -> Any:
+    # openai/CLIP builds `_tokenizer` at import; here it is built on first use.
+    if name == "_tokenizer":
+        from .simple_tokenizer import SimpleTokenizer
+
+        tokenizer = SimpleTokenizer()
+        globals()["_tokenizer"] = tokenizer
+        return tokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
