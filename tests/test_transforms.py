@@ -371,6 +371,15 @@ def test_batch_reads_file_objects_from_their_position(tmp_path: Path) -> None:
         clipfast.preprocess_batch([TextReader()])
 
 
+def test_empty_batch_is_an_empty_tensor() -> None:
+    """A DataLoader's last batch after filtering can be empty: an empty result, not an error."""
+    for dtype in (torch.float32, torch.float16, torch.uint8):
+        out = clipfast.preprocess_batch([], 224, dtype=dtype)
+        assert out.shape == (0, 3, 224, 224) and out.dtype == dtype
+    out, bad = clipfast.preprocess_batch(iter([]), 336, on_error="skip")
+    assert out.shape == (0, 3, 336, 336) and bad == []
+
+
 def test_batch_dtypes() -> None:
     imgs = [synthetic(300, 200, "RGB", seed=1), synthetic(200, 300, "LA", seed=2)]
     f32 = clipfast.preprocess_batch(imgs, 224, threads=1)

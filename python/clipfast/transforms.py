@@ -587,7 +587,9 @@ def preprocess_batch(
             for i in jobs:
                 fn(i)
 
-    if rust_only:
+    if not items:
+        pass  # nothing to run: the native call refuses a zero-size output
+    elif rust_only:
         placeholder = (b"\0\0\0", 1, 1, "RGB")
         prepared = [prepare(i) for i in range(len(items))]
         batch = [p if p is not None else placeholder for p in prepared]
