@@ -354,7 +354,7 @@ def _use_pillow_libjpeg() -> bool:
             mode = "jpeg-fast" if fast else "jpeg"
             if _run([(data, 0, 0, mode)], ours, n_px, norm, 1)[0] is not None:
                 return False
-            pillow = _item(_decode(data, 2 * n_px if fast else None), n_px)
+            pillow = _pillow_item(data, n_px, fast)
             if _run([pillow], theirs, n_px, norm, 1)[0] is not None or not torch.equal(ours, theirs):
                 return False
         return True
@@ -482,7 +482,12 @@ def _prepare(item: Any, n_px: int, fast: bool) -> tuple[Any, int, int, str]:
     mode = _rust_mode(data, fast)
     if mode is not None:
         return data, 0, 0, mode
-    # Fast: a reduced JPEG decode, still twice the output size, so the bicubic resize antialiases.
+    return _pillow_item(data, n_px, fast)
+
+
+def _pillow_item(data: bytes, n_px: int, fast: bool) -> tuple[Any, int, int, str]:
+    """The item for encoded bytes decoded by Pillow. Fast: a reduced JPEG decode, still twice the
+    output size, so the bicubic resize antialiases."""
     return _item(_decode(data, 2 * n_px if fast else None), n_px)
 
 
@@ -558,7 +563,7 @@ def preprocess_batch(
         # A file the Rust decoder refused (animated, damaged, CMYK, a libjpeg warning ...):
         # Pillow decides what it is, giving its own pixels or its own error.
         try:
-            prepared = _item(_decode(inputs[i], 2 * n_px if fast else None), n_px)
+            prepared = _pillow_item(inputs[i], n_px, fast)
         except Exception as exc:
             errors[i] = f"{type(exc).__name__}: {exc}"
             return
