@@ -119,7 +119,7 @@ fn process_jpeg<T: Sample>(
     let cols = dec.crop(plan.cols.clone())?;
     dec.seek(plan.rows.start)?;
     // Decoded rows are packed (RGB: 3 bytes); the passes take Pillow's 4-byte RGB pixels.
-    let (dps, ps) = (mode.packed_size(), mode.pillow_layout().1);
+    let (dps, ps) = (dec.ps(), mode.pillow_layout().1);
     let decoded_stride = cols.len() * dps;
     let window_stride = plan.cols.len() * ps;
     let (first, last) = (
