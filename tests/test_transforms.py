@@ -261,12 +261,14 @@ def test_steps_expose_torchvisions_attributes() -> None:
         reference_crop = clip.clip.CenterCrop(size)
         assert crop.size == tuple(reference_crop.size)
         assert np.array_equal(np.asarray(crop(img)), np.asarray(reference_crop(img)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="CenterCrop size"):
         transforms.CenterCrop((1, 2, 3))
     for size in (200, [200], (150, 260), (333, 222)):
         resize = transforms.Resize(size)
         reference_resize = clip.clip.Resize(size, clip.clip.BICUBIC)
         assert np.array_equal(np.asarray(resize(img)), np.asarray(reference_resize(img)))
+    with pytest.raises(ValueError, match="Resize size"):
+        transforms.Resize((1, 2, 3))(img)
 
 
 def test_swapped_steps_run_one_by_one() -> None:
