@@ -15,7 +15,7 @@ pub mod resample;
 pub mod resample_simd;
 
 use crate::error::Error;
-use normalize::{Affine, Normalize, OutKind};
+use normalize::{Normalize, OutKind};
 use pixels::{Mode, Source};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule};
@@ -163,7 +163,7 @@ fn preprocess_into(
             let table = lut_values(lut, 4, |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))?;
             // torch rounds the constants to float32 the same way (to nearest).
             let affine = mean_std.and_then(|(mean, std)| {
-                Affine::matching(mean.map(|v| v as f32), std.map(|v| v as f32), &table)
+                normalize::matching_cached(mean.map(|v| v as f32), std.map(|v| v as f32), &table)
             });
             let norm = Normalize {
                 lut: &table,
