@@ -53,7 +53,8 @@ impl Affine {
     }
 
     /// `Some` when the arithmetic reproduces every entry of `lut` (3 x 256 float32, bit for bit),
-    /// so that either route gives the same tensor; `None` otherwise (the table is then used).
+    /// so that either route gives the same tensor; `None` otherwise (the table is then used). In
+    /// `Some`, `reciprocal` says whether the SIMD route's faster division also reproduced it.
     pub fn matching(mean: [f32; 3], std: [f32; 3], lut: &[f32]) -> Option<Affine> {
         let mut affine = Affine {
             mean,
@@ -84,16 +85,18 @@ pub fn matching_cached(mean: [f32; 3], std: [f32; 3], lut: &[f32]) -> Option<Aff
     type Entry = ([u32; 3], [u32; 3], Vec<u32>, Option<Affine>);
     static LAST: std::sync::Mutex<Option<Entry>> = std::sync::Mutex::new(None);
     let bits = |v: [f32; 3]| v.map(f32::to_bits);
-    let table: Vec<u32> = lut.iter().map(|v| v.to_bits()).collect();
     let key = (bits(mean), bits(std));
     // A poisoned lock only means another thread panicked mid-update: recompute then.
     if let Ok(mut last) = LAST.lock() {
         if let Some((m, s, t, affine)) = last.as_ref() {
-            if (*m, *s) == key && *t == table {
+            let same_table =
+                t.len() == lut.len() && t.iter().zip(lut).all(|(a, b)| *a == b.to_bits());
+            if (*m, *s) == key && same_table {
                 return *affine;
             }
         }
         let affine = Affine::matching(mean, std, lut);
+        let table = lut.iter().map(|v| v.to_bits()).collect();
         *last = Some((key.0, key.1, table, affine));
         return affine;
     }
@@ -341,6 +344,23 @@ mod tests {
         lut[700] = f32::from_bits(lut[700].to_bits() ^ 1); // one ulp off, one entry
         assert!(Affine::matching(MEAN, STD, &lut).is_none());
         assert!(Affine::matching(MEAN, STD, &lut[..767]).is_none());
+    }
+
+    #[test]
+    fn the_cache_answers_for_the_table_it_was_given() {
+        let lut = table();
+        let mut off = lut.clone();
+        off[300] = f32::from_bits(off[300].to_bits() ^ 1);
+        // Same constants, different tables: each call gets the answer for its own table.
+        for _ in 0..2 {
+            assert!(matching_cached(MEAN, STD, &lut).is_some());
+            assert!(matching_cached(MEAN, STD, &off).is_none());
+            assert!(matching_cached(MEAN, STD, &lut[..767]).is_none());
+        }
+        assert_eq!(
+            matching_cached(MEAN, STD, &lut).map(|a| a.reciprocal),
+            Affine::matching(MEAN, STD, &lut).map(|a| a.reciprocal)
+        );
     }
 
     #[test]
