@@ -18,6 +18,7 @@ from .errors import (
     ChecksumError,
     DownloadError,
     ImageError,
+    MissingDependencyError,
     ModelNotFoundError,
     UnsafeCheckpointError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "ImageError",
+    "MissingDependencyError",
     "ModelNotFoundError",
     "UnsafeCheckpointError",
     "__version__",

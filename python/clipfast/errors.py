@@ -9,6 +9,7 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "ImageError",
+    "MissingDependencyError",
     "ModelNotFoundError",
     "UnsafeCheckpointError",
 ]
@@ -38,6 +39,10 @@ class DownloadError(OSError):
 
 class ModelNotFoundError(FileNotFoundError, RuntimeError):
     """Neither a known model name nor an existing file (a RuntimeError too, as in openai/CLIP)."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional package a feature needs is not installed (the message says how to install it)."""
 
 
 class ImageError(ValueError):
