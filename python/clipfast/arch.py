@@ -1,9 +1,17 @@
-"""The hyperparameters of a CLIP model, read from the shapes of its state dict.
+"""The hyperparameters of a CLIP model, read from the shapes of its state dict, and where each
+setting no shape shows was decided from.
 
-openai/CLIP's ``build_model`` reads them the same way; this version checks every key it uses and says
-which key or shape is wrong instead of failing with a ``KeyError`` or an assertion deep inside torch.
-Head counts cannot be seen in any shape: they default to openai/CLIP's rule (width // 64; a ResNet's
-attention pool has width * 32 // 64) and can be overridden.
+openai/CLIP's ``build_model`` reads the shapes the same way; this version checks every key it uses
+and says which key or shape is wrong instead of failing with a ``KeyError`` or an assertion deep
+inside torch. Three settings cannot be seen in any shape: the activation of each tower (QuickGELU
+or GELU) and the head counts (the width of each attention head). They are decided, in this order,
+from explicit arguments, from the configuration that travels with the weights (an
+``open_clip_config.json`` / ``config.json`` beside the file, safetensors metadata), from the
+TorchScript archive (OpenAI's: QuickGELU, 64-wide heads), and for a bare file from open_clip's
+published configurations whose shapes match (head widths only), else from defaults (64-wide heads,
+clip.load's QuickGELU), about which ``load`` warns. ``Architecture.sources`` records the decision.
+
+Torch-free at import: ``clipfast inspect`` uses this module without torch.
 """
 
 from __future__ import annotations
@@ -11,14 +19,23 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Optional, TypeVar, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple, Optional, TypeVar, Union
 
 from .errors import ArchitectureError
 
-__all__ = ["WRAPPER_PREFIX", "Architecture", "infer_architecture", "without_wrapper_prefix"]
+__all__ = [
+    "ACTIVATIONS",
+    "WRAPPER_PREFIX",
+    "Architecture",
+    "Provenance",
+    "infer_architecture",
+    "openai_key_names",
+    "without_wrapper_prefix",
+]
 
 # The buffers OpenAI's TorchScript archives carry beside the weights; they are not model state.
 ARCHIVE_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -27,21 +44,87 @@ ARCHIVE_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 #: (open_clip's among them) are often saved from the wrapper.
 WRAPPER_PREFIX = "module."
 
+#: The activations of the transformer MLPs clipfast computes: OpenAI's sigmoid approximation
+#: ``x * sigmoid(1.702 x)`` and the exact (erf) GELU of ``torch.nn.GELU()``.
+ACTIVATIONS = ("quick_gelu", "gelu")
+
+#: The text-tower keys open_clip's CustomTextCLIP keeps under ``text.`` (its CLIP, and OpenAI, at the top).
+CUSTOM_TEXT_KEYS = ("text_projection", "positional_embedding", "token_embedding", "transformer.", "ln_final")
+
 _T = TypeVar("_T")
 
 
+class Provenance(NamedTuple):
+    """Where a setting was decided from: ``kind`` is one of
+
+    - ``"argument"``: an explicit argument (``quick_gelu=``, ``vision_heads=``, ``transformer_heads=``);
+    - ``"config"``: the configuration travelling with the weights (``detail`` names the file, or
+      the safetensors file whose metadata holds it);
+    - ``"torchscript"``: OpenAI's TorchScript archive (QuickGELU, 64-wide heads);
+    - ``"published"``: the shapes match a published open_clip configuration (``detail`` names it);
+    - ``"shapes"``: read from the tensors' shapes;
+    - ``"default"``: nothing said; a default was assumed (``load`` warns)."""
+
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.detail})" if self.detail else self.kind
+
+
+ARGUMENT = "argument"
+CONFIG = "config"
+TORCHSCRIPT = "torchscript"
+PUBLISHED = "published"
+SHAPES = "shapes"
+DEFAULT = "default"
+
+#: A setting decided by a source: (value, where from).
+Decided = tuple[Any, Provenance]
+
+
+def _mapping_key(keys: Iterable[str]) -> tuple[bool, bool]:
+    """(strip the DataParallel prefix, move CustomTextCLIP's ``text.*`` keys to the top) for these keys."""
+    keys = list(keys)
+    prefixed = bool(keys) and all(key.startswith(WRAPPER_PREFIX) for key in keys)
+    names = [key[len(WRAPPER_PREFIX) :] for key in keys] if prefixed else keys
+    custom_text = "text.text_projection" in names and "text_projection" not in names
+    return prefixed, custom_text
+
+
+def openai_key_names(keys: Iterable[str]) -> Mapping[str, str]:
+    """Each key -> its name in OpenAI's layout: DataParallel's ``module.`` prefix taken off when
+    every key has it; open_clip's CustomTextCLIP layout (``text.transformer...``) moved to the top
+    level as OpenAI's CLIP (and open_clip's CLIP) keep it. Other keys keep their names."""
+    keys = list(keys)
+    prefixed, custom_text = _mapping_key(keys)
+    out: dict[str, str] = {}
+    for key in keys:
+        name = key[len(WRAPPER_PREFIX) :] if prefixed else key
+        if custom_text and name.startswith("text.") and name[5:].startswith(CUSTOM_TEXT_KEYS):
+            name = name[5:]
+        out[key] = name
+    return out
+
+
 def without_wrapper_prefix(tensors: Mapping[str, _T]) -> OrderedDict[str, _T]:
-    """``tensors`` with :data:`WRAPPER_PREFIX` taken off the keys when every key has it (a mapping
-    where only some keys have it is left as it is, and is not a CLIP state dict)."""
-    if tensors and all(key.startswith(WRAPPER_PREFIX) for key in tensors):
-        return OrderedDict((key[len(WRAPPER_PREFIX) :], value) for key, value in tensors.items())
-    return tensors if isinstance(tensors, OrderedDict) else OrderedDict(tensors)
+    """``tensors`` under OpenAI's key names (see :func:`openai_key_names`): the DataParallel prefix
+    taken off when every key has it (a mapping where only some keys have it is left as it is, and is
+    not a CLIP state dict), open_clip's CustomTextCLIP text keys moved to the top."""
+    names = openai_key_names(tensors)
+    if all(key == name for key, name in names.items()):
+        return tensors if isinstance(tensors, OrderedDict) else OrderedDict(tensors)
+    return OrderedDict((names[key], value) for key, value in tensors.items())
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """What a CLIP checkpoint's tensors say about the model (the arguments of ``clip.model.CLIP``,
-    plus the vision head count, the patch grid and the kind of image tower)."""
+    """What a CLIP checkpoint's tensors (and the configuration travelling with them) say about the
+    model: the arguments of ``clip.model.CLIP``, plus the vision head count, the patch grid, the MLP
+    widths and the activation of each tower; ``sources`` says where each setting was decided from.
+
+    ``vision_mlp_width`` / ``transformer_mlp_width`` default to 4x the width (OpenAI's), the
+    activations to QuickGELU (OpenAI's). A ModifiedResNet image tower has neither (``None``)."""
 
     embed_dim: int
     image_resolution: int
@@ -55,6 +138,27 @@ class Architecture:
     transformer_width: int
     transformer_heads: int
     transformer_layers: int
+    vision_mlp_width: Optional[int] = None
+    transformer_mlp_width: Optional[int] = None
+    vision_activation: Optional[str] = "quick_gelu"
+    text_activation: str = "quick_gelu"
+    #: setting name -> where it was decided from (not part of equality or the repr).
+    sources: Mapping[str, Provenance] = field(default_factory=dict, compare=False, repr=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.is_vit:
+            if self.vision_mlp_width is None:
+                object.__setattr__(self, "vision_mlp_width", 4 * self.vision_width)
+        else:
+            object.__setattr__(self, "vision_mlp_width", None)
+            object.__setattr__(self, "vision_activation", None)
+        if self.transformer_mlp_width is None:
+            object.__setattr__(self, "transformer_mlp_width", 4 * self.transformer_width)
+        for name in ("vision_activation", "text_activation"):
+            value = getattr(self, name)
+            if value is not None and value not in ACTIVATIONS:
+                raise ArchitectureError(f"{name}={value!r} is not one of {ACTIVATIONS}")
+        object.__setattr__(self, "sources", dict(self.sources))
 
     @property
     def is_vit(self) -> bool:
@@ -75,6 +179,25 @@ class Architecture:
             "transformer_heads": self.transformer_heads,
             "transformer_layers": self.transformer_layers,
         }
+
+    def model_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``clipfast.model.CLIP``: clip's, and the settings it adds."""
+        return {
+            **self.clip_arguments(),
+            "vision_heads": self.vision_heads,
+            "vision_mlp_width": self.vision_mlp_width,
+            "transformer_mlp_width": self.transformer_mlp_width,
+            "vision_activation": self.vision_activation or "quick_gelu",
+            "text_activation": self.text_activation,
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """Every hyperparameter by name (the fields without ``sources``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+
+    def assumed(self) -> list[str]:
+        """The settings decided by a default, which no argument, configuration or shape showed."""
+        return [name for name, where in self.sources.items() if where.kind == DEFAULT]
 
 
 class _Shapes:
@@ -120,13 +243,75 @@ class _Shapes:
             raise self.error(f"{key!r} has {rows} rows, which is not grid**2 + 1 for a square grid")
         return grid, width
 
+    def mlp_width(self, block: str, width: int) -> int:
+        """The hidden width of a transformer block's MLP (``c_fc`` maps width -> hidden)."""
+        hidden, inner = self.shape(f"{block}mlp.c_fc.weight", 2)
+        if inner != width:
+            raise self.error(
+                f"'{block}mlp.c_fc.weight' has shape {[hidden, inner]}, expected [hidden, {width}]"
+            )
+        return hidden
 
-def _heads(shapes: _Shapes, what: str, width: int, override: Optional[int], default: int) -> int:
-    heads = default if override is None else int(override)
+
+#: The structural settings a configuration may state and the shapes decide (a disagreement is an
+#: error), except the image resolution and context length: open_clip resizes the position
+#: embeddings to the configuration's, and so does clipfast.
+STRUCTURE = (
+    "embed_dim",
+    "vision_layers",
+    "vision_width",
+    "vision_patch_size",
+    "vision_mlp_width",
+    "vocab_size",
+    "transformer_width",
+    "transformer_layers",
+    "transformer_mlp_width",
+)
+RESIZABLE = ("image_resolution", "context_length")
+
+
+def _heads(
+    shapes: _Shapes,
+    what: str,
+    width: int,
+    argument: Optional[int],
+    decided: Mapping[str, Decided],
+    published: Optional[tuple[int, str]],
+) -> tuple[int, Provenance]:
+    """The head count of one tower and where it came from: argument > configuration (a count or a
+    head width) > the published configuration whose shapes match > 64-wide heads."""
+    head_width_key = what.replace("_heads", "_head_width")
+    if argument is not None:
+        heads, where = int(argument), Provenance(ARGUMENT)
+    elif what in decided:
+        heads, where = int(decided[what][0]), decided[what][1]
+    elif head_width_key in decided:
+        head_width, where = int(decided[head_width_key][0]), decided[head_width_key][1]
+        heads = width // head_width if head_width > 0 else 0
+    elif published is not None:
+        heads, where = published[0], Provenance(PUBLISHED, published[1])
+    else:
+        heads, where = width // 64, Provenance(DEFAULT, "64-wide heads")
     if heads <= 0 or width % heads != 0:
-        hint = "" if override is not None else f" (the default rule gives {default}; pass {what}=...)"
-        raise shapes.error(f"{what}={heads} does not divide the attention width {width}{hint}")
-    return heads
+        said = f" ({where})" if where.kind != ARGUMENT else ""
+        hint = f"; pass {what}=..." if where.kind != ARGUMENT else ""
+        raise shapes.error(f"{what}={heads}{said} does not divide the attention width {width}{hint}")
+    return heads, where
+
+
+def _activation(
+    name: str, quick_gelu: Optional[bool], decided: Mapping[str, Decided]
+) -> tuple[str, Provenance]:
+    if quick_gelu is not None:
+        return ("quick_gelu" if quick_gelu else "gelu"), Provenance(
+            ARGUMENT, f"quick_gelu={bool(quick_gelu)}"
+        )
+    if name in decided:
+        value, where = decided[name]
+        if value not in ACTIVATIONS:
+            raise ArchitectureError(f"{where.detail or where}: {name} {value!r} is not one of {ACTIVATIONS}")
+        return str(value), where
+    return "quick_gelu", Provenance(DEFAULT, "clip.load's QuickGELU")
 
 
 def infer_architecture(
@@ -134,20 +319,31 @@ def infer_architecture(
     *,
     vision_heads: Optional[int] = None,
     transformer_heads: Optional[int] = None,
+    quick_gelu: Optional[bool] = None,
+    decided: Optional[Mapping[str, Decided]] = None,
     source: Union[str, os.PathLike[str], None] = None,
 ) -> Architecture:
     """Read a CLIP model's hyperparameters from the shapes in ``state_dict`` (OpenAI's key names).
 
-    ``vision_heads`` and ``transformer_heads`` override openai/CLIP's head-count rule; ``source`` (the
-    file the tensors came from) is named in errors. Raises ``ArchitectureError`` naming the missing or
-    inconsistent key."""
+    ``vision_heads``, ``transformer_heads`` and ``quick_gelu`` (both towers) are explicit arguments;
+    ``decided`` maps settings to ``(value, Provenance)`` as a configuration travelling with the
+    weights or a TorchScript archive decides them (``vision_heads`` or ``vision_head_width``,
+    ``transformer_heads`` or ``transformer_head_width``, ``vision_activation``,
+    ``text_activation``, and structural settings, which must agree with the shapes; a different
+    ``image_resolution`` / ``context_length`` is taken, the position embeddings being resized).
+    Whatever neither says comes from the published open_clip configuration whose shapes match
+    (head widths) or defaults; ``Architecture.sources`` records each decision. ``source`` (the file
+    the tensors came from) is named in errors. Raises ``ArchitectureError`` naming the missing or
+    inconsistent key, or the configuration that disagrees with the shapes."""
     shapes = _Shapes(state_dict, os.fspath(source) if source is not None else None)
+    decided = dict(decided or {})
     if not any(key.startswith("visual.") for key in state_dict):
         raise shapes.error("no visual.* tensors; not a CLIP checkpoint in OpenAI's layout")
 
     embed_width, embed_dim = shapes.shape("text_projection", 2)
     vision_patch_size: Optional[int]
     vision_layers: Union[int, tuple[int, int, int, int]]
+    vision_mlp_width: Optional[int] = None
     if "visual.proj" in state_dict:  # VisionTransformer
         vision_width, in_channels, patch_h, patch_w = shapes.shape("visual.conv1.weight", 4)
         if in_channels != 3 or patch_h != patch_w:
@@ -169,7 +365,7 @@ def infer_architecture(
                 f"'visual.proj' has shape {list(proj)}, expected {[vision_width, embed_dim]} "
                 "(vision width x text_projection's embedding size)"
             )
-        default_vision_heads = vision_width // 64
+        vision_mlp_width = shapes.mlp_width("visual.transformer.resblocks.0.", vision_width)
     else:  # ModifiedResNet
         counts = [shapes.block_count(f"visual.layer{i}.") for i in (1, 2, 3, 4)]
         vision_layers = (counts[0], counts[1], counts[2], counts[3])
@@ -188,7 +384,6 @@ def infer_architecture(
                 f"'visual.attnpool.c_proj.weight' has shape {list(c_proj)}, "
                 f"expected {[embed_dim, vision_width * 32]}"
             )
-        default_vision_heads = vision_width * 32 // 64
 
     context_length, pos_width = shapes.shape("positional_embedding", 2)
     vocab_size, token_width = shapes.shape("token_embedding.weight", 2)
@@ -203,24 +398,123 @@ def infer_architecture(
                 f"{key!r} has width {width}, but 'ln_final.weight' says the text width is {transformer_width}"
             )
     transformer_layers = shapes.block_count("transformer.resblocks.")
+    transformer_mlp_width = shapes.mlp_width("transformer.resblocks.0.", transformer_width)
 
+    found: dict[str, Any] = {
+        "embed_dim": embed_dim,
+        "image_resolution": image_resolution,
+        "vision_layers": vision_layers,
+        "vision_width": vision_width,
+        "vision_patch_size": vision_patch_size,
+        "vision_grid": grid,
+        "context_length": context_length,
+        "vocab_size": vocab_size,
+        "transformer_width": transformer_width,
+        "transformer_layers": transformer_layers,
+        "vision_mlp_width": vision_mlp_width,
+        "transformer_mlp_width": transformer_mlp_width,
+    }
+    sources = {name: Provenance(SHAPES) for name in found}
+    for name in STRUCTURE:
+        if name in decided:
+            value, where = decided[name]
+            if _normal(value) != _normal(found[name]):
+                raise shapes.error(
+                    f"{where.detail or where} says {name} = {_normal(value)}, but the weights have "
+                    f"{_normal(found[name])}: the configuration does not describe these weights"
+                )
+            sources[name] = where
+    for name in RESIZABLE:
+        if name in decided:
+            value, where = decided[name]
+            found[name], sources[name] = int(value), where
+    if "image_resolution" in decided:
+        size = found["image_resolution"]
+        unit = vision_patch_size if vision_patch_size is not None else 32
+        if size <= 0 or size % unit != 0:
+            raise shapes.error(
+                f"image size {size} ({sources['image_resolution']}) is not a multiple of {unit}"
+            )
+        found["vision_grid"] = size // unit
+    if found["context_length"] <= 0:
+        raise shapes.error(f"context length {found['context_length']} is not positive")
+
+    from .published import match
+
+    published = match(found)
     attention_width = vision_width if vision_patch_size is not None else vision_width * 32
-    return Architecture(
-        embed_dim=embed_dim,
-        image_resolution=image_resolution,
-        vision_layers=vision_layers,
-        vision_width=vision_width,
-        vision_patch_size=vision_patch_size,
-        vision_grid=grid,
-        vision_heads=_heads(shapes, "vision_heads", attention_width, vision_heads, default_vision_heads),
-        context_length=context_length,
-        vocab_size=vocab_size,
-        transformer_width=transformer_width,
-        transformer_heads=_heads(
-            shapes, "transformer_heads", transformer_width, transformer_heads, transformer_width // 64
-        ),
-        transformer_layers=transformer_layers,
+    heads_v, sources["vision_heads"] = _heads(
+        shapes,
+        "vision_heads",
+        attention_width,
+        vision_heads,
+        decided,
+        None if published is None else (published.vision_heads, published.name),
     )
+    heads_t, sources["transformer_heads"] = _heads(
+        shapes,
+        "transformer_heads",
+        transformer_width,
+        transformer_heads,
+        decided,
+        None if published is None else (published.transformer_heads, published.name),
+    )
+    vision_activation: Optional[str] = None
+    if vision_patch_size is not None:
+        vision_activation, sources["vision_activation"] = _activation(
+            "vision_activation", quick_gelu, decided
+        )
+    text_activation, sources["text_activation"] = _activation("text_activation", quick_gelu, decided)
+    return Architecture(
+        **found,
+        vision_heads=heads_v,
+        transformer_heads=heads_t,
+        vision_activation=vision_activation,
+        text_activation=text_activation,
+        sources=sources,
+    )
+
+
+def _normal(value: Any) -> Any:
+    """Lists (from JSON) and tuples compare equal."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def assumption_warning(arch: Architecture, source: str) -> Optional[str]:
+    """The one warning ``load`` gives when a setting was assumed (None when nothing was): what was
+    assumed and which argument decides it."""
+    assumed = arch.assumed()
+    if not assumed:
+        return None
+    parts = []
+    activations = [name for name in ("vision_activation", "text_activation") if name in assumed]
+    if activations:
+        parts.append(
+            "QuickGELU (clip.load's rule; OpenAI, MetaCLIP and DFN models use it, most LAION and "
+            "DataComp models use GELU): pass quick_gelu=False for GELU, quick_gelu=True to confirm"
+        )
+    guessed_heads = [
+        (name, getattr(arch, name))
+        for name in ("vision_heads", "transformer_heads")
+        if name in assumed or (activations and arch.sources.get(name, Provenance(SHAPES)).kind == PUBLISHED)
+    ]
+    if guessed_heads:
+        described = ", ".join(f"{name}={count} ({arch.sources[name]})" for name, count in guessed_heads)
+        parts.append(
+            f"head counts {described}: pass {' / '.join(n + '=' for n, _ in guessed_heads)} if different"
+        )
+    return (
+        f"{source}: no configuration travels with these weights, so clipfast assumed "
+        + "; and ".join(parts)
+        + ". (An open_clip_config.json or config.json beside the file, or `clipfast convert`, records them.)"
+    )
+
+
+def warn_assumptions(arch: Architecture, source: str, stacklevel: int = 2) -> None:
+    """Issue :func:`assumption_warning` (a ``UserWarning``), if any."""
+    message = assumption_warning(arch, source)
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
 
 
 def check_shapes(

@@ -1,7 +1,8 @@
 """``clipfast.load``: openai/CLIP's ``clip.load``, many times faster and in less memory.
 
-resolve (name -> file) -> read (Rust: mmap, zip, restricted unpickler, one dtype conversion in
-parallel) -> infer the architecture from shapes -> build on ``meta`` -> assign the tensors -> place.
+resolve (name -> a ``formats.ModelSource``: the weights file and the settings travelling with it)
+-> read (Rust: mmap, zip, restricted unpickler, one dtype conversion in parallel) -> infer the
+architecture from shapes and those settings -> build on ``meta`` -> assign the tensors -> place.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 import torch
 
-from .arch import WRAPPER_PREFIX, without_wrapper_prefix
-from .errors import ModelNotFoundError
-from .registry import MODELS, available_models
+from .arch import CUSTOM_TEXT_KEYS, WRAPPER_PREFIX, Architecture, warn_assumptions, without_wrapper_prefix
+from .formats import ModelSource, locate
+from .registry import MODELS
 
 if TYPE_CHECKING:
     from .model import CLIP
@@ -30,26 +31,23 @@ DeviceLike = Union[str, torch.device, int]
 DtypeLike = Union[torch.dtype, DtypePlan, None]
 
 
-def _resolve(name: Union[str, os.PathLike[str]], download_root: Optional[str], verify: bool) -> str:
+def _resolve(name: Union[str, os.PathLike[str]], download_root: Optional[str], verify: bool) -> ModelSource:
+    """The model ``name`` names: an official model (downloaded once), or what ``formats.locate``
+    finds (a checkpoint file, an open_clip or Hugging Face folder, ``local-dir:``, ``hf-hub:``)."""
     if isinstance(name, str) and name in MODELS:
         from .download import resolve_model
 
-        return resolve_model(name, download_root, verify=verify)
-    path = os.fspath(name)
-    if os.path.isfile(path):
-        return path
-    raise ModelNotFoundError(f"Model {name} not found; available models = {available_models()}")
+        return locate(resolve_model(name, download_root, verify=verify))
+    return locate(os.fspath(name))
 
 
-def _is_torchscript(path: str) -> bool:
-    """TorchScript archives are zip files with compiled code and constants beside the pickled module."""
-    import zipfile
+class _Hints(NamedTuple):
+    """What decides the settings no shape shows: the caller's arguments, then the source's."""
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+    vision_heads: Optional[int]
+    transformer_heads: Optional[int]
+    quick_gelu: Optional[bool]
+    source: ModelSource
 
 
 def _uniform(dtype: torch.dtype) -> DtypePlan:
@@ -126,15 +124,18 @@ def load(
     vision_heads: Optional[int] = None,
     transformer_heads: Optional[int] = None,
     weights_only: bool = True,
+    quick_gelu: Optional[bool] = None,
 ) -> tuple[Any, Compose]:
     """Load a CLIP model; the same arguments and results as openai/CLIP's ``clip.load``.
 
     ``name`` is one of ``available_models()`` (downloaded to ``download_root``, by default
-    ``~/.cache/clip``) or the path of a checkpoint: an OpenAI TorchScript archive, a ``torch.save``d
-    state dict (also a training checkpoint's, under ``"state_dict"``, keys optionally prefixed with
-    DataParallel's ``module.``), or a ``.safetensors`` file. Returns ``(model, preprocess)``: the
-    model in eval mode on ``device`` (default: CUDA when available, else CPU), and the preprocess
-    for its input resolution.
+    ``~/.cache/clip``), the path of a checkpoint (an OpenAI TorchScript archive, a ``torch.save``d
+    state dict, also a training checkpoint's, under ``"state_dict"``, keys optionally prefixed with
+    DataParallel's ``module.``, or a ``.safetensors`` file), or of a model folder (open_clip's, with
+    ``open_clip_config.json``; Hugging Face's), also as ``local-dir:PATH`` or ``hf-hub:ORG/NAME``.
+    Returns ``(model, preprocess)``: the model in eval mode on ``device`` (default: CUDA when
+    available, else CPU), and the preprocess for its input resolution (the configuration's, where
+    one travels with the weights).
 
     Differences from clip.load: every CPU device (``"cpu"``, ``"cpu:0"``, ``torch.device("cpu")``)
     gives fp32 weights (clip only does so for the exact string ``"cpu"``); ``dtype`` chooses the
@@ -142,7 +143,11 @@ def load(
     ``mmap=True`` leaves tensors whose dtype does not change backed by a copy-on-write map of the
     file (faster, less memory; the file must not be truncated or rewritten in place while the model
     lives: replacing it with a new file is safe);
-    ``vision_heads`` / ``transformer_heads`` override the head counts shapes cannot reveal.
+    ``quick_gelu`` (True: QuickGELU, False: GELU, in both towers), ``vision_heads`` and
+    ``transformer_heads`` decide what no shape shows, before the configuration travelling with the
+    weights, the TorchScript archive (OpenAI's: QuickGELU, 64-wide heads), open_clip's published
+    configurations (head widths) and defaults (64-wide heads, QuickGELU: with a warning naming
+    these arguments).
     No pickle code is ever run, unless ``jit=True`` (TorchScript is loaded by torch itself) or
     ``weights_only=False``: then ``torch.load(weights_only=False)`` reads the file, which **runs
     any code its pickle names** (only for files you trust, whose weights sit inside objects of
@@ -155,11 +160,14 @@ def load(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is not None:
         dtype_plan(device, dtype, frozenset())  # a wrong dtype fails before any download or read
-    path = _resolve(name, download_root, verify)
-    from .transforms import for_resolution
+    source = _resolve(name, download_root, verify)
+    path = source.path
+    from .transforms import for_config, for_resolution
 
     if jit:
-        if _is_torchscript(path):
+        from .formats.openai import is_torchscript
+
+        if is_torchscript(path):
             from .jit import load_jit
 
             scripted = load_jit(
@@ -168,20 +176,25 @@ def load(
             return scripted, for_resolution(int(scripted.input_resolution.item()))
         warnings.warn(f"File {path} is not a JIT archive. Loading as a state dict instead", stacklevel=2)
 
-    model = _load_eager(path, device, dtype, mmap, (vision_heads, transformer_heads), weights_only)
-    return model, for_resolution(model.visual.input_resolution)
+    hints = _Hints(vision_heads, transformer_heads, quick_gelu, source)
+    model, arch = _load_eager(source, device, dtype, mmap, hints, weights_only)
+    warn_assumptions(arch, path, stacklevel=2)
+    n_px = model.visual.input_resolution
+    return model, (for_config(source.preprocess, n_px) if source.preprocess else for_resolution(n_px))
 
 
 def _load_eager(
-    path: str,
+    source: ModelSource,
     device: DeviceLike,
     dtype: DtypeLike,
     mmap: bool,
-    heads: tuple[Optional[int], Optional[int]],
+    heads: _Hints,
     weights_only: bool,
-) -> CLIP:
+) -> tuple[CLIP, Architecture]:
     from .checkpoint import read_state_dict
     from .model import assign_state_dict, half_precision_names
+
+    path = source.path
 
     target = torch.device(device)
     on_cpu = target.type == "cpu"
@@ -194,27 +207,58 @@ def _load_eager(
     plan: Optional[DtypePlan] = None
     if not weights_only:
         tensors = _torch_loaded_state_dict(path)
-        model = _build(tensors, path, heads)
+        model, arch = _build(tensors, path, heads)
         plan = dtype_plan(target, dtype, half_precision_names(model))
+    elif not source.direct:
+        # A layout with other key names (Hugging Face): the source maps them while reading.
+        model, arch = _build(source.declared_shapes(), path, heads)
+        plan = dtype_plan(target, dtype, half_precision_names(model))
+        tensors = source.read(mmap=mmap or not on_cpu, dtype=plan if on_cpu else None)
     elif on_cpu and direct is not None:
         # The common case: one read, converted once in Rust (GIL released) while this thread
         # builds the meta model from the shapes the file declares.
-        tensors, model = _read_while_building(path, mmap, direct, heads)
+        tensors, model, arch = _read_while_building(path, mmap, direct, heads)
     elif on_cpu:
         # The plan depends on which tensors are conv/linear/attention weights: build the model
         # from the declared shapes first, then read once, converting as planned.
-        model = _build_from_declared_shapes(path, heads)
+        model, arch = _build_from_declared_shapes(path, heads)
         tensors = read_state_dict(
             path, mmap=mmap, dtype=_model_names(dtype_plan(target, dtype, half_precision_names(model)))
         )
     else:
         # Each tensor is copied once, from a map of the file to the device, and converted there.
         tensors = read_state_dict(path, mmap=True)
-        model = _build(tensors, path, heads)
+        model, arch = _build(tensors, path, heads)
         plan = dtype_plan(target, dtype, half_precision_names(model))
     tensors = without_wrapper_prefix(tensors)
+    _fit(tensors, model, path)
     _place(tensors, plan, target)
-    return assign_state_dict(model, tensors, source=path)
+    return assign_state_dict(model, tensors, source=path), arch
+
+
+def _fit(tensors: OrderedDict[str, torch.Tensor], model: CLIP, path: str) -> None:
+    """open_clip's fixes that keep the values: a 1-element logit_scale becomes the scalar the model
+    has, and position embeddings are resized where the configuration's image size or context length
+    is not the weights' (as open_clip's load_checkpoint does; in the stored dtype where the read
+    converted them, which gives open_clip's values, the conversion being exact)."""
+    scale = tensors.get("logit_scale")
+    if scale is not None and scale.ndim == 1 and scale.numel() == 1:
+        tensors["logit_scale"] = scale.reshape(())
+    from .posembed import fit_position_embeddings
+
+    def stored_dtype(key: str) -> torch.dtype:
+        from .arch import openai_key_names
+        from .checkpoint import inspect_checkpoint
+
+        try:
+            entries = inspect_checkpoint(path).tensors
+        except (ValueError, OSError):  # read by torch.load (weights_only=False): keep the dtype read
+            return tensors[key].dtype
+        names = openai_key_names([t.name for t in entries])
+        stored = {names[t.name]: t.dtype for t in entries}
+        return getattr(torch, stored[key]) if key in stored else tensors[key].dtype
+
+    fit_position_embeddings(tensors, model, stored_dtype, source=path)
 
 
 def _torch_loaded_state_dict(path: str) -> OrderedDict[str, torch.Tensor]:
@@ -246,36 +290,45 @@ def _torch_loaded_state_dict(path: str) -> OrderedDict[str, torch.Tensor]:
 
 
 def _model_names(plan: DtypePlan) -> DtypePlan:
-    """``plan``, called with the model's key names where the file's keys carry the wrapper prefix
-    (a file with only some keys prefixed is not a CLIP checkpoint and fails in the build)."""
+    """``plan``, called with the model's key names where the file's keys carry the wrapper prefix or
+    open_clip's CustomTextCLIP ``text.`` (a file with only some keys prefixed is not a CLIP
+    checkpoint and fails in the build)."""
 
     def named(name: str, stored: torch.dtype) -> torch.dtype:
-        return plan(name.removeprefix(WRAPPER_PREFIX), stored)
+        name = name.removeprefix(WRAPPER_PREFIX)
+        if name.startswith("text.") and name[5:].startswith(CUSTOM_TEXT_KEYS):
+            name = name[5:]
+        return plan(name, stored)
 
     return named
 
 
-def _build(tensors: Mapping[str, Any], path: str, heads: tuple[Optional[int], Optional[int]]) -> CLIP:
+def _build(tensors: Mapping[str, Any], path: str, heads: _Hints) -> tuple[CLIP, Architecture]:
     """The meta-device model for the shapes of ``tensors`` (a mapping of names to objects with
-    ``.shape``; keys may carry DataParallel's ``module.`` prefix)."""
+    ``.shape``; keys may carry DataParallel's ``module.`` prefix) and the settings in ``heads``."""
     from .arch import infer_architecture
     from .model import construct_on_meta
 
     arch = infer_architecture(
-        without_wrapper_prefix(tensors), vision_heads=heads[0], transformer_heads=heads[1], source=path
+        without_wrapper_prefix(tensors),
+        vision_heads=heads.vision_heads,
+        transformer_heads=heads.transformer_heads,
+        quick_gelu=heads.quick_gelu,
+        decided=heads.source.decided,
+        source=path,
     )
-    return construct_on_meta(arch)
+    return construct_on_meta(arch), arch
 
 
-def _build_from_declared_shapes(path: str, heads: tuple[Optional[int], Optional[int]]) -> CLIP:
+def _build_from_declared_shapes(path: str, heads: _Hints) -> tuple[CLIP, Architecture]:
     from .checkpoint import inspect_checkpoint
 
     return _build({entry.name: entry for entry in inspect_checkpoint(path).tensors}, path, heads)
 
 
 def _read_while_building(
-    path: str, mmap: bool, dtype: Union[torch.dtype, DtypePlan], heads: tuple[Optional[int], Optional[int]]
-) -> tuple[OrderedDict[str, torch.Tensor], CLIP]:
+    path: str, mmap: bool, dtype: Union[torch.dtype, DtypePlan], heads: _Hints
+) -> tuple[OrderedDict[str, torch.Tensor], CLIP, Architecture]:
     """Convert the file's tensors on a second thread while this one builds the meta model.
 
     Only the conversion (Rust, GIL released) runs there: parsing, allocating and assembling the
@@ -298,9 +351,9 @@ def _read_while_building(
     worker = threading.Thread(target=convert, name="clipfast-convert", daemon=True)
     worker.start()
     try:
-        model = _build(pending.declared_shapes(), path, heads)
+        model, arch = _build(pending.declared_shapes(), path, heads)
     finally:
         worker.join()
     if "error" in outcome:
         raise outcome["error"]
-    return pending.finish(), model
+    return pending.finish(), model, arch

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .arch import ARCHIVE_ONLY_KEYS, Architecture, check_shapes, infer_architecture
+from .arch import ARCHIVE_ONLY_KEYS, ARGUMENT, Architecture, Provenance, check_shapes, infer_architecture
 
 __all__ = [
+    "ACTIVATIONS",
     "CLIP",
     "AttentionPool2d",
     "Bottleneck",
@@ -249,19 +250,42 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-class ResidualAttentionBlock(nn.Module):
-    """Pre-norm transformer block: self-attention, then a 4x QuickGELU MLP."""
+#: The MLP activations by name (``Architecture.vision_activation`` / ``text_activation``): OpenAI's
+#: QuickGELU, and the exact GELU most open_clip models (LAION, DataComp) were trained with.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 
-    def __init__(self, d_model: int, n_head: int, attn_mask: Optional[torch.Tensor] = None) -> None:
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {name!r}")
+    return ACTIVATIONS[name]()
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block: self-attention, then an MLP (OpenAI's: 4x wide, QuickGELU).
+
+    ``mlp_width`` (default 4 * d_model) and ``activation`` (``"quick_gelu"`` or ``"gelu"``) are
+    keyword-only additions for open_clip's models; the parameter names stay OpenAI's."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        attn_mask: Optional[torch.Tensor] = None,
+        *,
+        mlp_width: Optional[int] = None,
+        activation: str = "quick_gelu",
+    ) -> None:
         super().__init__()
+        hidden = d_model * 4 if mlp_width is None else mlp_width
         self.attn = nn.MultiheadAttention(d_model, n_head)
         self.ln_1 = LayerNorm(d_model)
         self.mlp = nn.Sequential(
             OrderedDict(
                 [
-                    ("c_fc", nn.Linear(d_model, d_model * 4)),
-                    ("gelu", QuickGELU()),
-                    ("c_proj", nn.Linear(d_model * 4, d_model)),
+                    ("c_fc", nn.Linear(d_model, hidden)),
+                    ("gelu", _activation(activation)),
+                    ("c_proj", nn.Linear(hidden, d_model)),
                 ]
             )
         )
@@ -283,12 +307,26 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of residual attention blocks sharing one (optional) attention mask."""
 
-    def __init__(self, width: int, layers: int, heads: int, attn_mask: Optional[torch.Tensor] = None) -> None:
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        attn_mask: Optional[torch.Tensor] = None,
+        *,
+        mlp_width: Optional[int] = None,
+        activation: str = "quick_gelu",
+    ) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.resblocks = nn.Sequential(
-            *_repeated(lambda: ResidualAttentionBlock(width, heads, attn_mask), layers)
+            *_repeated(
+                lambda: ResidualAttentionBlock(
+                    width, heads, attn_mask, mlp_width=mlp_width, activation=activation
+                ),
+                layers,
+            )
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -299,7 +337,16 @@ class VisionTransformer(nn.Module):
     """ViT image tower: patch embedding, class token, pre-norm transformer, projection of the class token."""
 
     def __init__(
-        self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int
+        self,
+        input_resolution: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        output_dim: int,
+        *,
+        mlp_width: Optional[int] = None,
+        activation: str = "quick_gelu",
     ) -> None:
         super().__init__()
         self.input_resolution = input_resolution
@@ -312,7 +359,7 @@ class VisionTransformer(nn.Module):
             _initial((grid * grid + 1, width), lambda: scale * torch.randn(grid * grid + 1, width))
         )
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, mlp_width=mlp_width, activation=activation)
         self.ln_post = LayerNorm(width)
         self.proj: Optional[nn.Parameter] = nn.Parameter(
             _initial((width, output_dim), lambda: scale * torch.randn(width, output_dim))
@@ -348,8 +395,11 @@ class CLIP(nn.Module):
     """openai/CLIP's model: an image tower (ModifiedResNet or VisionTransformer) and a causal text
     transformer projected into one embedding space.
 
-    Same constructor as ``clip.model.CLIP``; ``vision_heads`` (keyword only) overrides the head count of
-    the image tower, which openai/CLIP derives from its width."""
+    Same constructor as ``clip.model.CLIP``; keyword-only additions for other OpenAI-structured models
+    (open_clip's): ``vision_heads`` overrides the head count of the image tower, which openai/CLIP
+    derives from its width; ``vision_mlp_width`` / ``transformer_mlp_width`` the MLP widths (default
+    4x); ``vision_activation`` / ``text_activation`` the MLP activation of each tower
+    (``"quick_gelu"``, OpenAI's, the default; or ``"gelu"``)."""
 
     def __init__(
         self,
@@ -365,6 +415,10 @@ class CLIP(nn.Module):
         transformer_layers: int,
         *,
         vision_heads: Optional[int] = None,
+        vision_mlp_width: Optional[int] = None,
+        transformer_mlp_width: Optional[int] = None,
+        vision_activation: str = "quick_gelu",
+        text_activation: str = "quick_gelu",
     ) -> None:
         super().__init__()
         self.context_length = context_length
@@ -387,12 +441,16 @@ class CLIP(nn.Module):
                 layers=vision_layers,
                 heads=vision_heads if vision_heads is not None else vision_width // 64,
                 output_dim=embed_dim,
+                mlp_width=vision_mlp_width,
+                activation=vision_activation,
             )
         self.transformer = Transformer(
             width=transformer_width,
             layers=transformer_layers,
             heads=transformer_heads,
             attn_mask=self.build_attention_mask(),
+            mlp_width=transformer_mlp_width,
+            activation=text_activation,
         )
         self.vocab_size = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
@@ -526,7 +584,7 @@ _INITIALISERS = frozenset(
 def construct_on_meta(arch: Architecture) -> CLIP:
     """An uninitialised CLIP of this architecture whose parameters take no memory (``meta`` device)."""
     with torch.device("meta"), _SkipInitOnMeta():
-        return CLIP(**arch.clip_arguments(), vision_heads=arch.vision_heads)
+        return CLIP(**arch.model_arguments())
 
 
 def _state_slots(model: nn.Module) -> Iterator[tuple[dict[str, Any], str, str, torch.Tensor, bool]]:
@@ -566,6 +624,13 @@ def assign_state_dict(
     return model.eval()
 
 
+#: openai/CLIP's build_model rule for the head counts: 64-wide heads whatever the shapes.
+_OPENAI_RULE = {
+    "vision_head_width": (64, Provenance(ARGUMENT, "build_model: openai/CLIP's 64-wide heads")),
+    "transformer_head_width": (64, Provenance(ARGUMENT, "build_model: openai/CLIP's 64-wide heads")),
+}
+
+
 def _clip_layout(half: frozenset[str], half_dtype: torch.dtype) -> Callable[[str, torch.dtype], torch.dtype]:
     def target(name: str, stored: torch.dtype) -> torch.dtype:
         return half_dtype if name in half else torch.float32
@@ -578,13 +643,22 @@ def build_model(
     *,
     vision_heads: Optional[int] = None,
     transformer_heads: Optional[int] = None,
+    quick_gelu: Optional[bool] = None,
 ) -> CLIP:
     """openai/CLIP's ``build_model``: a CLIP on the CPU, in eval mode, with convert_weights' dtypes
     (fp16 conv/linear/attention/projection weights, fp32 for the rest) filled from ``state_dict``.
 
     As in openai/CLIP the archive-only keys are deleted from ``state_dict`` and the model owns copies
-    of the tensors. Raises ``ArchitectureError`` when the tensors do not describe a CLIP model."""
-    arch = infer_architecture(state_dict, vision_heads=vision_heads, transformer_heads=transformer_heads)
+    of the tensors; the activation is OpenAI's QuickGELU unless ``quick_gelu=False`` (GELU), the
+    head counts openai/CLIP's rule (64-wide heads) unless given. Raises ``ArchitectureError`` when
+    the tensors do not describe a CLIP model."""
+    arch = infer_architecture(
+        state_dict,
+        vision_heads=vision_heads,
+        transformer_heads=transformer_heads,
+        quick_gelu=True if quick_gelu is None else quick_gelu,
+        decided=_OPENAI_RULE,
+    )
     model = construct_on_meta(arch)
     check_shapes([(k, tuple(t.shape)) for k, t in model.state_dict().items()], state_dict)
     plan = _clip_layout(half_precision_names(model), torch.float16)

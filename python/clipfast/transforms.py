@@ -22,16 +22,20 @@ from PIL import Image
 
 from . import _native
 from .errors import ImageError
+from .formats import PreprocessConfig
 
 __all__ = [
     "MEAN",
     "STD",
     "CenterCrop",
+    "CenterCropOrPad",
     "Compose",
     "ConvertToRGB",
     "Normalize",
     "Resize",
+    "ResizeKeepRatio",
     "ToTensor",
+    "for_config",
     "for_resolution",
     "preprocess_batch",
 ]
@@ -71,7 +75,79 @@ class Resize:
         return img.resize(new, self.interpolation)
 
     def __repr__(self) -> str:
-        return f"Resize(size={self.size}, interpolation=bicubic)"
+        return f"Resize(size={self.size}, interpolation={_interpolation_name(self.interpolation)})"
+
+
+def _interpolation_name(interpolation: Any) -> str:
+    value = getattr(interpolation, "value", interpolation)
+    if isinstance(value, str):
+        return value
+    try:
+        return Image.Resampling(value).name.lower()
+    except ValueError:
+        return str(interpolation)
+
+
+class ResizeKeepRatio:
+    """open_clip's resize for ``resize_mode="longest"``: scale so that the longer side fits ``size``
+    (``longest=1``; 0 is the shorter side), keeping the aspect ratio; the new sides are rounded."""
+
+    def __init__(
+        self, size: int | Sequence[int], interpolation: Any = Image.Resampling.BICUBIC, longest: float = 1.0
+    ) -> None:
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.interpolation = interpolation
+        self.longest = float(longest)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        ratio_h, ratio_w = h / self.size[0], w / self.size[1]
+        ratio = max(ratio_h, ratio_w) * self.longest + min(ratio_h, ratio_w) * (1.0 - self.longest)
+        new = (round(w / ratio), round(h / ratio))
+        if new == (w, h):
+            return img
+        return img.resize(new, self.interpolation)
+
+    def __repr__(self) -> str:
+        name = _interpolation_name(self.interpolation)
+        return f"ResizeKeepRatio(size={self.size}, interpolation={name}, longest={self.longest:.3f})"
+
+
+class CenterCropOrPad:
+    """open_clip's ``CenterCropOrPad``: pad to at least ``size`` with ``fill`` (as torchvision pads
+    a PIL image), then crop the centre ``(h, w)``."""
+
+    def __init__(self, size: int | Sequence[int], fill: int = 0) -> None:
+        self.size = CenterCrop(size).size
+        self.fill = fill
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        from PIL import ImageOps
+
+        w, h = img.size
+        nh, nw = self.size
+        if nw > w or nh > h:
+            border = (
+                (nw - w) // 2 if nw > w else 0,
+                (nh - h) // 2 if nh > h else 0,
+                (nw - w + 1) // 2 if nw > w else 0,
+                (nh - h + 1) // 2 if nh > h else 0,
+            )
+            bands = len(img.getbands())
+            fill: Any = self.fill if bands == 1 else (self.fill,) * bands
+            if img.mode != "F":
+                fill = int(fill) if bands == 1 else tuple(int(v) for v in fill)
+            palette = img.getpalette() if img.mode == "P" else None
+            img = ImageOps.expand(img, border=border, fill=fill)
+            if palette is not None:
+                img.putpalette(palette)
+            w, h = img.size
+            if (w, h) == (nw, nh):
+                return img
+        return CenterCrop(self.size)(img)
+
+    def __repr__(self) -> str:
+        return f"CenterCropOrPad(size={self.size})"
 
 
 class CenterCrop:
@@ -174,6 +250,28 @@ class Compose:
 def for_resolution(n_px: int) -> Compose:
     """The preprocess object ``clipfast.load`` returns for a model of input resolution ``n_px``."""
     return Compose([Resize(n_px), CenterCrop(n_px), ConvertToRGB(), ToTensor(), Normalize(MEAN, STD)])
+
+
+def for_config(config: PreprocessConfig, n_px: int | None = None) -> Compose:
+    """open_clip's inference preprocessing for ``config`` (its ``image_transform``), for a model
+    of input resolution ``n_px`` (default ``config.size``). ``resize_mode="shortest"`` with bicubic
+    resampling is clip's pipeline with the configuration's mean and std, which runs in Rust."""
+    size = n_px if n_px is not None else config.size
+    if size is None:
+        raise ValueError("for_config needs n_px where the configuration has no size")
+    interpolation = (
+        Image.Resampling.BILINEAR if config.interpolation == "bilinear" else Image.Resampling.BICUBIC
+    )
+    tail = [ConvertToRGB(), ToTensor(), Normalize(config.mean, config.std)]
+    if config.resize_mode == "squash":
+        return Compose([Resize((size, size), interpolation), *tail])
+    if config.resize_mode == "longest":
+        return Compose(
+            [ResizeKeepRatio(size, interpolation, longest=1), CenterCropOrPad(size, config.fill_color), *tail]
+        )
+    if config.resize_mode != "shortest":
+        raise ValueError(f"resize_mode must be shortest, longest or squash, not {config.resize_mode!r}")
+    return Compose([Resize(size, interpolation), CenterCrop(size), *tail])
 
 
 # --- the Rust fast path -------------------------------------------------------------------------
