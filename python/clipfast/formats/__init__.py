@@ -2,14 +2,14 @@
 
 ``clipfast.load`` turns what it is given (a path to a file or a folder, ``local-dir:PATH``,
 ``hf-hub:ORG/NAME``) into a :class:`ModelSource` with :func:`locate`, which asks the layout modules
-in :data:`LAYOUTS` order. Each module exposes one function::
+in :data:`LAYOUTS` order. Each module exposes::
 
-    def locate(path: str, *, hub: bool = False) -> Optional[ModelSource]
+    def locate(path: str) -> Optional[ModelSource]               # a file or a folder
+    def from_hub(repo: clipfast.hub.HubRepo) -> Optional[ModelSource]   # optional: hf-hub: names
 
-returning ``None`` when ``path`` (a file, or a folder) is not in its layout, and raising a typed
+returning ``None`` when the path (or hub repository) is not in its layout, and raising a typed
 error naming the file when it is its layout but unusable (no weights, a configuration clipfast
-cannot build exactly). ``hub`` is true for a folder resolved from ``hf-hub:`` (open_clip picks
-its weights file differently there). Adding a format means adding a module here and its name to
+cannot build exactly). Adding a format means adding a module here and its name to
 :data:`LAYOUTS`, not growing ``load.py``.
 
 A :class:`ModelSource` names the weights file, the settings decided by the configuration that
@@ -127,17 +127,12 @@ def locate(name: str) -> ModelSource:
     """The model ``name`` names: a checkpoint file, a model folder (open_clip's, Hugging Face's),
     ``local-dir:PATH`` or ``hf-hub:ORG/NAME``. Raises ``ModelNotFoundError`` (a FileNotFoundError)
     for nothing there or a folder of no known layout, and the layout's typed errors otherwise."""
-    hub = False
+    if name.startswith(HF_HUB):
+        return _from_hub(name)
     if name.startswith(LOCAL_DIR):
         path = name[len(LOCAL_DIR) :]
         if not os.path.isdir(path):
             raise _not_found(name, f"{LOCAL_DIR} needs a folder, and {path!r} is none")
-    elif name.startswith(HF_HUB):
-        hub_module = importlib.import_module("clipfast.hub") if _has_hub() else None
-        if hub_module is None:
-            raise _not_found(name, "hf-hub: names need clipfast.hub, which this copy lacks")
-        path = hub_module.resolve(name[len(HF_HUB) :])
-        hub = True
     else:
         path = name
     if not os.path.exists(path):
@@ -146,7 +141,7 @@ def locate(name: str) -> ModelSource:
         module = _layout(layout)
         if module is None:
             continue
-        found: Optional[ModelSource] = module.locate(path, hub=hub)
+        found: Optional[ModelSource] = module.locate(path)
         if found is not None:
             return found
     if os.path.isdir(path):
@@ -158,7 +153,20 @@ def locate(name: str) -> ModelSource:
     raise _not_found(name, "no layout module reads this file")
 
 
-def _has_hub() -> bool:
-    import importlib.util
+def _from_hub(name: str) -> ModelSource:
+    """An ``hf-hub:ORG/NAME[@REV]`` repository (downloaded files, or the Hugging Face cache offline):
+    the first layout whose ``from_hub`` recognises its files."""
+    from ..hub import HubRepo
 
-    return importlib.util.find_spec("clipfast.hub") is not None
+    repo = HubRepo(name)
+    for layout in LAYOUTS:
+        module = _layout(layout)
+        from_hub = getattr(module, "from_hub", None)
+        if from_hub is None:
+            continue
+        found: Optional[ModelSource] = from_hub(repo)
+        if found is not None:
+            return found
+    raise ModelNotFoundError(
+        repo.describe_missing("model configuration", ["open_clip_config.json", "config.json"])
+    )

@@ -24,13 +24,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..arch import CONFIG, Decided, Provenance
 from ..errors import ArchitectureError, CheckpointError, ModelNotFoundError
 from . import ModelSource, PreprocessConfig
 
-__all__ = ["CONFIG_NAME", "locate", "model_settings", "preprocess_config", "weights_in_folder"]
+if TYPE_CHECKING:
+    from ..hub import HubRepo
+
+__all__ = ["CONFIG_NAME", "from_hub", "locate", "model_settings", "preprocess_config", "weights_in_folder"]
 
 CONFIG_NAME = "open_clip_config.json"
 
@@ -297,16 +300,14 @@ def read_config(path: str) -> dict[str, Any]:
     return config
 
 
-def weights_in_folder(folder: str, *, hub: bool = False) -> Optional[str]:
+def weights_in_folder(folder: str) -> Optional[str]:
     """The weights file open_clip loads from this folder: its preferred names in order, else the
     first ``*.safetensors``, ``*.bin``, ``*.pth`` by name (safetensors first), as
-    ``factory._find_checkpoint_in_dir``; for a hub snapshot only what ``hf-hub:`` takes."""
+    ``factory._find_checkpoint_in_dir``."""
     names = set(os.listdir(folder))
-    for name in HUB_PREFERRED if hub else PREFERRED:
+    for name in PREFERRED:
         if name in names and os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
-    if hub:
-        return None
     candidates = sorted(
         (
             n
@@ -336,22 +337,37 @@ def _has_openai_keys(path: str) -> bool:
     return any(n.startswith(("visual.", "text.transformer.", "transformer.")) for n in names)
 
 
-def locate(path: str, *, hub: bool = False) -> Optional[ModelSource]:
+def locate(path: str) -> Optional[ModelSource]:
     """A folder with ``open_clip_config.json`` (its weights file as open_clip picks it), or a
     weights file with open_clip's names beside one."""
     if os.path.isdir(path):
         config_path = os.path.join(path, CONFIG_NAME)
         if not os.path.isfile(config_path):
             return None
-        weights = weights_in_folder(path, hub=hub)
+        weights = weights_in_folder(path)
         if weights is None:
-            looked = HUB_PREFERRED if hub else ("*.safetensors", "*.bin", "*.pth")
             raise ModelNotFoundError(
-                f"{path}: {CONFIG_NAME} but no weights file ({', '.join(looked)}); open_clip would "
-                "return a randomly initialised model here, clipfast refuses"
+                f"{path}: {CONFIG_NAME} but no weights file (*.safetensors, *.bin, *.pth); open_clip "
+                "would return a randomly initialised model here, clipfast refuses"
             )
         return _source(config_path, weights)
     config_path = os.path.join(os.path.dirname(os.path.abspath(path)), CONFIG_NAME)
     if os.path.isfile(path) and os.path.isfile(config_path) and _has_openai_keys(path):
         return _source(config_path, path)
     return None
+
+
+def from_hub(repo: HubRepo) -> Optional[ModelSource]:
+    """An ``hf-hub:`` repository with ``open_clip_config.json``: the weights ``hf-hub:`` takes in
+    open_clip (``open_clip_model.safetensors``, else ``open_clip_pytorch_model.bin``)."""
+    config_path = repo.file(CONFIG_NAME)
+    if config_path is None:
+        return None
+    found = repo.first(HUB_PREFERRED)
+    if found is None:
+        raise ModelNotFoundError(
+            repo.describe_missing("weights", HUB_PREFERRED)
+            + f" beside its {CONFIG_NAME}; open_clip would return a randomly initialised model here, "
+            "clipfast refuses"
+        )
+    return _source(config_path, found[1])

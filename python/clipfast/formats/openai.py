@@ -44,7 +44,7 @@ def torchscript_settings() -> dict[str, Decided]:
     }
 
 
-def locate(path: str, *, hub: bool = False) -> Optional[ModelSource]:
+def locate(path: str) -> Optional[ModelSource]:
     """Any single file (whether it holds a CLIP model is for the reader and the build to say)."""
     if not os.path.isfile(path):
         return None
