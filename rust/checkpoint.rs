@@ -1,12 +1,13 @@
 //! Checkpoint files -> named tensors described by where their bytes lie in the file.
 //!
 //! Formats: `torch.save` zip archives, TorchScript archives (what `torch.jit.load(p).state_dict()`
-//! gives), and safetensors. Nothing is copied here: each tensor is its dtype, shape, stride,
+//! gives), safetensors, and NumPy `.npz` archives (big_vision's checkpoints). Nothing is copied here: each tensor is its dtype, shape, stride,
 //! storage offset and the byte range of its storage in the file, so Python can view one mapping of
 //! the file without a copy, or ask `convert` to fill owned buffers in parallel.
 
 mod convert;
 mod dtype;
+pub mod npz;
 mod safetensors;
 mod torch_pickle;
 mod torchscript;
@@ -18,6 +19,7 @@ use crate::pickle;
 use crate::zip::{self, Archive};
 use memmap2::Mmap;
 use pyo3::prelude::*;
+use pyo3::types::PyByteArray;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ pub enum Format {
     TorchSave,
     TorchScript,
     Safetensors,
+    Npz,
 }
 
 impl Format {
@@ -36,6 +39,7 @@ impl Format {
             Format::TorchSave => "torch.save",
             Format::TorchScript => "torchscript",
             Format::Safetensors => "safetensors",
+            Format::Npz => "npz",
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct Contents {
     pub format: Format,
     pub storages: Vec<Storage>,
     pub tensors: Vec<Tensor>,
+    /// `.npz` members stored deflated: their storages' ranges lie past the end of the file and
+    /// their bytes come from [`npz::inflate`] (empty for every other format).
+    pub deflated: Vec<npz::Deflated>,
 }
 
 /// Limits for what a hostile file can make us allocate.
@@ -97,6 +104,12 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<Contents> {
     if safetensors::looks_like_safetensors(bytes) {
         return safetensors::read(path, bytes);
     }
+    if bytes.starts_with(npz::NPY_MAGIC) {
+        return Err(Error::checkpoint(
+            path,
+            "a single NumPy array (.npy), not a checkpoint (big_vision checkpoints are .npz archives)",
+        ));
+    }
     if bytes.starts_with(&LEGACY_MAGIC) {
         return Err(Error::checkpoint(
             path,
@@ -122,6 +135,9 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<Contents> {
 
 fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
     let archive = Archive::new(bytes).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    if npz::looks_like_npz(&archive) {
+        return npz::read(path, &archive, bytes.len());
+    }
     // torch writes every record under one top-level folder: `<root>/data.pkl`.
     let root = archive
         .entries()
@@ -168,6 +184,7 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
             format: Format::TorchScript,
             storages: rebuilder.into_storages(),
             tensors,
+            deflated: Vec::new(),
         })
     } else {
         let tensors = rebuilder.state_dict()?;
@@ -175,6 +192,7 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
             format: Format::TorchSave,
             storages: rebuilder.into_storages(),
             tensors,
+            deflated: Vec::new(),
         })
     }
 }
@@ -336,6 +354,28 @@ impl CheckpointReader {
         py.detach(|| convert::run(&self.path, &self.map, &parsed))?;
         drop(jobs);
         Ok(())
+    }
+
+    /// The elements of storage `storage` when it is a deflated `.npz` member (its range in
+    /// `storages` lies past the end of the file), inflated into a new bytearray, GIL released.
+    fn inflate<'py>(&self, py: Python<'py>, storage: usize) -> PyResult<Bound<'py, PyByteArray>> {
+        let member = self
+            .contents
+            .deflated
+            .iter()
+            .find(|d| d.storage == storage)
+            .ok_or_else(|| {
+                Error::checkpoint(
+                    &self.path,
+                    format!("storage {storage} is not a deflated npz member"),
+                )
+            })?;
+        let len = member.size - member.data_offset;
+        let name = &self.contents.storages[member.storage].key;
+        let mut out = vec![0u8; len];
+        py.detach(|| npz::inflate(member, &self.map, &mut out))
+            .map_err(|msg| Error::checkpoint(&self.path, format!("npz member {name}: {msg}")))?;
+        Ok(PyByteArray::new(py, &out))
     }
 }
 

@@ -158,6 +158,12 @@ impl<'a> Archive<'a> {
         self.by_name.get(name).map(|&i| &self.entries[i])
     }
 
+    /// The bytes of an entry as they lie in the archive (compressed when deflated).
+    pub fn raw(&self, entry: &Entry) -> &'a [u8] {
+        // Entries come from `Archive::new`, which checked every data range against the bytes.
+        self.bytes.get(entry.data.clone()).unwrap_or(&[])
+    }
+
     /// The uncompressed contents of an entry: a slice of the map when stored, inflated otherwise.
     /// `limit` bounds the size of what may be allocated for it.
     pub fn read(&self, entry: &Entry, limit: u64) -> Result<Cow<'a, [u8]>> {

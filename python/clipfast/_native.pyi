@@ -92,7 +92,7 @@ def free_disk_bytes(path: str | os.PathLike[str]) -> int: ...
 
 @final
 class CheckpointReader:
-    """A checkpoint mapped and parsed (torch.save zip, TorchScript archive, safetensors)."""
+    """A checkpoint mapped and parsed (torch.save zip, TorchScript archive, safetensors, npz)."""
 
     def __new__(cls, path: str | os.PathLike[str]) -> CheckpointReader: ...
     @property
@@ -109,6 +109,8 @@ class CheckpointReader:
         """``[(name, dtype, shape, stride, storage, storage_offset, requires_grad, is_parameter)]``."""
     def convert(self, jobs: list[tuple[int, int, str, Any]]) -> None:
         """Fill contiguous CPU tensors from ``(src_start, src_end, src_dtype, destination)``."""
+    def inflate(self, storage: int) -> bytearray:
+        """The elements of a deflated ``.npz`` member (a storage whose range lies past the file's end)."""
 
 # --- image ---
 

@@ -1,5 +1,5 @@
 """Read checkpoints without running their pickles: torch.save zip files, TorchScript archives
-(OpenAI's published CLIP files) and safetensors.
+(OpenAI's published CLIP files), safetensors and NumPy ``.npz`` archives (big_vision's).
 
 The Rust reader (``clipfast._native.CheckpointReader``) parses the file with its own restricted
 unpickler, which never imports or calls anything, and reports where each tensor's bytes lie in
@@ -50,7 +50,7 @@ class CheckpointInfo:
     """What a checkpoint holds, read without loading any tensor data."""
 
     path: str
-    #: ``"torchscript"``, ``"torch.save"`` or ``"safetensors"``.
+    #: ``"torchscript"``, ``"torch.save"``, ``"safetensors"`` or ``"npz"``.
     format: str
     tensor_count: int
     #: torch dtype name (``"float16"``, ...) -> number of tensors.
@@ -106,6 +106,8 @@ def read_state_dict(
       ``torch.load(path, weights_only=True)`` gives it: same dtypes, shapes, strides, storage
       offsets and storage sharing; parameters come back as ``torch.nn.Parameter``.
     - safetensors: the tensors in file order, as ``safetensors.torch.load_file`` gives them.
+    - ``.npz`` (``np.savez`` / ``np.savez_compressed``): one tensor per array, named as ``np.load``
+      names them, with numpy's values, shapes and (C or Fortran) strides; object arrays are refused.
 
     ``dtype``: a ``torch.dtype`` for every floating tensor, or a callable
     ``(name, stored_dtype) -> dtype`` (return the stored dtype, or None, to keep it); integer and
@@ -192,7 +194,10 @@ def _plan_read(path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg) -> 
             continue
         _, stored, start, end = storages[row[4]]
         itemsize = getattr(torch, stored).itemsize
-        if mmap and target == stored and start % itemsize == 0:
+        if end > reader.file_size:
+            # A deflated .npz member: no range of the file holds its elements; the reader inflates them.
+            bases[key] = _inflated(reader, row[4], stored, target).untyped_storage()
+        elif mmap and target == stored and start % itemsize == 0:
             if mapped is None:
                 mapped = _map_file(file, reader.file_size)
             bases[key] = mapped[start:end]
@@ -202,6 +207,16 @@ def _plan_read(path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg) -> 
                 jobs.append((start, end, stored, buffer))
             bases[key] = buffer.untyped_storage()
     return _PendingRead(reader, rows, targets, bases, jobs)
+
+
+def _inflated(reader: Any, storage: int, stored: str, target: str) -> torch.Tensor:
+    """The elements of a deflated ``.npz`` member as a 1-D tensor of dtype ``target``."""
+    import torch
+
+    data = reader.inflate(storage)
+    if not data:
+        return torch.empty(0, dtype=getattr(torch, target))
+    return torch.frombuffer(data, dtype=getattr(torch, stored)).to(getattr(torch, target))
 
 
 def _map_file(file: str, size: int) -> torch.UntypedStorage:
