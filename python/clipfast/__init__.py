@@ -24,6 +24,7 @@ from .errors import (
 )
 from .load import load
 from .registry import available_models
+from .state_dict import load_checkpoint
 from .tokenizer import tokenize
 from .transforms import preprocess_batch
 
@@ -42,6 +43,7 @@ __all__ = [
     "download",
     "infer_architecture",
     "load",
+    "load_checkpoint",
     "preprocess_batch",
     "tokenize",
 ]

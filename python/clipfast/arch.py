@@ -499,7 +499,12 @@ def assumption_warning(arch: Architecture, source: str) -> Optional[str]:
         if name in assumed or (activations and arch.sources.get(name, Provenance(SHAPES)).kind == PUBLISHED)
     ]
     if guessed_heads:
-        described = ", ".join(f"{name}={count} ({arch.sources[name]})" for name, count in guessed_heads)
+
+        def why(name: str) -> str:
+            where = arch.sources[name]
+            return f"as open_clip's {where.detail}" if where.kind == PUBLISHED else where.detail
+
+        described = ", ".join(f"{name}={count} ({why(name)})" for name, count in guessed_heads)
         parts.append(
             f"head counts {described}: pass {' / '.join(n + '=' for n, _ in guessed_heads)} if different"
         )

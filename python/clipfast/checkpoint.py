@@ -74,7 +74,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     """Describe the tensors of a checkpoint (format, count, dtypes, bytes, names and shapes)
     without reading their data. Raises ``CheckpointError`` (naming the file) for a damaged or
     unknown file, ``UnsafeCheckpointError`` where a pickle names code in place of a weight."""
-    reader = _native.CheckpointReader(os.fspath(path))
+    reader = _open(os.fspath(path))
     rows = reader.tensors
     used = {row[4] for row in rows}
     total = sum(end - start for i, (_, _, start, end) in enumerate(reader.storages) if i in used)
@@ -87,6 +87,31 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
         file_size=reader.file_size,
         tensors=tuple(_entry(row) for row in rows),
     )
+
+
+#: File name extensions that promise a format: a file that is another is refused (as the tools
+#: those names are made for refuse it), not read for what it happens to hold.
+_EXTENSION_FORMATS = {
+    ".safetensors": ("safetensors",),
+    ".pt": ("torch.save", "torchscript"),
+    ".pth": ("torch.save", "torchscript"),
+    ".bin": ("torch.save", "torchscript"),
+    ".ckpt": ("torch.save", "torchscript"),
+}
+
+
+def _open(file: str) -> Any:
+    """The native reader of ``file``; CheckpointError where its extension promises another format."""
+    reader = _native.CheckpointReader(file)
+    expected = _EXTENSION_FORMATS.get(os.path.splitext(file)[1].lower())
+    if expected is not None and reader.format not in expected:
+        from .errors import CheckpointError
+
+        raise CheckpointError(
+            f"{file}: a {reader.format} file named {os.path.splitext(file)[1]!r}, which promises "
+            f"{' or '.join(expected)}; rename it to what it is"
+        )
+    return reader
 
 
 def _entry(row: Any) -> TensorEntry:
@@ -180,7 +205,7 @@ def _plan_read(path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg) -> 
     import torch
 
     file = os.fspath(path)
-    reader = _native.CheckpointReader(file)
+    reader = _open(file)
     storages = reader.storages
     rows = reader.tensors
     targets = [_target(dtype, row[0], row[1]) for row in rows]

@@ -76,7 +76,7 @@ def image_grid(visual: Any) -> Optional[tuple[int, int]]:
 
 def fit_position_embeddings(
     tensors: MutableMapping[str, torch.Tensor],
-    model: torch.nn.Module,
+    model: Any,
     stored_dtype: Optional[Callable[[str], torch.dtype]] = None,
     *,
     source: str = "",
@@ -109,6 +109,14 @@ def fit_position_embeddings(
 def _in_dtype(
     tensor: torch.Tensor, dtype: Optional[torch.dtype], resize: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
-    if dtype is None or dtype == tensor.dtype or not dtype.is_floating_point:
-        return resize(tensor)
-    return resize(tensor.to(dtype)).to(tensor.dtype)
+    if dtype is not None and dtype != tensor.dtype and dtype.is_floating_point:
+        try:
+            return resize(tensor.to(dtype)).to(tensor.dtype)
+        except (NotImplementedError, RuntimeError):
+            pass  # torch has no such kernel for this dtype here (bicubic fp16 on the CPU): resize in fp32
+    if tensor.dtype in (torch.float16, torch.bfloat16) and tensor.device.type == "cpu":
+        try:
+            return resize(tensor)
+        except (NotImplementedError, RuntimeError):
+            return resize(tensor.float()).to(tensor.dtype)
+    return resize(tensor)

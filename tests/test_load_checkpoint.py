@@ -1,0 +1,239 @@
+"""clipfast.load_checkpoint against open_clip 3.3's load_checkpoint on the same models and files:
+the same state dict and the same incompatible keys; the superset where open_clip fails."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import clipfast
+import pytest
+import torch
+from clipfast.errors import ArchitectureError, CheckpointError, UnsafeCheckpointError
+from open_clip_models import CONFIGS, assert_same_state, open_clip_model, save, write_folder
+
+open_clip = pytest.importorskip("open_clip")
+from open_clip.factory import load_checkpoint as reference_load_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def grown(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The configuration at a larger image size (two more patches a side) and context length (16 -> 20)."""
+    out = copy.deepcopy(cfg)
+    vision = out["vision_cfg"]
+    if "patch_size" in vision:
+        vision["image_size"] += 2 * vision["patch_size"]
+    out["text_cfg"]["context_length"] = 20
+    return out
+
+
+def clipfast_clip(cfg: dict[str, Any], tmp: Path, seed: int = 5) -> Any:
+    """clipfast's own CLIP for an open_clip configuration (loaded from a folder, so real memory)."""
+    folder = write_folder(tmp / f"clipfast-model-{seed}", cfg, open_clip_model(cfg, seed).state_dict())
+    return clipfast.load(folder, device="cpu")[0]
+
+
+def compare(
+    make_model: Callable[[], torch.nn.Module], path: Path, strict: bool = True, **reference_kwargs: Any
+) -> tuple[Any, torch.nn.Module]:
+    """Load ``path`` into two copies of the same model, with open_clip's and clipfast's
+    load_checkpoint: the results and the models' state dicts must be equal."""
+    reference, ours = make_model(), make_model()
+    ours.load_state_dict(reference.state_dict())
+    expected = reference_load_checkpoint(reference, str(path), strict=strict, **reference_kwargs)
+    got = clipfast.load_checkpoint(ours, path, strict=strict)
+    assert got == expected
+    assert list(got.missing_keys) == list(expected.missing_keys)
+    assert list(got.unexpected_keys) == list(expected.unexpected_keys)
+    assert_same_state(ours.state_dict(), reference.state_dict())
+    return got, ours
+
+
+def _files(tmp: Path, source: torch.nn.Module) -> dict[str, Path]:
+    sd = source.state_dict()
+    files = {
+        "pt": save(tmp / "raw.pt", sd),
+        "safetensors": save(tmp / "weights.safetensors", sd),
+        "fp16": save(tmp / "half.pt", {k: v.half() for k, v in sd.items()}),
+    }
+    torch.save({"epoch": 7, "state_dict": sd, "optimizer": {"lr": 0.1}}, tmp / "wrapped.bin")
+    files["state_dict wrapped .bin"] = tmp / "wrapped.bin"
+    torch.save({"epoch": 7, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp / "ddp.pth")
+    files["ddp prefix"] = tmp / "ddp.pth"
+    one = OrderedDict(sd)
+    one["logit_scale"] = one["logit_scale"].reshape(1)
+    files["logit_scale [1]"] = save(tmp / "scale1.pt", one)
+    ids = OrderedDict(sd)
+    ids["text.transformer.embeddings.position_ids"] = torch.arange(16)[None]
+    files["position_ids"] = save(tmp / "ids.pt", ids)
+    return files
+
+
+@pytest.mark.parametrize("name", ["gelu_h80", "quick_h88", "resnet"])
+def test_open_clip_clip_files(name: str, tmp_path: Path) -> None:
+    cfg = CONFIGS[name]
+    files = _files(tmp_path, open_clip_model(name, seed=1))
+    for kind, path in files.items():
+        compare(lambda: open_clip_model(name, seed=2), path)
+        if kind == "pt":
+            compare(lambda: open_clip_model(name, seed=2), path, strict=False)
+    # Into a model of larger image size and context length: the position embeddings are resized.
+    if "patch_size" in cfg["vision_cfg"]:
+        _, resized = compare(lambda: open_clip_model(grown(cfg), seed=2), files["pt"])
+        # fp16 weights: torch has no fp16 bicubic on the CPU, open_clip fails; clipfast resizes in fp32.
+        with pytest.raises(NotImplementedError):
+            reference_load_checkpoint(open_clip_model(grown(cfg)), str(files["fp16"]))
+        model = open_clip_model(grown(cfg), seed=2)
+        clipfast.load_checkpoint(model, files["fp16"])
+        for key, value in resized.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=3e-3)
+
+
+def test_custom_text_clip(tmp_path: Path) -> None:
+    """OpenAI's text layout into a CustomTextCLIP (moved under text.), and its own layout."""
+    cfg = CONFIGS["gelu_h80"]
+    clip_layout = save(tmp_path / "clip.pt", open_clip_model("gelu_h80", seed=1).state_dict())
+    custom = open_clip_model(cfg, seed=3, custom_text=True)
+    custom_layout = save(tmp_path / "custom.safetensors", custom.state_dict())
+    for path in (clip_layout, custom_layout):
+        compare(lambda: open_clip_model(cfg, seed=2, custom_text=True), path)
+    compare(lambda: open_clip_model(grown(cfg), seed=2, custom_text=True), clip_layout)
+
+
+def test_strict_false_reports_the_same_incompatible_keys(tmp_path: Path) -> None:
+    sd = open_clip_model("gelu_h80", seed=1).state_dict()
+    del sd["visual.ln_post.weight"], sd["transformer.resblocks.1.mlp.c_fc.bias"]
+    sd["extra.thing"] = torch.ones(3)
+    path = save(tmp_path / "partial.pt", sd)
+    result, _ = compare(lambda: open_clip_model("gelu_h80", seed=2), path, strict=False)
+    assert result.missing_keys and result.unexpected_keys == ["extra.thing"]
+    # strict=True: the same RuntimeError as open_clip's, naming the file.
+    with pytest.raises(RuntimeError, match=r"visual\.ln_post\.weight") as info:
+        clipfast.load_checkpoint(open_clip_model("gelu_h80"), path)
+    assert str(path) in str(info.value)
+
+
+def test_logit_bias(tmp_path: Path) -> None:
+    """A model with a logit_bias takes a zero one from a file without; a file with one loads into
+    it (reshaped); into a model without one open_clip raises AttributeError, clipfast a typed error."""
+    cfg = {**copy.deepcopy(CONFIGS["gelu_h80"]), "init_logit_bias": -10.0}
+    plain = save(tmp_path / "plain.pt", open_clip_model("gelu_h80", seed=1).state_dict())
+    _, model = compare(lambda: open_clip_model(cfg, seed=2), plain)
+    assert model.logit_bias.item() == 0.0
+    biased = open_clip_model({**cfg, "nonscalar_logit_scale": True}, seed=4).state_dict()
+    with_bias = save(tmp_path / "bias.pt", biased)
+    compare(lambda: open_clip_model(cfg, seed=2), with_bias)
+    with pytest.raises(AttributeError):
+        reference_load_checkpoint(open_clip_model("gelu_h80"), str(with_bias))
+    with pytest.raises(ArchitectureError, match="logit_bias") as info:
+        clipfast.load_checkpoint(open_clip_model("gelu_h80"), with_bias)
+    assert str(with_bias) in str(info.value)
+
+
+def test_model_keeps_its_device_and_dtype(tmp_path: Path) -> None:
+    path = save(tmp_path / "fp32.safetensors", open_clip_model("gelu_h80", seed=1).state_dict())
+    compare(lambda: open_clip_model("gelu_h80", seed=2).half(), path)
+    model = open_clip_model("gelu_h80", seed=2).to(torch.bfloat16)
+    clipfast.load_checkpoint(model, path)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_clipfast_clip_takes_the_same_conversions(tmp_path: Path) -> None:
+    """Into clipfast's own CLIP: the state dict open_clip's load_checkpoint gives its CLIP, for
+    open_clip's layouts, resized position embeddings and CustomTextCLIP's layout too."""
+    cfg = CONFIGS["gelu_h80"]
+    source = open_clip_model("gelu_h80", seed=1)
+    files = _files(tmp_path, source)
+    files["custom text layout"] = save(
+        tmp_path / "custom.pt", open_clip_model(cfg, seed=1, custom_text=True).state_dict()
+    )
+    for kind, path in files.items():
+        for target in (cfg, grown(cfg)) if kind != "fp16" else (cfg,):  # (open_clip cannot resize fp16)
+            reference = open_clip_model(target, seed=2, custom_text=kind == "custom text layout")
+            reference_load_checkpoint(reference, str(path))
+            ours = clipfast_clip(target, tmp_path)
+            result = clipfast.load_checkpoint(ours, path)
+            assert not result.missing_keys and not result.unexpected_keys, kind
+            expected = reference.state_dict()
+            if kind == "custom text layout":
+                expected = OrderedDict((k.removeprefix("text."), v) for k, v in expected.items())
+            assert_same_state(ours.state_dict(), expected)
+
+
+def test_torchscript_archive_read_safely(openai_archive: Callable[[str], Path]) -> None:
+    """OpenAI's TorchScript archives: open_clip needs weights_only=False (runs the file's code);
+    clipfast reads them safely, with the same result."""
+    from clipfast import _testing
+
+    spec = _testing.tiny("ViT-B/32")
+    archive = openai_archive("ViT-B/32")
+    cfg = {
+        "embed_dim": spec.embed_dim,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 224, "layers": 12, "width": spec.vision_width, "patch_size": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compare(lambda: open_clip_model(cfg), archive, weights_only=False)
+
+
+def test_model_wrapped_checkpoints_load(tmp_path: Path) -> None:
+    """Weights under "model" (other training loops): open_clip reports every key missing, clipfast
+    loads them."""
+    sd = open_clip_model("gelu_h80", seed=1).state_dict()
+    path = tmp_path / "model.pt"
+    torch.save({"model": sd, "step": 10}, path)
+    model = open_clip_model("gelu_h80", seed=2)
+    assert clipfast.load_checkpoint(model, path).missing_keys == []
+    assert_same_state(model.state_dict(), sd)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    import numpy as np
+
+    model = open_clip_model("gelu_h80")
+    npy = tmp_path / "weights.npy"
+    np.save(npy, np.zeros(3))
+    with pytest.raises(CheckpointError, match=r"weights\.npy"):
+        clipfast.load_checkpoint(model, npy)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match=r"garbage\.pt"):
+        clipfast.load_checkpoint(model, garbage)
+    mislabelled = tmp_path / "weights.safetensors"
+    torch.save(model.state_dict(), mislabelled)
+    with pytest.raises(CheckpointError, match=r"weights\.safetensors"):
+        clipfast.load_checkpoint(model, mislabelled)
+    # Another text width: open_clip fails on an assertion, clipfast names the file.
+    other = copy.deepcopy(CONFIGS["gelu_h80"])
+    other["text_cfg"].update(width=128, heads=2, context_length=20)
+    wide = save(tmp_path / "wide.pt", open_clip_model(other).state_dict())
+    with pytest.raises(AssertionError):
+        reference_load_checkpoint(open_clip_model("gelu_h80"), str(wide))
+    with pytest.raises(ArchitectureError, match=r"wide\.pt.*text width"):
+        clipfast.load_checkpoint(open_clip_model("gelu_h80"), wide)
+    with pytest.raises(FileNotFoundError):
+        clipfast.load_checkpoint(model, tmp_path / "absent.pt")
+
+
+def test_pickle_code_is_never_run(tmp_path: Path) -> None:
+    from attacks.malicious import ATTACKS
+
+    marker = tmp_path / "ran"
+    for name in ("weight-os.system", "state_dict-builtins.eval", "root-subprocess.Popen"):
+        path = ATTACKS[name](tmp_path / f"{name}.pt", marker)
+        with pytest.raises(UnsafeCheckpointError):
+            clipfast.load_checkpoint(open_clip_model("gelu_h80"), path)
+        assert not marker.exists()

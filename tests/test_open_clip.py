@@ -1,0 +1,480 @@
+"""open_clip models through clipfast.load, against open_clip_torch 3.3 on the same folders and files:
+state dicts, outputs, preprocessing, the settings no shape shows, and the configurations refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import clipfast
+import numpy as np
+import pytest
+import torch
+from clipfast.arch import infer_architecture
+from clipfast.errors import ArchitectureError, CheckpointError, ModelNotFoundError
+from clipfast.published import TABLE, derive
+from open_clip_models import (
+    CONFIGS,
+    assert_same_outputs,
+    assert_same_state,
+    inputs,
+    open_clip_model,
+    reference_load,
+    save,
+    write_folder,
+)
+from PIL import Image
+
+open_clip = pytest.importorskip("open_clip")
+
+IMAGES = Path(__file__).parent / "images"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_quietly(name: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """clipfast.load, failing on clipfast's warning that it assumed a setting."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = clipfast.load(name, device="cpu", **kwargs)
+    assumed = [w for w in caught if "assumed" in str(w.message)]
+    assert not assumed, [str(w.message) for w in assumed]
+    return result
+
+
+def first_block(model: Any) -> Any:
+    return model.visual.transformer.resblocks[0]
+
+
+# --- folders --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_folder_equals_open_clip(name: str, tmp_path: Path) -> None:
+    cfg = CONFIGS[name]
+    folder = write_folder(tmp_path / name, cfg, open_clip_model(name).state_dict())
+    reference, _ = reference_load(folder)
+    ours, _ = load_quietly(folder)
+    assert_same_state(ours.state_dict(), reference.state_dict())
+    assert_same_outputs(ours, reference)
+    if "patch_size" in cfg["vision_cfg"]:
+        assert first_block(ours).attn.num_heads == first_block(reference).attn.num_heads
+        assert type(first_block(ours).mlp.gelu).__name__ == type(first_block(reference).mlp.gelu).__name__
+        assert first_block(ours).mlp.c_fc.out_features == first_block(reference).mlp.c_fc.out_features
+    else:
+        assert ours.visual.attnpool.num_heads == reference.visual.attnpool.num_heads
+    text_block = ours.transformer.resblocks[0]
+    assert text_block.attn.num_heads == reference.transformer.resblocks[0].attn.num_heads
+    assert type(text_block.mlp.gelu).__name__ == type(reference.transformer.resblocks[0].mlp.gelu).__name__
+
+
+def test_both_activations_from_one_folders_two_configs(tmp_path: Path) -> None:
+    """The same weights under a GELU and a QuickGELU configuration: each load is open_clip's."""
+    weights = open_clip_model("gelu_h80").state_dict()
+    outputs = []
+    for quick in (False, True):
+        cfg = {**copy.deepcopy(CONFIGS["gelu_h80"]), "quick_gelu": quick}
+        folder = write_folder(tmp_path / f"quick_{quick}", cfg, weights)
+        reference, _ = reference_load(folder)
+        ours, _ = load_quietly(folder)
+        assert_same_outputs(ours, reference)
+        assert ours.visual.transformer.resblocks[0].mlp.gelu.__class__.__name__ == (
+            "QuickGELU" if quick else "GELU"
+        )
+        image, _ = inputs(ours.visual.input_resolution, ours.context_length)
+        with torch.no_grad():
+            outputs.append(ours.encode_image(image))
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)
+
+
+def test_weights_file_open_clip_picks_and_a_file_in_the_folder(tmp_path: Path) -> None:
+    cfg = CONFIGS["gelu_h80"]
+    first, second = open_clip_model("gelu_h80", seed=1), open_clip_model("gelu_h80", seed=2)
+    folder = write_folder(tmp_path / "both", cfg, first.state_dict())
+    save(folder / "open_clip_pytorch_model.bin", second.state_dict())
+    reference, _ = reference_load(folder)  # open_clip prefers open_clip_model.safetensors
+    for name in (folder, f"local-dir:{folder}", str(folder / "open_clip_model.safetensors")):
+        ours, _ = load_quietly(name)
+        assert_same_state(ours.state_dict(), reference.state_dict())
+    # The .bin inside the folder comes with the folder's configuration (GELU, 80-wide heads).
+    ours, _ = load_quietly(folder / "open_clip_pytorch_model.bin")
+    assert_same_state(ours.state_dict(), second.state_dict())
+    assert_same_outputs(ours, second)
+    # Only other names: open_clip's glob, safetensors first, then by name.
+    other = write_folder(tmp_path / "glob", cfg, second.state_dict(), weights="b.safetensors")
+    save(other / "a.pth", first.state_dict())
+    reference, _ = reference_load(other)
+    ours, _ = load_quietly(other)
+    assert_same_state(ours.state_dict(), reference.state_dict())
+    assert_same_state(ours.state_dict(), second.state_dict())
+
+
+def test_bin_folder_and_training_layouts(tmp_path: Path) -> None:
+    """open_clip_pytorch_model.bin, also as saved by open_clip's training (wrapped, DDP prefix)."""
+    model = open_clip_model("quick_h88")
+    plain = write_folder(
+        tmp_path / "bin", CONFIGS["quick_h88"], model.state_dict(), weights="open_clip_pytorch_model.bin"
+    )
+    reference, _ = reference_load(plain)
+    ours, _ = load_quietly(plain)
+    assert_same_state(ours.state_dict(), reference.state_dict())
+    assert_same_outputs(ours, reference)
+    wrapped = {
+        "epoch": 3,
+        "name": "run",
+        "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+    }
+    folder = write_folder(
+        tmp_path / "trained", CONFIGS["quick_h88"], {}, weights="open_clip_pytorch_model.bin"
+    )
+    torch.save(wrapped, folder / "open_clip_pytorch_model.bin")
+    ours, _ = load_quietly(folder)
+    assert_same_state(ours.state_dict(), reference.state_dict())
+
+
+def test_custom_text_layout_and_one_element_logit_scale(tmp_path: Path) -> None:
+    """open_clip's CustomTextCLIP keeps OpenAI's text tower under `text.`; nonscalar_logit_scale
+    stores logit_scale as [1]. Both are the same model."""
+    cfg = {**copy.deepcopy(CONFIGS["gelu_h80"]), "custom_text": True, "nonscalar_logit_scale": True}
+    model = open_clip_model(cfg, custom_text=True)
+    folder = write_folder(tmp_path / "custom", cfg, model.state_dict())
+    reference, _ = reference_load(folder)
+    assert "text.transformer.resblocks.0.attn.in_proj_weight" in reference.state_dict()
+    ours, _ = load_quietly(folder)
+    assert_same_outputs(ours, reference)
+    assert torch.equal(ours.logit_scale, reference.logit_scale.reshape(()))
+
+
+def test_resized_to_the_configurations_size(tmp_path: Path) -> None:
+    """A config whose image size / context length is not the weights': open_clip resizes the
+    position embeddings (bicubic, linear); so does clipfast. (fp16 weights: open_clip fails, torch
+    has no fp16 bicubic on the CPU; clipfast resizes them in fp32.)"""
+    half = {k: v.half() for k, v in open_clip_model("gelu_h80").state_dict().items()}
+    weights = {k: v.float() for k, v in half.items()}
+    cfg = copy.deepcopy(CONFIGS["gelu_h80"])
+    cfg["vision_cfg"]["image_size"] = 48  # 4x4 -> 6x6 patches
+    cfg["text_cfg"]["context_length"] = 20
+    folder = write_folder(tmp_path / "resized", cfg, weights)
+    reference, _ = reference_load(folder)
+    ours, preprocess = load_quietly(folder)
+    assert ours.visual.input_resolution == 48 and ours.context_length == 20
+    assert preprocess.transforms[0].size == 48
+    assert_same_state(ours.state_dict(), reference.state_dict())
+    assert_same_outputs(ours, reference)
+    fp16 = write_folder(tmp_path / "fp16", cfg, half)
+    ours, _ = load_quietly(fp16)
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=2e-3)
+
+
+def test_hf_hub_offline_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hf_cache import write_cached_repo
+
+    model = open_clip_model("gelu_h104")
+    local = write_folder(
+        tmp_path / "local", CONFIGS["gelu_h104"], model.state_dict(), preprocess_cfg={"mean": [0.5] * 3}
+    )
+    cache = tmp_path / "hub"
+    files = {name: local / name for name in ("open_clip_config.json", "open_clip_model.safetensors")}
+    write_cached_repo(cache, "laion/tiny", files)
+    write_cached_repo(
+        cache,
+        "laion/noweights",
+        {
+            "open_clip_config.json": local / "open_clip_config.json",
+            "model.safetensors": local / "open_clip_model.safetensors",
+        },
+    )
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reference, _ = reference_load(local)
+    ours, preprocess = load_quietly("hf-hub:laion/tiny")
+    assert_same_state(ours.state_dict(), reference.state_dict())
+    assert preprocess.transforms[-1].mean == (0.5, 0.5, 0.5)
+    with pytest.raises(ModelNotFoundError, match="laion/absent"):
+        clipfast.load("hf-hub:laion/absent", device="cpu")
+    # open_clip's hf-hub: takes open_clip_model.safetensors or open_clip_pytorch_model.bin only.
+    with pytest.raises(ModelNotFoundError, match=r"laion/noweights.*open_clip_model\.safetensors"):
+        clipfast.load("hf-hub:laion/noweights", device="cpu")
+
+
+# --- preprocessing --------------------------------------------------------------------------------
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(3)
+    photos = [Image.open(p).convert("RGB") for p in sorted(IMAGES.glob("*.jpg"))[:2]]
+    small = Image.fromarray(rng.integers(0, 256, (21, 37, 3), dtype=np.uint8))
+    tall = Image.fromarray(rng.integers(0, 256, (90, 31, 4), dtype=np.uint8), "RGBA")
+    grey = Image.fromarray(rng.integers(0, 256, (40, 70), dtype=np.uint8), "L")
+    return [*photos, small, tall, grey, small.convert("P")]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        {"interpolation": "bilinear"},
+        {"resize_mode": "squash"},
+        {"resize_mode": "longest"},
+        {"resize_mode": "longest", "fill_color": 128, "interpolation": "bilinear", "mean": 0.4, "std": 0.3},
+    ],
+    ids=["default", "mean_std", "bilinear", "squash", "longest", "longest_fill"],
+)
+def test_preprocess_equals_open_clips(cfg: dict[str, Any]) -> None:
+    from clipfast.formats.open_clip import preprocess_config
+    from clipfast.transforms import _standard_plan, for_config
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    size = 48
+    merged = merge_preprocess_dict(PreprocessCfg(), {**cfg, "size": size})
+    reference = image_transform_v2(PreprocessCfg(**merged), is_train=False)
+    ours = for_config(preprocess_config(cfg, "open_clip_config.json"), size)
+    # clip's pipeline (shortest side, bicubic), whatever the mean and std, runs in Rust.
+    fast = (
+        cfg.get("resize_mode", "shortest") == "shortest" and cfg.get("interpolation", "bicubic") == "bicubic"
+    )
+    assert (_standard_plan(ours.transforms) is not None) == fast
+    for image in _images():
+        assert torch.equal(ours(image), reference(image)), (cfg, image.mode, image.size)
+
+
+def test_folder_preprocess_is_the_configurations(tmp_path: Path) -> None:
+    cfg = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "resize_mode": "squash"}
+    folder = write_folder(
+        tmp_path / "pre", CONFIGS["resnet"], open_clip_model("resnet").state_dict(), preprocess_cfg=cfg
+    )
+    _, reference = reference_load(folder)
+    _, ours = load_quietly(folder)
+    for image in _images():
+        assert torch.equal(ours(image), reference(image))
+
+
+# --- bare files: what is decided, what is assumed ---------------------------------------------------
+
+
+def test_bare_file_warns_once_and_arguments_decide(tmp_path: Path) -> None:
+    """A bare state dict says neither the activation nor the head width: clipfast assumes
+    QuickGELU and 64-wide heads, says so once, and the arguments give the right model."""
+    cfg = copy.deepcopy(CONFIGS["gelu_h80"])
+    cfg["vision_cfg"].update(width=320, head_width=80)  # 4 heads; 64-wide would be 5
+    reference = open_clip_model(cfg)
+    path = save(tmp_path / "bare.pt", reference.state_dict())
+    with pytest.warns(UserWarning) as record:
+        guessed, _ = clipfast.load(path, device="cpu")
+    messages = [str(w.message) for w in record if "assumed" in str(w.message)]
+    assert len(messages) == 1
+    assert str(path) in messages[0] and "quick_gelu=" in messages[0] and "vision_heads=" in messages[0]
+    assert first_block(guessed).attn.num_heads == 5
+    assert type(first_block(guessed).mlp.gelu).__name__ == "QuickGELU"
+    ours, _ = load_quietly(path, quick_gelu=False, vision_heads=4, transformer_heads=1)
+    assert_same_outputs(ours, reference)
+    # Only the head counts given: the activation is still assumed, and the warning says so.
+    with pytest.warns(UserWarning, match="quick_gelu=") as record:
+        clipfast.load(path, device="cpu", vision_heads=4, transformer_heads=1)
+    assert "vision_heads=" not in str(record[0].message)
+    # Only the activation given: the 64-wide text heads are still a guess, and it says so.
+    with pytest.warns(UserWarning, match=r"transformer_heads=1 \(64-wide heads\)") as record:
+        clipfast.load(path, device="cpu", quick_gelu=False, vision_heads=4)
+    assert "quick_gelu=" not in str(record[0].message).split("assumed")[1]
+
+
+def test_bare_file_beside_an_open_clip_config_is_the_folders_model(tmp_path: Path) -> None:
+    model = open_clip_model("gelu_h104")
+    folder = write_folder(
+        tmp_path / "m", CONFIGS["gelu_h104"], model.state_dict(), weights="open_clip_pytorch_model.bin"
+    )
+    ours, _ = load_quietly(folder / "open_clip_pytorch_model.bin")
+    assert_same_outputs(ours, model)
+
+
+def _openai_structured() -> dict[str, dict[str, Any]]:
+    from clipfast.formats.open_clip import model_settings
+
+    folder = Path(open_clip.__file__).parent / "model_configs"
+    accepted = {}
+    for path in sorted(folder.glob("*.json")):
+        cfg = json.loads(path.read_text())
+        try:
+            model_settings(cfg, path.name)
+        except ArchitectureError:
+            continue
+        accepted[path.stem] = cfg
+    return accepted
+
+
+def test_published_table_is_open_clips() -> None:
+    folder = Path(open_clip.__file__).parent / "model_configs"
+    configs = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert derive(configs) == TABLE
+    names = {entry.name for entry in TABLE.values()}
+    assert {"ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-e-14", "RN50", "ViT-B-32"} <= names
+
+
+def _meta_open_clip(cfg: dict[str, Any]) -> Any:
+    from clipfast.model import _SkipInitOnMeta
+
+    with torch.device("meta"), _SkipInitOnMeta():
+        return open_clip.model.CLIP(**cfg)
+
+
+@pytest.mark.parametrize(
+    "name", ["ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-e-14", "ViT-L-14-quickgelu", "RN50x4"]
+)
+def test_full_size_published_models_on_meta(name: str) -> None:
+    """Shapes of open_clip's published configurations, up to ViT-bigG-14 and ViT-e-14 (on the meta
+    device: no memory): a bare file's heads come from the table; with the configuration, every
+    setting is the configuration's and clipfast's model has open_clip's shapes."""
+    from clipfast.formats.open_clip import model_settings
+    from clipfast.model import construct_on_meta
+
+    cfg = _openai_structured()[name]
+    reference = _meta_open_clip(cfg)
+    shapes = {k: v for k, v in reference.state_dict().items()}
+    bare = infer_architecture(shapes)
+    vision = cfg["vision_cfg"]
+    width = vision["width"] * (32 if isinstance(vision["layers"], list) else 1)
+    assert bare.vision_heads == width // vision.get("head_width", 64)
+    assert bare.transformer_heads == cfg["text_cfg"]["heads"]
+    assert bare.sources["vision_heads"].kind == "published"
+    assert set(bare.assumed()) == (
+        {"vision_activation", "text_activation"} - ({"vision_activation"} if not bare.is_vit else set())
+    )
+    decided = infer_architecture(shapes, decided=model_settings(cfg, name))
+    assert decided == bare.__class__(
+        **{
+            **bare.settings(),
+            "vision_activation": decided.vision_activation,
+            "text_activation": decided.text_activation,
+        }
+    )
+    assert decided.text_activation == ("quick_gelu" if cfg.get("quick_gelu") else "gelu")
+    assert decided.assumed() == []
+    ours = construct_on_meta(decided)
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in shapes.items()
+    }
+
+
+def test_every_accepted_configuration_builds_open_clips_shapes() -> None:
+    from clipfast.formats.open_clip import model_settings
+    from clipfast.model import construct_on_meta
+
+    accepted = _openai_structured()
+    assert len(accepted) >= 40
+    for name, cfg in accepted.items():
+        shapes = {k: tuple(v.shape) for k, v in _meta_open_clip(cfg).state_dict().items()}
+
+        class Shape:
+            def __init__(self, shape: tuple[int, ...]) -> None:
+                self.shape = shape
+
+        arch = infer_architecture({k: Shape(v) for k, v in shapes.items()}, decided=model_settings(cfg, name))
+        assert {k: tuple(v.shape) for k, v in construct_on_meta(arch).state_dict().items()} == shapes, name
+
+
+# --- refused and bad input --------------------------------------------------------------------------
+
+
+REFUSED = {
+    "vision pool avg": ("vision_cfg", {"pool_type": "avg"}),
+    "text pool eos": ("text_cfg", {"pool_type": "eos", "eos_id": 49407}),
+    "eos_id of another tokenizer": ("text_cfg", {"pool_type": "eos", "eos_id": 2}),
+    "tokenizer": ("text_cfg", {"hf_tokenizer_name": "bert-base-uncased"}),
+    "tokenizer kwargs": ("text_cfg", {"tokenizer_kwargs": {"clean": "canonicalize"}}),
+    "no causal mask": ("text_cfg", {"no_causal_mask": True}),
+    "vision final ln after pool": ("vision_cfg", {"final_ln_after_pool": True}),
+    "text final ln after pool": ("text_cfg", {"final_ln_after_pool": True}),
+    "act kwargs": ("vision_cfg", {"act_kwargs": {"approximate": "tanh"}}),
+    "norm kwargs": ("text_cfg", {"norm_kwargs": {"eps": 1e-6}}),
+    "layer scale": ("vision_cfg", {"ls_init_value": 1e-4}),
+    "no ln pre": ("vision_cfg", {"no_ln_pre": True}),
+    "attentional pool": ("vision_cfg", {"attentional_pool": True}),
+    "qk norm": ("vision_cfg", {"qk_norm": True}),
+    "text cls token": ("text_cfg", {"embed_cls": True}),
+    "text proj bias": ("text_cfg", {"proj_bias": True}),
+    "hf text tower": ("text_cfg", {"hf_model_name": "roberta-base"}),
+    "timm tower": ("vision_cfg", {"timm_model_name": "vit_base_patch16_224"}),
+    "unknown setting": ("vision_cfg", {"rope": True}),
+    "logit bias": (None, {"init_logit_bias": -10.0}),
+    "coca": (None, {"multimodal_cfg": {"width": 64}}),
+    "unknown top setting": (None, {"future_flag": 1}),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_refused_configurations_name_the_file_and_setting(case: str, tmp_path: Path) -> None:
+    tower, change = REFUSED[case]
+    cfg = copy.deepcopy(CONFIGS["gelu_h80"])
+    (cfg[tower] if tower else cfg).update(change)
+    folder = write_folder(tmp_path / "refused", cfg, open_clip_model("gelu_h80").state_dict())
+    with pytest.raises(ArchitectureError) as info:
+        clipfast.load(folder, device="cpu")
+    message = str(info.value)
+    assert str(folder / "open_clip_config.json") in message
+    assert next(iter(change)) in message
+
+
+@pytest.mark.parametrize(
+    "name", ["ViT-H-14-worldwide", "ViT-L-14-worldwide-quickgelu", "ViT-L-14-CLIPA", "ViT-M-16-alt"]
+)
+def test_published_configurations_clipfast_cannot_build_are_refused(name: str, tmp_path: Path) -> None:
+    """MetaCLIP-2 worldwide (EOS pooling, another tokenizer), CLIPA, layer scale."""
+    cfg = json.loads((Path(open_clip.__file__).parent / "model_configs" / f"{name}.json").read_text())
+    folder = write_folder(tmp_path / name, cfg, open_clip_model("gelu_h80").state_dict())
+    with pytest.raises(ArchitectureError, match=r"open_clip_config\.json"):
+        clipfast.load(folder, device="cpu")
+
+
+def test_config_that_disagrees_with_the_weights(tmp_path: Path) -> None:
+    cfg = copy.deepcopy(CONFIGS["gelu_h80"])
+    cfg["vision_cfg"]["width"] = 192
+    folder = write_folder(tmp_path / "wrong", cfg, open_clip_model("gelu_h80").state_dict())
+    with pytest.raises(
+        ArchitectureError, match=r"open_clip_config\.json says vision_width = 192.*160"
+    ) as info:
+        clipfast.load(folder, device="cpu")
+    assert str(folder / "open_clip_model.safetensors") in str(info.value)
+    cfg = copy.deepcopy(CONFIGS["resnet"])  # a ResNet configuration for ViT weights
+    folder = write_folder(tmp_path / "kind", cfg, open_clip_model("gelu_h80").state_dict())
+    with pytest.raises(ArchitectureError, match="vision_layers"):
+        clipfast.load(folder, device="cpu")
+
+
+def test_bad_folders_and_files(tmp_path: Path) -> None:
+    cfg = CONFIGS["gelu_h80"]
+    empty = write_folder(tmp_path / "noweights", cfg, {})
+    (empty / "open_clip_model.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError, match="no weights") as info:
+        clipfast.load(empty, device="cpu")
+    assert str(empty) in str(info.value) and isinstance(info.value, FileNotFoundError)
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    with pytest.raises(ModelNotFoundError, match="without a model"):
+        clipfast.load(nothing, device="cpu")
+    with pytest.raises(ModelNotFoundError, match="local-dir"):
+        clipfast.load(f"local-dir:{tmp_path / 'absent'}", device="cpu")
+    broken = write_folder(tmp_path / "broken", cfg, open_clip_model("gelu_h80").state_dict())
+    (broken / "open_clip_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"open_clip_config\.json"):
+        clipfast.load(broken, device="cpu")
+    # A file of the wrong format for its name.
+    mislabelled = write_folder(tmp_path / "mislabelled", cfg, {})
+    torch.save(open_clip_model("gelu_h80").state_dict(), mislabelled / "open_clip_model.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        clipfast.load(mislabelled, device="cpu")
+    assert str(mislabelled / "open_clip_model.safetensors") in str(info.value)
+    garbage = write_folder(tmp_path / "garbage", cfg, {}, weights="open_clip_pytorch_model.bin")
+    (garbage / "open_clip_pytorch_model.bin").write_bytes(b"\x00" * 1000)
+    with pytest.raises(CheckpointError, match=r"open_clip_pytorch_model\.bin"):
+        clipfast.load(garbage, device="cpu")
