@@ -478,3 +478,109 @@ def test_bad_folders_and_files(tmp_path: Path) -> None:
     (garbage / "open_clip_pytorch_model.bin").write_bytes(b"\x00" * 1000)
     with pytest.raises(CheckpointError, match=r"open_clip_pytorch_model\.bin"):
         clipfast.load(garbage, device="cpu")
+
+
+# --- clipfast inspect ------------------------------------------------------------------------------
+
+
+def _inspect(capsys: pytest.CaptureFixture[str], target: str) -> dict[str, Any]:
+    from clipfast import cli
+
+    status = cli.main(["inspect", target, "--json"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    return dict(json.loads(out))
+
+
+def test_inspect_says_where_each_setting_was_decided(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], openai_archive: Any
+) -> None:
+    model = open_clip_model("gelu_h80")
+    folder = write_folder(
+        tmp_path / "m", CONFIGS["gelu_h80"], model.state_dict(), preprocess_cfg={"mean": [0.5] * 3}
+    )
+    config = str(folder / "open_clip_config.json")
+    for target in (str(folder), f"local-dir:{folder}", str(folder / "open_clip_model.safetensors")):
+        info = _inspect(capsys, target)
+        assert info["layout"] == "open_clip" and info["config"] == config
+        assert (
+            info["architecture"]["vision_heads"] == 2 and info["architecture"]["vision_activation"] == "gelu"
+        )
+        assert info["architecture"]["vision_mlp_width"] == int(160 * 4.3637)
+        assert info["decided_from"]["vision_heads"] == f"config ({config})"
+        assert info["decided_from"]["text_activation"] == f"config ({config})"
+        assert info["assumed"] == [] and info["preprocess"]["mean"] == [0.5] * 3
+    bare = save(tmp_path / "bare.pt", model.state_dict())
+    info = _inspect(capsys, str(bare))
+    assert info["layout"] == "openai" and info["config"] is None
+    assert info["decided_from"]["vision_activation"].startswith("default")
+    assert info["decided_from"]["vision_heads"].startswith("default")
+    assert info["decided_from"]["vision_mlp_width"] == "shapes"
+    assert set(info["assumed"]) == {
+        "vision_heads",
+        "transformer_heads",
+        "vision_activation",
+        "text_activation",
+    }
+    info = _inspect(capsys, str(openai_archive("ViT-B/32")))
+    assert info["decided_from"]["vision_heads"].startswith("torchscript")
+    assert info["decided_from"]["text_activation"].startswith("torchscript") and info["assumed"] == []
+    from clipfast import cli
+
+    refused = copy.deepcopy(CONFIGS["gelu_h80"])
+    refused["text_cfg"]["pool_type"] = "eos"
+    bad = write_folder(tmp_path / "bad", refused, model.state_dict())
+    assert cli.main(["inspect", str(bad), "--json"]) == 2
+    assert "pool_type" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_converted_safetensors_metadata_decides_and_inspect_shows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `clipfast convert` records (formats.metadata) is the configuration travelling with the
+    weights: no guess, no warning; a later load is the source's model."""
+    from clipfast.formats import locate
+    from clipfast.formats.metadata import encode
+    from safetensors.torch import save_file
+
+    model = open_clip_model("quick_h88")
+    folder = write_folder(
+        tmp_path / "m", CONFIGS["quick_h88"], model.state_dict(), preprocess_cfg={"std": [0.3] * 3}
+    )
+    source = locate(str(folder))
+    arch = infer_architecture(model.state_dict(), decided=source.decided)
+    converted = tmp_path / "converted.safetensors"
+    metadata = encode(
+        arch, source.preprocess, source=str(folder), source_sha256="ab" * 32, source_format="open_clip"
+    )
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(converted), metadata=metadata)
+    ours, preprocess = load_quietly(converted)
+    assert_same_outputs(ours, model)
+    assert preprocess.transforms[-1].std == (0.3, 0.3, 0.3)
+    info = _inspect(capsys, str(converted))
+    assert info["decided_from"]["vision_heads"] == f"config (the safetensors metadata of {converted})"
+    assert info["metadata"]["clipfast.source_format"] == "open_clip"
+    assert info["metadata"]["clipfast.source_sha256"] == "ab" * 32
+    bad = dict(metadata)
+    bad["clipfast.vision_act"] = "swish"
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(tmp_path / "bad.safetensors"),
+        metadata=bad,
+    )
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors"):
+        clipfast.load(tmp_path / "bad.safetensors", device="cpu")
+
+
+def test_bare_files_of_refused_published_models_are_refused() -> None:
+    """A bare MetaCLIP-2 worldwide state dict has OpenAI's names and shapes but pools at another
+    tokenizer's EOS: its shapes (vocabulary 901629) say so, and clipfast refuses it."""
+    from clipfast.published import REFUSED, derive_refused
+
+    folder = Path(open_clip.__file__).parent / "model_configs"
+    configs = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert derive_refused(configs) == REFUSED
+    cfg = configs["ViT-H-14-worldwide"]
+    shapes = dict(_meta_open_clip(cfg).state_dict())
+    with pytest.raises(ArchitectureError, match="ViT-H-14-worldwide"):
+        infer_architecture(shapes)

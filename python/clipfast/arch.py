@@ -439,9 +439,16 @@ def infer_architecture(
     if found["context_length"] <= 0:
         raise shapes.error(f"context length {found['context_length']} is not positive")
 
-    from .published import match
+    from .published import match, match_refused
 
     published = match(found)
+    if published is None and not any(where.kind in (CONFIG, TORCHSCRIPT) for _, where in decided.values()):
+        refused = match_refused(found)
+        if refused is not None:  # a bare file of a model clipfast would build wrong
+            raise shapes.error(
+                f"these shapes are open_clip's {refused.name}, which clipfast cannot compute exactly "
+                f"({refused.reason}); use open_clip for this model"
+            )
     attention_width = vision_width if vision_patch_size is not None else vision_width * 32
     heads_v, sources["vision_heads"] = _heads(
         shapes,

@@ -4,7 +4,9 @@ clipfast download NAME...            fetch official models into the cache (verif
 clipfast list                        the official models, their sizes and whether they are cached
 clipfast verify PATH|NAME [--sha256 HEX] [--json]
                                      re-hash a file: exit 0 when it matches, 1 when not, 2 on error
-clipfast inspect PATH [--json]       format, tensors, dtypes, bytes, architecture, official name
+clipfast inspect PATH [--json]       format, tensors, dtypes, bytes, architecture and where each setting
+                                     was decided from, preprocessing, official name (PATH: a file, an
+                                     open_clip or Hugging Face folder, local-dir:PATH, hf-hub:ORG/NAME)
 """
 
 from __future__ import annotations
@@ -197,14 +199,37 @@ def _file_sha256(path: str) -> str:
     return cache.hash_file(path)
 
 
+#: The settings no shape shows (and the MLP widths, which open_clip's configurations state), shown
+#: with where each was decided from.
+_DECIDED_SETTINGS = (
+    "vision_heads",
+    "transformer_heads",
+    "vision_activation",
+    "text_activation",
+    "vision_mlp_width",
+    "transformer_mlp_width",
+    "image_resolution",
+    "context_length",
+)
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .errors import ArchitectureError, CheckpointError
+    from .errors import ArchitectureError, CheckpointError, ModelNotFoundError
 
     try:
         from .checkpoint import inspect_checkpoint
     except ImportError as err:  # the checkpoint reader is not built into this copy
         return _fail(args, f"clipfast.checkpoint is not available: {err}")
-    path: str = args.path
+    from .formats import locate
+
+    target: str = args.path
+    try:
+        source = locate(target)
+    except ModelNotFoundError as err:
+        return _fail(args, str(err))
+    except (ArchitectureError, CheckpointError, OSError) as err:  # a configuration refused, unreadable
+        return _fail(args, str(err))
+    path = source.path
     if not os.path.isfile(path):
         return _fail(args, f"{path}: no such file")
     try:
@@ -212,14 +237,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     except (CheckpointError, OSError) as err:
         return _fail(args, str(err))
     architecture: Optional[dict[str, Any]] = None
+    decided: Optional[dict[str, str]] = None
+    assumed: list[str] = []
     arch_error: Optional[str] = None
     try:
         from .arch import infer_architecture, without_wrapper_prefix
 
-        shapes = {t.name: _Shape(tuple(t.shape)) for t in info.tensors}
-        arch = infer_architecture(without_wrapper_prefix(shapes), source=path)
-        architecture = dataclasses.asdict(arch)
+        if source.direct:
+            shapes: Any = without_wrapper_prefix({t.name: _Shape(tuple(t.shape)) for t in info.tensors})
+        else:
+            shapes = source.declared_shapes()
+        arch = infer_architecture(shapes, decided=source.decided, source=path)
+        architecture = arch.settings()
         architecture["kind"] = "ViT" if arch.is_vit else "ModifiedResNet"
+        decided = {name: str(arch.sources[name]) for name in _DECIDED_SETTINGS if name in arch.sources}
+        assumed = arch.assumed()
     except ArchitectureError as err:
         arch_error = str(err)
     except ImportError as err:
@@ -229,8 +261,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     except OSError as err:
         return _fail(args, f"{path}: {err.strerror or err}")
     model = _model_of_hash(digest)
+    metadata = _clipfast_metadata(path) if info.format == "safetensors" else {}
+    preprocess: Optional[dict[str, Any]] = None
+    if source.preprocess is not None:
+        pre = source.preprocess
+        preprocess = {
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "interpolation": pre.interpolation,
+            "resize_mode": pre.resize_mode,
+            "fill_color": pre.fill_color,
+            "source": str(pre.source),
+        }
     payload: dict[str, Any] = {
         "path": path,
+        "layout": source.layout,
+        "config": source.config,
         "format": info.format,
         "tensor_count": info.tensor_count,
         "dtype_counts": dict(info.dtype_counts),
@@ -239,6 +285,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         "sha256": digest,
         "official_model": model,
         "architecture": architecture,
+        "decided_from": decided,
+        "assumed": assumed,
+        "preprocess": preprocess,
+        "metadata": metadata,
         "architecture_error": arch_error,
     }
     if args.tensors or args.json:
@@ -246,13 +296,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in info.tensors
         ]
     dtypes = ", ".join(f"{count} {dtype}" for dtype, count in sorted(info.dtype_counts.items()))
-    lines = [
-        f"path:        {path}",
+    lines = [f"path:        {path}"]
+    if source.config:
+        lines.append(f"config:      {source.config} ({source.layout})")
+    lines += [
         f"format:      {info.format}",
         f"tensors:     {info.tensor_count} ({dtypes})",
         f"bytes:       {_human(info.total_bytes)} of tensor data, file {_human(info.file_size)}",
     ]
-    if architecture is not None:
+    if architecture is not None and decided is not None:
         a = architecture
         if a["kind"] == "ViT":
             vision = (
@@ -266,14 +318,38 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             f"{a['transformer_heads']}, context {a['context_length']}, vocab {a['vocab_size']}; "
             f"embed {a['embed_dim']}"
         )
+        lines.append("settings:")
+        for name, where in decided.items():
+            lines.append(f"  {name + ':':<23}{a[name]!s:<12} from {where}")
+        if assumed:
+            lines.append(
+                f"  assumed: {', '.join(assumed)}: clipfast.load warns; pass quick_gelu= / vision_heads= / "
+                "transformer_heads= to decide"
+            )
     else:
         lines.append(f"architecture: unknown ({arch_error})")
+    if preprocess is not None:
+        lines.append(
+            f"preprocess:  mean {tuple(preprocess['mean'])}, std {tuple(preprocess['std'])}, "
+            f"{preprocess['interpolation']}, resize {preprocess['resize_mode']} (from {preprocess['source']})"
+        )
+    for key, value in metadata.items():
+        if key not in ("clipfast.architecture", "clipfast.preprocess"):
+            lines.append(f"metadata:    {key} = {value}")
     lines.append(f"sha256:      {digest}")
     lines.append(f"official:    {model if model else 'no (the hash matches no official file)'}")
     if args.tensors:
         lines += [f"  {t.name}: {t.dtype} {list(t.shape)}" for t in info.tensors]
     _emit(args, payload, "\n".join(lines))
     return EXIT_OK
+
+
+def _clipfast_metadata(path: str) -> dict[str, str]:
+    """The safetensors metadata entries clipfast wrote (``clipfast.*``)."""
+    from .formats.metadata import read_safetensors_metadata
+
+    metadata = read_safetensors_metadata(path) or {}
+    return {k: v for k, v in metadata.items() if k.startswith("clipfast.")}
 
 
 # --- entry point ---------------------------------------------------------------------------
@@ -304,8 +380,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("inspect", help="format, tensors, dtypes, bytes, architecture and official name")
-    p.add_argument("path", metavar="PATH")
+    p = sub.add_parser(
+        "inspect", help="format, tensors, architecture (and where each setting came from), official name"
+    )
+    p.add_argument(
+        "path", metavar="PATH", help="a checkpoint file, a model folder, local-dir:PATH or hf-hub:ORG/NAME"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output (with every tensor)")
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
     p.set_defaults(func=_cmd_inspect)

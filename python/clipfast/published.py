@@ -15,7 +15,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
-__all__ = ["TABLE", "Published", "derive", "match", "structure_key"]
+__all__ = [
+    "REFUSED",
+    "TABLE",
+    "Published",
+    "Refused",
+    "derive",
+    "derive_refused",
+    "match",
+    "match_refused",
+    "structure_key",
+]
 
 
 class Published(NamedTuple):
@@ -65,9 +75,51 @@ def derive(configs: Mapping[str, Mapping[str, Any]]) -> dict[tuple[Any, ...], Pu
     return table
 
 
+class Refused(NamedTuple):
+    """A published configuration whose tensors have OpenAI's names and shapes but that clipfast
+    cannot compute exactly (another tokenizer and pooling, layer scale, ...), and why."""
+
+    name: str
+    reason: str
+
+
+def derive_refused(configs: Mapping[str, Mapping[str, Any]]) -> dict[tuple[Any, ...], Refused]:
+    """The configurations clipfast refuses whose shapes a bare OpenAI-layout file could have (no
+    timm, Hugging Face or CoCa tower), keyed by structure; a structure some buildable configuration
+    also has is left out."""
+    from .errors import ArchitectureError
+    from .formats.open_clip import check_buildable, structure
+
+    accepted = derive(configs)
+    refused: dict[tuple[Any, ...], Refused] = {}
+    for name in sorted(configs, key=lambda n: (len(n), n)):
+        cfg = configs[name]
+        vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+        if vision.get("timm_model_name") or text.get("hf_model_name") or "multimodal_cfg" in cfg:
+            continue
+        try:
+            check_buildable(cfg, name)
+            continue
+        except ArchitectureError as err:
+            reason = getattr(err, "reason", str(err))
+        try:
+            values = {key: value for key, (value, _) in structure(cfg, name).items()}
+        except ArchitectureError:
+            continue
+        key = structure_key(values)
+        if key not in accepted:
+            refused.setdefault(key, Refused(name, reason))
+    return refused
+
+
 def match(settings: Mapping[str, Any]) -> Optional[Published]:
     """The published configuration with these shapes, if any."""
     return TABLE.get(structure_key(settings))
+
+
+def match_refused(settings: Mapping[str, Any]) -> Optional[Refused]:
+    """The published configuration clipfast refuses that has these shapes, if any."""
+    return REFUSED.get(structure_key(settings))
 
 
 # fmt: off
@@ -98,11 +150,21 @@ TABLE: dict[tuple[Any, ...], Published] = {
     (12, 896, 16, 3584, 640, 49408, 640, 12, 2560): Published('ViT-B-16-plus', 14, 10),
     (12, 896, 32, 3584, 640, 49408, 640, 12, 2560): Published('ViT-B-32-plus-256', 14, 10),
 }
+# The same key -> (name, why clipfast cannot build it)
+REFUSED: dict[tuple[Any, ...], Refused] = {
+    (12, 512, 16, 2048, 384, 49408, 384, 12, 1536): Refused('ViT-M-16-alt', 'vision_cfg.ls_init_value = 0.0001 (layer scale)'),
+    (32, 1280, 14, 5120, 1024, 32000, 1024, 24, 4096): Refused('ViT-H-14-CLIPA', 'vision_cfg.no_ln_pre = true (no LayerNorm before the transformer)'),
+    (24, 1024, 14, 4096, 768, 32000, 768, 12, 3072): Refused('ViT-L-14-CLIPA', 'vision_cfg.no_ln_pre = true (no LayerNorm before the transformer)'),
+    (48, 1664, 14, 8192, 1280, 32000, 1280, 32, 5120): Refused('ViT-bigG-14-CLIPA', 'vision_cfg.no_ln_pre = true (no LayerNorm before the transformer)'),
+    (32, 1280, 14, 5120, 1024, 901629, 1024, 24, 4096): Refused('ViT-H-14-worldwide', 'text_cfg.hf_tokenizer_name = "facebook/xlm-v-base" (another tokenizer than clip\'s)'),
+    (24, 1024, 14, 4096, 768, 250100, 768, 12, 3072): Refused('ViT-L-14-worldwide', 'text_cfg.hf_tokenizer_name = "google/mt5-base" (another tokenizer than clip\'s)'),
+    (48, 1664, 14, 8192, 1280, 901629, 1280, 32, 5120): Refused('ViT-bigG-14-worldwide', 'text_cfg.hf_tokenizer_name = "facebook/xlm-v-base" (another tokenizer than clip\'s)'),
+}
 # fmt: on
 
 
-def _render(table: Mapping[tuple[Any, ...], Published]) -> str:
-    lines = [f"    {key!r}: Published{tuple(entry)!r}," for key, entry in table.items()]
+def _render(table: Mapping[tuple[Any, ...], tuple[Any, ...]]) -> str:
+    lines = [f"    {key!r}: {type(entry).__name__}{tuple(entry)!r}," for key, entry in table.items()]
     return "\n".join(lines)
 
 
@@ -114,4 +176,7 @@ if __name__ == "__main__":  # print the table for the installed open_clip
 
     folder = pathlib.Path(open_clip.__file__).parent / "model_configs"
     configs = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    print("TABLE:")
     print(_render(derive(configs)))
+    print("REFUSED:")
+    print(_render(derive_refused(configs)))

@@ -92,7 +92,7 @@ def decode(
     that are not what :func:`encode` writes (another schema, a bad value)."""
     if _PREFIX + "schema" not in metadata:
         return None
-    where = Provenance(CONFIG, f"{path} (safetensors metadata)")
+    where = Provenance(CONFIG, f"the safetensors metadata of {path}")
     try:
         if metadata[_PREFIX + "schema"] != SCHEMA:
             raise ValueError(f"schema {metadata[_PREFIX + 'schema']!r} (this clipfast reads {SCHEMA!r})")

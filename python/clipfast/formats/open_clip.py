@@ -33,7 +33,16 @@ from . import ModelSource, PreprocessConfig
 if TYPE_CHECKING:
     from ..hub import HubRepo
 
-__all__ = ["CONFIG_NAME", "from_hub", "locate", "model_settings", "preprocess_config", "weights_in_folder"]
+__all__ = [
+    "CONFIG_NAME",
+    "check_buildable",
+    "from_hub",
+    "locate",
+    "model_settings",
+    "preprocess_config",
+    "structure",
+    "weights_in_folder",
+]
 
 CONFIG_NAME = "open_clip_config.json"
 
@@ -134,11 +143,14 @@ _WHY = {
 
 
 def _refuse(where: str, what: str, value: Any, why: str) -> ArchitectureError:
-    return ArchitectureError(
-        f"{where}: {what} = {json.dumps(value)} ({why}) is not a model clipfast computes exactly; "
-        "clipfast builds OpenAI-structured CLIP models (ViT or ModifiedResNet image tower, OpenAI's "
-        "text transformer, clip's tokenizer). Use open_clip for this model."
+    reason = f"{what} = {json.dumps(value)} ({why})"
+    error = ArchitectureError(
+        f"{where}: {reason} is not a model clipfast computes exactly; clipfast builds OpenAI-structured "
+        "CLIP models (ViT or ModifiedResNet image tower, OpenAI's text transformer, clip's tokenizer). "
+        "Use open_clip for this model."
     )
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
 
 
 def _is_off(value: Any, off: Any) -> bool:
@@ -173,6 +185,13 @@ def model_settings(model_cfg: Mapping[str, Any], where: str) -> dict[str, Decide
     """What an open_clip ``model_cfg`` decides, as ``(value, Provenance(config, where))`` pairs for
     ``arch.infer_architecture``. Raises ``ArchitectureError`` naming ``where`` for a configuration
     clipfast cannot build exactly (see the module's documentation)."""
+    check_buildable(model_cfg, where)
+    return structure(model_cfg, where)
+
+
+def check_buildable(model_cfg: Mapping[str, Any], where: str) -> None:
+    """Raise ``ArchitectureError`` naming ``where`` and the setting where ``model_cfg`` asks for
+    something clipfast does not compute exactly."""
     if not isinstance(model_cfg, Mapping):
         raise ArchitectureError(f"{where}: model_cfg is a {type(model_cfg).__name__}, not an object")
     for key, value in model_cfg.items():
@@ -201,6 +220,13 @@ def model_settings(model_cfg: Mapping[str, Any], where: str) -> dict[str, Decide
         )
     if text.get("proj_type", "linear") != "linear":
         raise _refuse(where, "text_cfg.proj_type", text["proj_type"], "no or another text projection")
+
+
+def structure(model_cfg: Mapping[str, Any], where: str) -> dict[str, Decided]:
+    """The settings of an OpenAI-structured ``model_cfg`` (not checked: see :func:`check_buildable`)."""
+    vision, text = model_cfg.get("vision_cfg"), model_cfg.get("text_cfg")
+    if not isinstance(vision, Mapping) or not isinstance(text, Mapping) or "embed_dim" not in model_cfg:
+        raise ArchitectureError(f"{where}: model_cfg needs embed_dim, vision_cfg and text_cfg")
     v = {**_VISION_DEFAULTS, **{k: vision[k] for k in _VISION_DEFAULTS if k in vision}}
     t = {**_TEXT_DEFAULTS, **{k: text[k] for k in _TEXT_DEFAULTS if k in text}}
     source = Provenance(CONFIG, where)
