@@ -22,10 +22,14 @@ from .jit import _is_device_constant, graphs
 
 __all__ = [
     "FULL",
+    "HF_VIT_B_32",
+    "HFSpec",
     "ModelSpec",
+    "build_hf_model",
     "build_reference_model",
     "spec",
     "tiny",
+    "write_hf_folder",
     "write_openai_archive",
     "write_state_dict",
 ]
@@ -165,4 +169,118 @@ def write_state_dict(path: str | os.PathLike[str], s: ModelSpec, seed: int = 0) 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
+    return out
+
+
+# --- Hugging Face CLIPModel folders --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HFSpec:
+    """A transformers ``CLIPConfig``'s settings (small widths for tests; any head width HF allows)."""
+
+    vision_width: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+    vision_mlp: int = 256
+    vision_act: str = "quick_gelu"
+    patch_size: int = 16
+    image_size: int = 64
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    text_mlp: int = 256
+    text_act: str = "quick_gelu"
+    vocab_size: int = 49408
+    context_length: int = 77
+    projection_dim: int = 32
+
+    def config(self) -> Any:
+        from transformers import CLIPConfig
+
+        return CLIPConfig(
+            text_config={
+                "hidden_size": self.text_width,
+                "intermediate_size": self.text_mlp,
+                "num_hidden_layers": self.text_layers,
+                "num_attention_heads": self.text_heads,
+                "hidden_act": self.text_act,
+                "vocab_size": self.vocab_size,
+                "max_position_embeddings": self.context_length,
+                "eos_token_id": self.vocab_size - 1,
+            },
+            vision_config={
+                "hidden_size": self.vision_width,
+                "intermediate_size": self.vision_mlp,
+                "num_hidden_layers": self.vision_layers,
+                "num_attention_heads": self.vision_heads,
+                "hidden_act": self.vision_act,
+                "patch_size": self.patch_size,
+                "image_size": self.image_size,
+            },
+            projection_dim=self.projection_dim,
+        )
+
+
+#: transformers' ViT-B/32 (``openai/clip-vit-base-patch32``'s shapes), fp32.
+HF_VIT_B_32 = HFSpec(768, 12, 12, 3072, "quick_gelu", 32, 224, 512, 12, 8, 2048, "quick_gelu", 49408, 77, 512)
+
+
+def build_hf_model(s: HFSpec, seed: int = 0) -> Any:
+    """A transformers ``CLIPModel`` with random weights (perturbed so that no parameter is constant)."""
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    model = CLIPModel(s.config())
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed + 1)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+        model.logit_scale.fill_(4.6052)
+    return model.eval()
+
+
+def write_hf_folder(
+    folder: str | os.PathLike[str],
+    model: Any,
+    *,
+    weights: str = "safetensors",
+    max_shard_size: str | int | None = None,
+    preprocessor: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` as ``save_pretrained`` writes it (``config.json``, ``model.safetensors``,
+    sharded with ``max_shard_size``), or as older transformers did with ``weights="bin"``
+    (``pytorch_model.bin``, or shards ``pytorch_model-0000i-of-0000n.bin`` with
+    ``pytorch_model.bin.index.json``); ``preprocessor`` is written as ``preprocessor_config.json``
+    (``CLIPImageProcessor(**preprocessor)``). Returns the folder."""
+    import json
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    if weights == "safetensors":
+        kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        model.save_pretrained(out, **kwargs)
+    elif weights == "bin":
+        model.config.save_pretrained(out)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if max_shard_size is None:
+            torch.save(state, out / "pytorch_model.bin")
+        else:
+            names = list(state)
+            count = int(max_shard_size)
+            chunks = [names[i::count] for i in range(count)]
+            weight_map = {}
+            for i, chunk in enumerate(chunks):
+                file = f"pytorch_model-{i + 1:05d}-of-{count:05d}.bin"
+                torch.save({k: state[k] for k in chunk}, out / file)
+                weight_map.update(dict.fromkeys(chunk, file))
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (out / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
+    else:
+        raise ValueError(f"weights must be 'safetensors' or 'bin', not {weights!r}")
+    if preprocessor is not None:
+        from transformers import CLIPImageProcessor
+
+        CLIPImageProcessor(**preprocessor).save_pretrained(out)
     return out
