@@ -237,3 +237,22 @@ def test_pickle_code_is_never_run(tmp_path: Path) -> None:
         with pytest.raises(UnsafeCheckpointError):
             clipfast.load_checkpoint(open_clip_model("gelu_h80"), path)
         assert not marker.exists()
+
+
+def test_load_hooks_see_the_file_values(tmp_path: Path) -> None:
+    """clipfast fills parameters straight from the file; a model whose load hooks change the
+    state dict gets it through load_state_dict as it is, as with open_clip."""
+    path = save(tmp_path / "w.safetensors", open_clip_model("gelu_h80", seed=1).state_dict())
+
+    def make() -> torch.nn.Module:
+        model = open_clip_model("gelu_h80", seed=2)
+
+        def double(state_dict: Any, prefix: str, *args: Any) -> None:
+            key = prefix + "proj"
+            state_dict[key] = state_dict[key] * 2
+
+        model.visual._register_load_state_dict_pre_hook(double)
+        return model
+
+    _, model = compare(make, path)
+    assert torch.equal(model.visual.proj, open_clip_model("gelu_h80", seed=1).visual.proj * 2)

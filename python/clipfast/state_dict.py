@@ -116,13 +116,121 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: big_vision .npz weights need clipfast.formats.big_vision")
         big_vision.load_big_vision_weights(model, path)
         return {}
-    state = load_state_dict(path, device=device, weights_only=weights_only)
+    import torch
+
+    direct = weights_only and torch.device(device).type == "cpu"
+    if direct:
+        state, sources = _mapped_state_dict(path)
+    else:
+        state, sources = load_state_dict(path, device=device, weights_only=weights_only), {}
     state = _third_party(model, state, path)
     fit_to_model(model, state, path)
+    if sources:
+        _fill_in_place(model, state, sources)
     try:
         return model.load_state_dict(state, strict=strict)
     except RuntimeError as err:
         raise type(err)(f"{path}: {err}") from err
+
+
+class _Source:
+    """Where a tensor's values lie in the file (a whole storage, in order): what the Rust reader can
+    convert straight into a model's own tensor."""
+
+    def __init__(self, tensor: torch.Tensor, pending: Any, start: int, end: int, dtype: str) -> None:
+        self.tensor = tensor
+        self.pending = pending
+        self.start = start
+        self.end = end
+        self.dtype = dtype
+
+
+def _mapped_state_dict(path: str) -> tuple[OrderedDict[str, torch.Tensor], dict[int, _Source]]:
+    """``load_state_dict(path)`` (views of a map of the file, nothing copied), and for each tensor that
+    is a whole storage of the file in order, where (by ``id`` of the tensor)."""
+    from .checkpoint import _plan_read
+    from .formats.openai import is_torchscript
+
+    pending = _plan_read(path, mmap=True, dtype=None)
+    pending.convert()  # nothing to convert: every tensor is a view of the map
+    state = pending.finish()
+    storages = pending.reader.storages
+    sources: dict[int, _Source] = {}
+    for tensor, row in zip(state.values(), pending.rows):
+        _, stored, _, _, storage, offset = row[:6]
+        _, _, start, end = storages[storage]
+        if offset == 0 and tensor.is_contiguous() and tensor.numel() * tensor.element_size() == end - start:
+            sources[id(tensor)] = _Source(tensor, pending, start, end, stored)
+    if is_torchscript(path):
+        for key in ARCHIVE_ONLY_KEYS:
+            state.pop(key, None)
+    if not state:
+        raise CheckpointError(f"{path}: the checkpoint holds no tensors")
+    if next(iter(state)).startswith("module"):
+        state = OrderedDict((key[7:], tensor) for key, tensor in state.items())
+    return state, sources
+
+
+_FLOATING = ("float16", "bfloat16", "float32", "float64")
+
+
+def _fill_in_place(
+    model: torch.nn.Module, state: MutableMapping[str, torch.Tensor], sources: dict[int, _Source]
+) -> None:
+    """Convert, in Rust (all cores, GIL released), each file tensor that ``load_state_dict`` would
+    copy into a model tensor of its shape (CPU, contiguous, floating) straight into that tensor, and
+    put the model's own tensor in ``state`` in its place: ``load_state_dict`` then finds nothing to
+    copy (``copy_`` from itself returns at once) and does everything else as it would: the same
+    incompatible keys, errors and values (the conversion rounds as torch's ``copy_``)."""
+    import torch
+
+    if _has_load_hooks(model):
+        return
+    targets = model.state_dict(keep_vars=True)
+    jobs: dict[int, list[tuple[int, int, str, torch.Tensor]]] = {}
+    readers: dict[int, Any] = {}
+    filled: list[str] = []
+    seen: set[int] = set()
+    for key, tensor in state.items():
+        source = sources.get(id(tensor))
+        target = targets.get(key)
+        if source is None or source.tensor is not tensor or not isinstance(target, torch.Tensor):
+            continue
+        dtype = str(target.dtype).removeprefix("torch.")
+        if (
+            target.device.type != "cpu"
+            or not target.is_contiguous()
+            or target.shape != tensor.shape
+            or dtype not in _FLOATING
+            or source.dtype not in _FLOATING
+            or target.data_ptr() in seen
+            or target.numel() == 0
+        ):
+            continue
+        seen.add(target.data_ptr())
+        jobs.setdefault(id(source.pending), []).append(
+            (source.start, source.end, source.dtype, target.detach())
+        )
+        readers[id(source.pending)] = source.pending.reader
+        filled.append(key)
+    for pending_id, batch in jobs.items():
+        readers[pending_id].convert(batch)
+    for key in filled:
+        state[key] = targets[key]
+
+
+def _has_load_hooks(model: torch.nn.Module) -> bool:
+    """Whether a module may change the state dict before it is copied (a load pre-hook, or its own
+    ``_load_from_state_dict``): then everything goes through ``load_state_dict`` as it is."""
+    import torch
+
+    for module in model.modules():
+        if module._load_state_dict_pre_hooks:
+            return True
+        own = type(module)._load_from_state_dict
+        if own is not torch.nn.Module._load_from_state_dict and not own.__module__.startswith("torch.nn."):
+            return True  # (torch's batch norms only fill in num_batches_tracked of old files)
+    return False
 
 
 def _third_party(
