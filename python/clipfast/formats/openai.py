@@ -13,7 +13,7 @@ safetensors file may carry clipfast's metadata; anything else says nothing, and
 from __future__ import annotations
 
 import os
-import zipfile
+import struct
 from typing import Optional
 
 from ..arch import TORCHSCRIPT, Decided, Provenance
@@ -24,13 +24,48 @@ __all__ = ["is_torchscript", "locate", "torchscript_settings"]
 
 
 def is_torchscript(path: str) -> bool:
-    """TorchScript archives are zip files with compiled code and constants beside the pickled module
-    (only the zip's central directory is read)."""
+    """TorchScript archives are zip files with compiled code and constants beside the pickled module.
+
+    Only the zip's central directory is read, in one piece, and searched for those names (Python's
+    zipfile would build an object per entry: 10 ms for an OpenAI archive, 5% of a load)."""
+    directory = _central_directory(path)
+    return directory is not None and (b"/constants.pkl" in directory or b"/code/__torch__" in directory)
+
+
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory: signature ... size, offset, comment
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+
+
+def _central_directory(path: str) -> Optional[bytes]:
+    """The central directory of a zip file (ZIP64 too), or None where ``path`` is not one."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return False
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            tail_size = min(size, _EOCD.size + 0xFFFF + _ZIP64_LOCATOR.size)
+            f.seek(size - tail_size)
+            tail = f.read(tail_size)
+            at = tail.rfind(b"PK\x05\x06")
+            if at < 0 or at + _EOCD.size > len(tail):
+                return None
+            _, _, _, _, _, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
+            if cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:  # ZIP64: sizes in the ZIP64 record
+                locator = at - _ZIP64_LOCATOR.size
+                if locator < 0 or tail[locator : locator + 4] != b"PK\x06\x07":
+                    return None
+                _, _, record_offset, _ = _ZIP64_LOCATOR.unpack_from(tail, locator)
+                f.seek(record_offset)
+                record = f.read(_ZIP64_EOCD.size)
+                if len(record) != _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
+                    return None
+                fields = _ZIP64_EOCD.unpack(record)
+                cd_size, cd_offset = fields[-2], fields[-1]
+            if cd_offset + cd_size > size or cd_size > 256 * 2**20:
+                return None
+            f.seek(cd_offset)
+            return f.read(cd_size)
+    except (OSError, struct.error, OverflowError, ValueError):
+        return None
 
 
 def torchscript_settings() -> dict[str, Decided]:
