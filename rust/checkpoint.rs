@@ -7,6 +7,7 @@
 
 mod convert;
 mod dtype;
+pub mod export;
 pub mod npz;
 mod safetensors;
 mod torch_pickle;
@@ -245,6 +246,8 @@ type TensorRow = (
 );
 /// `(src_start, src_end, src_dtype, destination tensor)`.
 type JobRow<'py> = (usize, usize, String, Bound<'py, PyAny>);
+/// `(tensor index, output byte offset, output dtype, permutation of the dimensions or None)`.
+type PieceRow = (usize, usize, String, Option<Vec<usize>>);
 
 #[pymethods]
 impl CheckpointReader {
@@ -353,6 +356,49 @@ impl CheckpointReader {
         // `jobs` keeps every destination tensor alive until the conversion has returned.
         py.detach(|| convert::run(&self.path, &self.map, &parsed))?;
         drop(jobs);
+        Ok(())
+    }
+
+    /// Writes tensors of this checkpoint into the existing file `dest`, whose data section starts
+    /// at byte `data_start`: each piece `(tensor, offset, dtype, permutation)` is tensor number
+    /// `tensor` (of `tensors`), its dimensions permuted, laid out row-major as `dtype` at `offset`
+    /// bytes into the data section. Converts in parallel with the GIL released; checks every piece
+    /// before writing (inside the file, aligned, not overlapping, a conversion that exists).
+    fn write_into(
+        &self,
+        py: Python<'_>,
+        dest: PathBuf,
+        data_start: usize,
+        pieces: Vec<PieceRow>,
+    ) -> PyResult<()> {
+        let mut parsed = Vec::with_capacity(pieces.len());
+        for (tensor, dst_offset, dtype, permutation) in pieces {
+            parsed.push(export::Piece {
+                tensor,
+                dst_offset,
+                dst_dtype: self.dtype(&dtype)?,
+                permutation,
+            });
+        }
+        py.detach(|| -> Result<()> {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&dest)
+                .map_err(|e| Error::io(&dest, e))?;
+            // SAFETY: a shared writable map of a file this process just created for this write;
+            // nothing else maps or truncates it meanwhile (clipfast.convert owns its temporary name).
+            let mut out =
+                unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| Error::io(&dest, e))?;
+            let Some(data) = out.get_mut(data_start..) else {
+                return Err(Error::checkpoint(
+                    &dest,
+                    "export: the data section starts past the end of the file",
+                ));
+            };
+            export::fill(&self.path, &self.contents, &self.map, data, &parsed)?;
+            out.flush().map_err(|e| Error::io(&dest, e))
+        })?;
         Ok(())
     }
 

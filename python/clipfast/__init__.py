@@ -12,6 +12,7 @@ from . import download  # a callable module: download(url, ...) and download.res
 from . import model as model  # `clipfast.model`, as `clip.model` is after `import clip`
 from ._native import __version__
 from .arch import Architecture, infer_architecture
+from .convert import convert  # torch-free: `clipfast convert` (the function; the module is clipfast.convert)
 from .errors import (
     ArchitectureError,
     CheckpointError,
@@ -40,6 +41,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "__version__",
     "available_models",
+    "convert",
     "download",
     "infer_architecture",
     "load",

@@ -109,6 +109,14 @@ class CheckpointReader:
         """``[(name, dtype, shape, stride, storage, storage_offset, requires_grad, is_parameter)]``."""
     def convert(self, jobs: list[tuple[int, int, str, Any]]) -> None:
         """Fill contiguous CPU tensors from ``(src_start, src_end, src_dtype, destination)``."""
+    def write_into(
+        self,
+        dest: str | os.PathLike[str],
+        data_start: int,
+        pieces: list[tuple[int, int, str, list[int] | None]],
+    ) -> None:
+        """Write ``(tensor index, byte offset into the data section, dtype, permutation)`` pieces
+        of this checkpoint into the existing file ``dest`` (row-major, converted, in parallel)."""
     def inflate(self, storage: int) -> bytearray:
         """The elements of a deflated ``.npz`` member (a storage whose range lies past the file's end)."""
 

@@ -7,6 +7,9 @@ clipfast verify PATH|NAME [--sha256 HEX] [--json]
 clipfast inspect PATH [--json]       format, tensors, dtypes, bytes, architecture and where each setting
                                      was decided from, preprocessing, official name (PATH: a file, an
                                      open_clip or Hugging Face folder, local-dir:PATH, hf-hub:ORG/NAME)
+clipfast convert IN OUT.safetensors [--dtype fp16|fp32] [--json]
+                                     any model clipfast loads -> one safetensors file under OpenAI's names,
+                                     with the settings no shape shows in its metadata (no torch needed)
 """
 
 from __future__ import annotations
@@ -352,11 +355,52 @@ def _clipfast_metadata(path: str) -> dict[str, str]:
     return {k: v for k, v in metadata.items() if k.startswith("clipfast.")}
 
 
+# --- convert -------------------------------------------------------------------------------
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .convert import convert
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = convert(
+                args.source,
+                args.out,
+                dtype=args.dtype,
+                quick_gelu=args.quick_gelu,
+                vision_heads=args.vision_heads,
+                transformer_heads=args.transformer_heads,
+                download_root=args.root,
+            )
+        except (OSError, RuntimeError, ValueError) as err:
+            return _fail(args, str(err))
+    notes = [str(w.message) for w in caught]
+    for note in notes:
+        if not getattr(args, "json", False):
+            print(f"clipfast: warning: {note}", file=sys.stderr)
+    payload = {**dataclasses.asdict(result), "warnings": notes}
+    lines = [
+        f"wrote:       {result.path}",
+        f"from:        {result.source} ({result.source_format})",
+        f"tensors:     {result.tensor_count}, {_human(result.total_bytes)}",
+    ]
+    lines += [f"metadata:    {key} = {value}" for key, value in result.metadata.items() if key != "format"]
+    if result.assumed:
+        lines.append(f"not recorded (no source states them): {', '.join(result.assumed)}")
+    _emit(args, payload, "\n".join(lines))
+    return EXIT_OK
+
+
 # --- entry point ---------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipfast", description="Download, verify and inspect CLIP models.")
+    parser = argparse.ArgumentParser(
+        prog="clipfast", description="Download, verify, inspect and convert CLIP models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     root_help = f"cache folder (default {default_root()})"
 
@@ -389,6 +433,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output (with every tensor)")
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser(
+        "convert",
+        help="any model clipfast loads -> one safetensors file (OpenAI's names, settings in its metadata)",
+    )
+    p.add_argument(
+        "source",
+        metavar="IN",
+        help="an official name, a checkpoint file, an open_clip or Hugging Face folder, local-dir:, hf-hub:",
+    )
+    p.add_argument("out", metavar="OUT.safetensors", help="the file to write (replaced atomically)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp16", "fp32"),
+        help="fp32: every floating tensor float32; fp16: openai/CLIP's half layout (default: as stored)",
+    )
+    act = p.add_mutually_exclusive_group()
+    act.add_argument(
+        "--quick-gelu", dest="quick_gelu", action="store_true", default=None, help="the towers use QuickGELU"
+    )
+    act.add_argument("--gelu", dest="quick_gelu", action="store_false", help="the towers use GELU")
+    p.add_argument(
+        "--vision-heads", type=int, help="the image tower's head count, where the source does not say"
+    )
+    p.add_argument(
+        "--transformer-heads", type=int, help="the text tower's head count, where the source does not say"
+    )
+    p.add_argument("--root", help=root_help)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_convert)
     return parser
 
 

@@ -75,7 +75,7 @@ fn typed_mut<T: Plain>(bytes: &mut [u8]) -> Option<&mut [T]> {
 
 /// Converts `src` (elements of `from`) into `dst` (the same number of elements of `to`).
 /// Returns false for a pair of dtypes it does not convert.
-fn convert_slice(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> bool {
+pub(super) fn convert_slice(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> bool {
     if from == to {
         dst.copy_from_slice(src);
         return true;
