@@ -422,3 +422,29 @@ def test_parsers_are_total_over_bytes() -> None:
             huggingface.model_settings(huggingface.parse_config(bytes(data), "config.json"), "config.json")
         except (CheckpointError, ArchitectureError):
             pass
+
+
+def test_bin_with_strided_and_shared_storage_tensors(hf_model: Callable[[str], Any], tmp_path: Path) -> None:
+    """torch.save keeps views: q/k/v slices of one fused storage (offsets), transposed weights."""
+    model = hf_model("gelu-80")
+    folder = tmp_path / "views"
+    folder.mkdir()
+    model.config.save_pretrained(folder)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for i in range(SPECS["gelu-80"].vision_layers):
+        prefix = f"vision_model.encoder.layers.{i}.self_attn."
+        fused = torch.cat([state[f"{prefix}{n}_proj.weight"] for n in "qkv"])
+        for n, part in zip("qkv", fused.chunk(3)):
+            state[f"{prefix}{n}_proj.weight"] = part  # a view at an offset of one storage
+    state["visual_projection.weight"] = state["visual_projection.weight"].t().contiguous().t()
+    state["text_model.encoder.layers.0.mlp.fc1.weight"] = (
+        state["text_model.encoder.layers.0.mlp.fc1.weight"].t().contiguous().t()
+    )
+    torch.save(state, folder / "pytorch_model.bin")
+    for mmap in (False, True):
+        ours, _ = clipfast.load(str(folder), device="cpu", mmap=mmap)
+        _assert_same_features(ours, model, SPECS["gelu-80"])
+    converted = tmp_path / "converted.safetensors"
+    clipfast.convert(str(folder), str(converted))
+    ours, _ = clipfast.load(str(converted), device="cpu")
+    _assert_same_features(ours, model, SPECS["gelu-80"])

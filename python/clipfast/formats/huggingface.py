@@ -505,23 +505,34 @@ class HuggingFaceSource(ModelSource):
         #: weights file -> the tensor names to take from it (None: all of them).
         self.shards = dict(shards)
         self._layout: Optional[OrderedDict[str, tuple[tuple[str, ...], bool, tuple[int, ...]]]] = None
+        self._readers: Optional[dict[str, tuple[Any, dict[str, int]]]] = None
+
+    def readers(self) -> dict[str, tuple[Any, dict[str, int]]]:
+        """Each weights file's reader and the index of each wanted tensor in it (opened once)."""
+        if self._readers is None:
+            from ..checkpoint import _open
+
+            readers: dict[str, tuple[Any, dict[str, int]]] = {}
+            for file, wanted in self.shards.items():
+                reader = _open(file)
+                found = {row[0]: i for i, row in enumerate(reader.tensors)}
+                if wanted is not None:
+                    missing = sorted(wanted - set(found))
+                    if missing:
+                        raise CheckpointError(
+                            f"{self.path}: the index puts {missing[:3]} in {os.path.basename(file)}, "
+                            f"which does not hold {'it' if len(missing) == 1 else 'them'}"
+                        )
+                    found = {name: found[name] for name in wanted}
+                readers[file] = (reader, found)
+            self._readers = readers
+        return self._readers
 
     def _hf_shapes(self) -> dict[str, tuple[int, ...]]:
-        from ..checkpoint import inspect_checkpoint
-
         shapes: dict[str, tuple[int, ...]] = {}
-        for file, wanted in self.shards.items():
-            found = {t.name: tuple(t.shape) for t in inspect_checkpoint(file).tensors}
-            if wanted is None:
-                shapes.update(found)
-                continue
-            missing = sorted(wanted - set(found))
-            if missing:
-                raise CheckpointError(
-                    f"{self.path}: the index puts {missing[:3]} in {os.path.basename(file)}, "
-                    f"which does not hold {'it' if len(missing) == 1 else 'them'}"
-                )
-            shapes.update({name: found[name] for name in wanted})
+        for reader, found in self.readers().values():
+            rows = reader.tensors
+            shapes.update({name: tuple(rows[i][2]) for name, i in found.items()})
         return shapes
 
     def key_map(self) -> OrderedDict[str, tuple[tuple[str, ...], bool, tuple[int, ...]]]:
@@ -558,36 +569,65 @@ class HuggingFaceSource(ModelSource):
         return {name: _Shape(shape) for name, (_, _, shape) in self.key_map().items()}
 
     def read(self, *, mmap: bool, dtype: DtypeArg) -> OrderedDict[str, torch.Tensor]:
-        """The tensors under OpenAI's names, each copied once into its final dtype (q, k and v
-        straight into their thirds of ``in_proj``); with ``mmap`` a tensor whose dtype does not
-        change and needs no joining stays a view of the mapped file."""
+        """The tensors under OpenAI's names, each converted once by the Rust reader into its final
+        dtype, in parallel with the GIL released (q, k and v straight into their thirds of
+        ``in_proj``; the two projections transposed afterwards, small). With ``mmap``, a tensor
+        whose dtype does not change and needs no joining stays a view of the mapped file."""
         import torch
 
         from ..checkpoint import read_state_dict
 
-        layout = self.key_map()
-        stored: dict[str, torch.Tensor] = {}
-        for file, wanted in self.shards.items():
-            tensors = read_state_dict(file, mmap=True)
-            stored.update(tensors if wanted is None else {k: tensors[k] for k in wanted})
+        readers = self.readers()
+        where: dict[str, tuple[Any, Any, Any]] = {}  # transformers' key -> (reader, row, storage)
+        for reader, found in readers.values():
+            rows, storages = reader.tensors, reader.storages
+            for key, i in found.items():
+                where[key] = (reader, rows[i], storages[rows[i][4]])
+        views: dict[str, torch.Tensor] = {}
+        if mmap:
+            for file, (_, found) in readers.items():
+                mapped = read_state_dict(file, mmap=True)
+                views.update({key: mapped[key] for key in found})
+        jobs: dict[int, tuple[Any, list[tuple[int, int, str, torch.Tensor]]]] = {}
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
-        for name, (keys, transpose, shape) in layout.items():
-            sources = [stored[k] for k in keys]
-            first = sources[0]
-            target = _target(dtype, name, first.dtype)
-            if len(sources) == 1:
-                tensor = first.t() if transpose else first
-                if mmap and target == first.dtype:
-                    out[name] = tensor
-                else:
-                    out[name] = torch.empty(tensor.shape, dtype=target).copy_(tensor)
+        for name, (keys, transpose, shape) in self.key_map().items():
+            sources = [where[k] for k in keys]
+            stored = sources[0][1][1]
+            target = _target(dtype, name, getattr(torch, stored))
+            if len(keys) == 1 and not transpose and mmap and str(target) == f"torch.{stored}":
+                out[name] = views[keys[0]]
                 continue
-            joined = torch.empty(shape, dtype=target)
-            rows = first.shape[0]
-            for i, part in enumerate(sources):
-                joined[i * rows : (i + 1) * rows].copy_(part)
-            out[name] = joined
+            full = torch.empty(shape if not transpose else tuple(reversed(shape)), dtype=target)
+            rows = full.shape[0] // len(sources) if full.ndim else 0
+            for i, (reader, row, storage) in enumerate(sources):
+                destination = full[i * rows : (i + 1) * rows] if len(sources) > 1 else full
+                span = _byte_span(row, storage)
+                if span is None:  # a strided tensor of a torch.save file: copied by torch
+                    destination.copy_(read_state_dict(reader.path, mmap=True)[row[0]])
+                elif destination.numel():
+                    jobs.setdefault(id(reader), (reader, []))[1].append((*span, row[1], destination))
+            out[name] = full.t() if transpose else full
+        for reader, batch in jobs.values():
+            reader.convert(batch)
         return out
+
+
+def _byte_span(row: Any, storage: Any) -> Optional[tuple[int, int]]:
+    """The bytes of a reader row's tensor in the file when it is contiguous, else None."""
+    _, dtype, shape, stride, _, offset, *_ = row
+    itemsize = _ITEMSIZE[dtype]
+    expected = 1
+    for n, s in zip(reversed(shape), reversed(stride)):
+        if n != 1 and s != expected:
+            return None
+        expected *= n
+    start = storage[2] + offset * itemsize
+    end = start + expected * itemsize
+    return (start, end) if end <= storage[3] else None
+
+
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+_ITEMSIZE.update({"int8": 1, "uint8": 1, "bool": 1, "int16": 2, "int32": 4, "int64": 8})
 
 
 def _target(dtype: DtypeArg, name: str, stored: torch.dtype) -> torch.dtype:
