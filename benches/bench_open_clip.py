@@ -176,11 +176,11 @@ def bench(repeats: int, cases: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], where: str) -> str:
+def markdown(rows: list[dict[str, Any]], where: str, load: str = "") -> str:
     repeats = rows[0]["repeats"] if rows else 0
     lines = [
         f"fp32 open_clip ViT-B-32 (GELU, random weights), first call in a fresh process, page cache warm, "
-        f"median of {repeats} (range). Machine: {where}.",
+        f"median of {repeats} (range). Machine: {where}{load}.",
         "",
         "| case | open_clip | open_clip s | **clipfast s** | speed-up (per-run range) | target |",
         "|---|---|---:|---:|---:|---|",
@@ -223,11 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "python"))
     where = machine()
     print(f"bench_open_clip: {where}", flush=True)
+    before = os.getloadavg()[0]
     rows = bench(repeats, cases)
+    after = os.getloadavg()[0]
+    load = f"; load average {before:.1f} before, {after:.1f} after (2 would be a quiet 2-core machine)"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    table = markdown(rows, where)
+    table = markdown(rows, where, load)
     (RESULTS / "open_clip.md").write_text(table)
-    (RESULTS / "open_clip.json").write_text(json.dumps({"machine": where, "rows": rows}, indent=2) + "\n")
+    (RESULTS / "open_clip.json").write_text(
+        json.dumps({"machine": where, "load_average": [before, after], "rows": rows}, indent=2) + "\n"
+    )
     print(table)
     return 0
 

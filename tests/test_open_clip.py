@@ -584,3 +584,15 @@ def test_bare_files_of_refused_published_models_are_refused() -> None:
     shapes = dict(_meta_open_clip(cfg).state_dict())
     with pytest.raises(ArchitectureError, match="ViT-H-14-worldwide"):
         infer_architecture(shapes)
+
+
+def test_inspect_a_sharded_hugging_face_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from clipfast import _testing
+
+    spec = _testing.HFSpec(vision_act="gelu", vision_heads=1, vision_width=80, vision_mlp=200)
+    folder = _testing.write_hf_folder(tmp_path / "hf", _testing.build_hf_model(spec), max_shard_size=200_000)
+    info = _inspect(capsys, str(folder))
+    assert info["layout"] == "huggingface" and info["path"].endswith(".index.json")
+    assert "shards" in info["format"] and info["tensor_count"] > 0
+    assert info["architecture"]["vision_heads"] == 1 and info["architecture"]["vision_activation"] == "gelu"
+    assert info["decided_from"]["vision_heads"].startswith("config (") and info["assumed"] == []

@@ -236,9 +236,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if not os.path.isfile(path):
         return _fail(args, f"{path}: no such file")
     try:
-        info = inspect_checkpoint(path)
+        infos = [inspect_checkpoint(file) for file in source.files()]
     except (CheckpointError, OSError) as err:
         return _fail(args, str(err))
+    info = infos[0] if len(infos) == 1 else _combined(path, infos)
     architecture: Optional[dict[str, Any]] = None
     decided: Optional[dict[str, str]] = None
     assumed: list[str] = []
@@ -345,6 +346,26 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         lines += [f"  {t.name}: {t.dtype} {list(t.shape)}" for t in info.tensors]
     _emit(args, payload, "\n".join(lines))
     return EXIT_OK
+
+
+def _combined(path: str, infos: list[Any]) -> Any:
+    """One description of a sharded checkpoint's shards (named by its index file)."""
+    from collections import Counter
+
+    from .checkpoint import CheckpointInfo
+
+    counts: Counter[str] = Counter()
+    for info in infos:
+        counts.update(info.dtype_counts)
+    return CheckpointInfo(
+        path=path,
+        format=f"{infos[0].format} ({len(infos)} shards)",
+        tensor_count=sum(i.tensor_count for i in infos),
+        dtype_counts=dict(counts),
+        total_bytes=sum(i.total_bytes for i in infos),
+        file_size=sum(i.file_size for i in infos),
+        tensors=tuple(t for i in infos for t in i.tensors),
+    )
 
 
 def _clipfast_metadata(path: str) -> dict[str, str]:

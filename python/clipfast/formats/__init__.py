@@ -90,6 +90,10 @@ class ModelSource:
     #: ``arch.openai_key_names``): ``load`` reads it in its own single pass.
     direct: bool = True
 
+    def files(self) -> list[str]:
+        """The files the tensors are read from (one, or a sharded checkpoint's shards)."""
+        return [self.path]
+
     def declared_shapes(self) -> Mapping[str, Any]:
         """Each tensor's name (OpenAI's) -> an object with ``.shape``, without reading data.
         Only called when ``direct`` is false (the default reads ``path``'s declared tensors)."""

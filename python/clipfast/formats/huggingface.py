@@ -565,6 +565,9 @@ class HuggingFaceSource(ModelSource):
                     "the configuration does not describe these weights"
                 )
 
+    def files(self) -> list[str]:
+        return list(self.shards)
+
     def declared_shapes(self) -> Mapping[str, Any]:
         return {name: _Shape(shape) for name, (_, _, shape) in self.key_map().items()}
 
