@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import download  # a callable module: download(url, ...) and download.resolve_model(name)
 from . import model as model  # `clipfast.model`, as `clip.model` is after `import clip`
@@ -19,8 +19,10 @@ from .errors import (
     ChecksumError,
     DownloadError,
     ImageError,
+    InputError,
     MissingDependencyError,
     ModelNotFoundError,
+    OutputFolderError,
     UnsafeCheckpointError,
 )
 from .load import load
@@ -29,6 +31,9 @@ from .state_dict import load_checkpoint
 from .tokenizer import tokenize
 from .transforms import preprocess_batch
 
+if TYPE_CHECKING:  # loaded on first use (see __getattr__)
+    from .embedding import embed, embed_batches
+
 __all__ = [
     "Architecture",
     "ArchitectureError",
@@ -36,13 +41,17 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "ImageError",
+    "InputError",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "OutputFolderError",
     "UnsafeCheckpointError",
     "__version__",
     "available_models",
     "convert",
     "download",
+    "embed",
+    "embed_batches",
     "infer_architecture",
     "load",
     "load_checkpoint",
@@ -56,4 +65,7 @@ def __getattr__(name: str) -> Any:
     # so `import clipfast` stays fast.
     if name in ("clip", "simple_tokenizer"):
         return importlib.import_module(f"{__name__}.{name}")
+    # `clipfast.embed(...)` and `clipfast.embed_batches(...)`: the embedding job, loaded on first use.
+    if name in ("embed", "embed_batches"):
+        return getattr(importlib.import_module(f"{__name__}.embedding"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,8 @@ clipfast inspect PATH [--json]       format, tensors, dtypes, bytes, architectur
 clipfast convert IN OUT.safetensors [--dtype fp16|fp32] [--json]
                                      any model clipfast loads -> one safetensors file under OpenAI's names,
                                      with the settings no shape shows in its metadata (no torch needed)
+clipfast embed INPUT... --model NAME|PATH --out DIR [...]
+                                     embeddings of images and captions in clip-retrieval's layout
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -415,6 +418,116 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- embed ---------------------------------------------------------------------------------
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    # The embedding job needs torch; it is imported only for this command.
+    from .errors import ImageError, InputError, OutputFolderError
+
+    try:
+        from .embedding import embed
+
+        summary = embed(
+            args.inputs,
+            model=args.model,
+            out=args.out,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            dtype=args.dtype,
+            normalize=not args.no_normalize,
+            shard_size=args.shard_size,
+            text=args.text,
+            input_format=args.input_format,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            decode=args.decode,
+            download_root=args.root,
+            progress=False if args.quiet else None,
+            ray=True if args.ray in (True, "") else (args.ray or False),
+            actors=args.actors,
+        )
+    except (InputError, OutputFolderError, ImageError, ModuleNotFoundError, OSError, ValueError) as err:
+        return _fail(args, str(err))
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    elif not args.quiet:
+        print(summary)
+    return EXIT_OK
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _embed_parser(sub: Any, root_help: str) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="embeddings of images and captions, in clip-retrieval's layout (resumable)",
+        description=(
+            "Embed every image (and caption) of INPUT... into DIR, in clip-retrieval's layout "
+            "(img_emb/, text_emb/, metadata/, stats/). A rerun resumes: finished shards are skipped; a "
+            "folder written with another model or settings is refused. Failures go to DIR/errors.jsonl."
+        ),
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="folders, text files of paths, glob patterns, WebDataset .tar shards, .csv/.parquet of "
+        "image_path,caption, or text/.jsonl files of captions",
+    )
+    p.add_argument("--model", required=True, metavar="NAME|PATH", help="what clipfast.load takes")
+    p.add_argument("--out", required=True, metavar="DIR", help="the output folder")
+    p.add_argument("--batch-size", type=_positive, help="samples per model call (default 256 GPU, 32 CPU)")
+    p.add_argument("--workers", type=_positive, help="preprocessing threads (default: torch's thread count)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="stored dtype (default fp16)")
+    p.add_argument(
+        "--no-normalize", action="store_true", help="store the embeddings without L2 normalisation"
+    )
+    p.add_argument("--shard-size", type=_positive, default=10_000, help="samples per output shard (10000)")
+    text = p.add_mutually_exclusive_group()
+    text.add_argument(
+        "--text",
+        dest="text",
+        action="store_const",
+        const=True,
+        help="embed captions even where some samples lack one (those become errors)",
+    )
+    text.add_argument("--no-text", dest="text", action="store_const", const=False, help="leave captions out")
+    p.add_argument(
+        "--input-format",
+        default="auto",
+        choices=("auto", "folder", "paths", "glob", "tar", "table", "captions", "image"),
+        help="read every INPUT as this kind (default: told apart per input)",
+    )
+    p.add_argument("--image-column", default="image_path", help="image column of a .csv/.parquet input")
+    p.add_argument("--caption-column", default="caption", help="caption column of a .csv/.parquet input")
+    p.add_argument("--decode", choices=("exact", "fast"), default="exact", help="JPEG decoding (see docs)")
+    p.add_argument("--root", help=root_help)
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="ADDRESS",
+        help="run as a Ray Data pipeline: on the cluster at ADDRESS (auto, HOST:PORT, ray://HOST:PORT), "
+        "or without one on $RAY_ADDRESS or a new local Ray",
+    )
+    p.add_argument("--actors", type=_positive, help="with --ray: model actors (default: one per GPU, or 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_embed)
+
+
 # --- entry point ---------------------------------------------------------------------------
 
 
@@ -484,12 +597,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help=root_help)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_convert)
+
+    _embed_parser(sub, root_help)
     return parser
+
+
+def _is_ray_address(text: str) -> bool:
+    return text in ("auto", "local") or "://" in text or re.fullmatch(r"[\w.\-]+:\d+", text) is not None
+
+
+def _lone_ray_flags(argv: list[str]) -> list[str]:
+    """``embed --ray INPUT ...``: an optional value would swallow the INPUT; a token after ``--ray``
+    that is not a Ray address (auto, local, HOST:PORT, ray://...) is not its value."""
+    out = list(argv)
+    for i, token in enumerate(out[:-1]):
+        if token == "--ray" and not out[i + 1].startswith("-") and not _is_ray_address(out[i + 1]):
+            out[i] = "--ray="
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    if tokens[:1] == ["embed"]:
+        tokens = _lone_ray_flags(tokens)
+    args = _parser().parse_args(tokens)
     try:
         status: int = args.func(args)
     except KeyboardInterrupt:

@@ -9,8 +9,10 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "ImageError",
+    "InputError",
     "MissingDependencyError",
     "ModelNotFoundError",
+    "OutputFolderError",
     "UnsafeCheckpointError",
 ]
 
@@ -47,3 +49,12 @@ class MissingDependencyError(ImportError):
 
 class ImageError(ValueError):
     """An image could not be decoded or preprocessed (the message names the item's index)."""
+
+
+class InputError(ValueError):
+    """An input of ``clipfast embed`` cannot be read as any kind it accepts (the message names it)."""
+
+
+class OutputFolderError(FileExistsError):
+    """An output folder of ``clipfast embed`` holds another job's results (another model, other
+    settings or inputs, files that are not clipfast's) or is in use by another run."""
