@@ -663,7 +663,7 @@ def test_parquet_needs_pyarrow_and_says_so(
     write_folder(tmp_path / "data", captions=False)
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(ModuleNotFoundError, match=re.escape("pip install 'clipfast[embed]'")):
+    with pytest.raises(clipfast.MissingDependencyError, match=re.escape("pip install 'clipfast[embed]'")):
         embed(tmp_path / "data", model_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     # The iterator writes no parquet: it works without pyarrow.

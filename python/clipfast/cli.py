@@ -448,7 +448,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             ray=True if args.ray in (True, "") else (args.ray or False),
             actors=args.actors,
         )
-    except (InputError, OutputFolderError, ImageError, ModuleNotFoundError, OSError, ValueError) as err:
+    except (InputError, OutputFolderError, ImageError, ImportError, OSError, ValueError) as err:
         return _fail(args, str(err))
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))

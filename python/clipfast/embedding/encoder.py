@@ -219,27 +219,31 @@ def _model_dtype(model: Any) -> torch.dtype:
 
 
 def model_identity(model: Union[str, os.PathLike[str]]) -> dict[str, Optional[str]]:
-    """The model's name and SHA-256 (the official one for a name; the file's, or its folder's files',
-    for a path; None where there is no file to hash, e.g. a hub name)."""
-    from .. import cache
+    """The model's name and SHA-256: the official one for a name; for anything else what
+    ``clipfast.load`` would read (``formats.locate``: a file, a model folder, ``local-dir:``,
+    ``hf-hub:``): its weights file's SHA-256, or where a configuration file comes with the weights,
+    the SHA-256 of both hashes (``"weights <sha>\nconfig <sha>\n"``); None where nothing can be
+    found to hash."""
     from ..registry import MODELS, sha256_of_url
 
     name = os.fspath(model)
     if name in MODELS:
         return {"name": name, "sha256": sha256_of_url(MODELS[name])}
-    path = Path(name)
-    if path.is_file():
-        return {"name": name, "sha256": _file_sha256(path)}
-    if path.is_dir():
-        import hashlib
+    try:
+        from ..formats import locate
+    except ImportError:  # a copy without the layout modules: the file itself
+        return {"name": name, "sha256": _file_sha256(Path(name)) if os.path.isfile(name) else None}
+    try:
+        found = locate(name)
+    except FileNotFoundError:
+        return {"name": name, "sha256": None}  # load names the problem
+    weights = _file_sha256(Path(found.path))
+    if not found.config:
+        return {"name": name, "sha256": weights}
+    import hashlib
 
-        h = hashlib.sha256()
-        for f in sorted(
-            p for p in path.rglob("*") if p.is_file() and not p.name.endswith(cache.RECORD_SUFFIX)
-        ):
-            h.update(f"{f.relative_to(path).as_posix()}\0{_file_sha256(f)}\n".encode())
-        return {"name": name, "sha256": h.hexdigest()}
-    return {"name": name, "sha256": None}
+    both = f"weights {weights}\nconfig {_file_sha256(Path(found.config))}\n"
+    return {"name": name, "sha256": hashlib.sha256(both.encode()).hexdigest()}
 
 
 def _file_sha256(path: Path) -> str:

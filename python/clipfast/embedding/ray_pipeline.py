@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 import numpy as np
 import torch
 
+from ..errors import MissingDependencyError
 from .encoder import Encoder, ImagePlan, finish, prepare_images
 from .output import Layout, OutputFolder, ShardResult
 from .sources import Plan, Sample, Source, caption_text, close_handles, read_source, require_pyarrow
@@ -48,7 +49,7 @@ def _import_ray() -> Any:
         import ray
         import ray.data
     except ImportError as err:
-        raise ModuleNotFoundError(
+        raise MissingDependencyError(
             "clipfast embed --ray needs Ray Data: pip install 'clipfast[ray]' (Ray needs Python >= 3.10)",
             name="ray",
         ) from err

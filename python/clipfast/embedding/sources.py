@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from ..errors import InputError
+from ..errors import InputError, MissingDependencyError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -583,7 +583,7 @@ def require_pyarrow(purpose: str) -> Any:
         import pyarrow
         import pyarrow.parquet
     except ImportError as err:
-        raise ModuleNotFoundError(
+        raise MissingDependencyError(
             f"clipfast embed needs pyarrow for {purpose}: pip install 'clipfast[embed]' (or pyarrow)",
             name="pyarrow",
         ) from err
