@@ -14,7 +14,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 RUST_SOURCES := $(shell find rust -name "*.rs" -o -name "*.c") Cargo.toml build.rs
 NATIVE := python/clipfast/.native-stamp
 
-.PHONY: setup build-dev demo test test-rust test-python bench lint fmt clean
+.PHONY: setup build-dev demo test test-rust test-python bench lint fmt clean check-clip-retrieval
 
 setup: $(STAMP)
 
@@ -47,6 +47,13 @@ lint: build-dev
 	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest clipfast._native
+
+# clip-retrieval runs unchanged with `clip` aliased to clipfast, and reads `clipfast embed`'s output
+# (not in CI: clip-retrieval pins numpy<2, pyarrow<16, open_clip<3, so it has a venv of its own).
+CR_VENV ?= $(HOME)/.cache/clipfast/venv-clip-retrieval
+check-clip-retrieval: build-dev
+	test -x $(CR_VENV)/bin/python || bash scripts/clip_retrieval_venv.sh $(CR_VENV)
+	$(CR_VENV)/bin/python scripts/clip_retrieval_check.py
 
 fmt:
 	cargo fmt
