@@ -137,8 +137,8 @@ class Layout:
         k = result.index
         t0 = time.perf_counter()
         rows = len(result.ids)
-        for folder in [*self.data_folders(), "errors"]:
-            self.path(folder, k).unlink(missing_ok=True)  # a previous attempt's, if any
+        for folder in ["stats", *self.data_folders(), "errors"]:
+            self.path(folder, k).unlink(missing_ok=True)  # a previous attempt's, the mark first
         if rows:
             if self.images:
                 _check_rows(result.image, rows, "image")
