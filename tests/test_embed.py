@@ -707,3 +707,45 @@ def test_captions_left_out_when_some_are_missing(tmp_path: Path, model_path: Pat
     summary = embed(tmp_path / "data", model_path, tmp_path / "out2", text=True)
     assert summary.text and summary.rows == 9 and summary.errors == 1
     assert read_output(tmp_path / "out2")["errors"][0]["error"] == "no caption for this sample"
+
+
+def test_ray_datasink_writes_a_shard_once_all_its_rows_are_staged(tmp_path: Path) -> None:
+    """The datasink's staging, without Ray: rows arrive in any order and in any grouping (a retried
+    task may stage some twice); the shard is written, in input order, when every position is there."""
+    from clipfast.embedding.output import Layout
+    from clipfast.embedding.ray_pipeline import PARTS, ShardDatasink
+
+    layout = Layout(str(tmp_path), 5, images=True, text=True)
+    for folder in ("img_emb", "text_emb", "metadata", "stats", "errors"):
+        (tmp_path / folder).mkdir()
+    sink = ShardDatasink(layout, {0: 4})
+
+    def rows(pos: list[int], errors: list[str]) -> dict[str, np.ndarray]:
+        n = len(pos)
+        return {
+            "pos": np.asarray(pos),
+            "shard": np.zeros(n, dtype=np.int64),
+            "id": np.asarray([f"id{p}" for p in pos], dtype=object),
+            "source": np.asarray([f"src{p}" for p in pos], dtype=object),
+            "text": np.asarray([f"caption {p}" for p in pos], dtype=object),
+            "error": np.asarray(errors, dtype=object),
+            "read_s": np.zeros(n),
+            "model_s": np.zeros(n),
+            "img_emb": np.asarray([[p, 1.0] for p in pos], dtype=np.float16),
+            "text_emb": np.asarray([[p, 2.0] for p in pos], dtype=np.float16),
+        }
+
+    sink._stage(0, rows([3, 1], ["", "bad image"]))
+    sink._stage(0, rows([3], [""]))  # a retried task stages row 3 again: still 2 of 4 positions
+    assert not sink.try_finish(0) and not layout.is_done(0)
+    sink._stage(0, rows([2, 0], ["", ""]))
+    assert sink.try_finish(0) and layout.is_done(0)
+    assert not (tmp_path / PARTS / "0").exists()
+    got = read_output(tmp_path)
+    assert got["metadata"] == {
+        "image_path": ["id0", "id2", "id3"],
+        "caption": ["caption 0", "caption 2", "caption 3"],
+    }
+    assert got["img_emb"][:, 0].tolist() == [0, 2, 3] and got["text_emb"][:, 0].tolist() == [0, 2, 3]
+    assert got["errors"] == [] and layout.errors(0) == [{"id": "id1", "source": "src1", "error": "bad image"}]
+    assert not sink.try_finish(0)  # written once

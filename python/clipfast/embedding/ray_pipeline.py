@@ -300,10 +300,14 @@ class ShardDatasink:
                 pass
             if self.layout.is_done(k) or not folder.is_dir():
                 return False
-            parts = [_load_part(p) for p in sorted(folder.glob("part-*.npz"))]
-            if sum(len(p["pos"]) for p in parts) < self.expected[k]:
+            files = sorted(folder.glob("part-*.npz"))
+            positions: set[int] = set()
+            for f in files:  # only the positions (a retried task may have staged rows twice)
+                with np.load(f, allow_pickle=False) as data:
+                    positions.update(data["pos"].tolist())
+            if len(positions) < self.expected[k]:
                 return False
-            self.layout.write_shard(_assemble(k, parts, self.layout))
+            self.layout.write_shard(_assemble(k, [_load_part(f) for f in files], self.layout))
             shutil.rmtree(folder, ignore_errors=True)
             return True
         finally:
