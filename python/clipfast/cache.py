@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -95,6 +94,8 @@ def is_verified(path: PathLike, sha256: str) -> bool:
 
 def _write_json_atomically(target: Path, payload: dict[str, object]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # here: the CLI imports this module; only writing a record needs it
+
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
