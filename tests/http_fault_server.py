@@ -58,9 +58,9 @@ class Served:
 
 
 class FaultServer:
-    """``tls=(cert_pem, key_pem)`` serves HTTPS instead of HTTP."""
+    """``tls=(cert_pem, key_pem)`` serves HTTPS instead of HTTP; ``port`` 0 takes a free one."""
 
-    def __init__(self, tls: Optional[tuple[str, str]] = None) -> None:
+    def __init__(self, tls: Optional[tuple[str, str]] = None, port: int = 0) -> None:
         self.resources: dict[str, Resource] = {}
         self.served: dict[str, Served] = {}
         self.lock = threading.Lock()
@@ -76,7 +76,7 @@ class FaultServer:
             def do_GET(self) -> None:
                 server._handle(self)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.scheme = "http"
         if tls is not None:

@@ -7,8 +7,10 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -172,6 +174,71 @@ def test_persistent_500_gives_up(server: FaultServer, tmp_path: Path) -> None:
         clipfast.download(url, root=str(tmp_path), progress=False)
     assert server.stats(path_of(url)).requests == 3
     assert not (tmp_path / "dead.pt").exists()
+
+
+def _refused_base() -> str:
+    """An address on 127.0.0.1 where nothing listens (a port just bound and released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("kind", ["unresolvable", "refused"])
+def test_unreachable_host_fails_fast_naming_offline_and_mirror(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine without network access: clipfast.load of a model that is not cached fails within a
+    few seconds (one quick retry, not five with backoff), and says what to set. With the default
+    settings (5 retries, 1 s backoff doubling) this took 31 s. `.invalid` names never resolve and
+    are never sent to a DNS server (RFC 6761)."""
+    for var in ("CLIPFAST_RETRIES", "CLIPFAST_BACKOFF", "CLIPFAST_CONNECT_TIMEOUT", "CLIPFAST_READ_TIMEOUT"):
+        monkeypatch.delenv(var)
+    base = "http://clipfast-test.invalid" if kind == "unresolvable" else _refused_base()
+    monkeypatch.setenv("CLIPFAST_MIRROR", base)
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as caught:
+        clipfast.load("ViT-B/32", device="cpu", download_root=str(tmp_path))
+    elapsed = time.monotonic() - start
+    message = str(caught.value)
+    assert elapsed < 4, (elapsed, message)
+    assert "CLIPFAST_OFFLINE" in message and "CLIPFAST_MIRROR" in message, message
+    assert "gave up after 2 tries" in message, message
+    host = "clipfast-test.invalid" if kind == "unresolvable" else "127.0.0.1"
+    assert f"cannot reach {host}" in message, message
+    assert not (tmp_path / "ViT-B-32.pt").exists() and leftovers(tmp_path) == []
+    # No retry at all when none is asked for.
+    monkeypatch.setenv("CLIPFAST_RETRIES", "0")
+    with pytest.raises(DownloadError, match="gave up after 1 tries"):
+        dl.resolve_model("ViT-B/32", root=str(tmp_path))
+
+
+def test_refused_then_listening_is_retried_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one quick retry: a host that refuses the first connection and listens by the second
+    (a server restarting) still gives the file."""
+    monkeypatch.setenv("CLIPFAST_BACKOFF", "1")  # the quick retry waits min(backoff, 0.5 s)
+    base = _refused_base()
+    port = int(base.rsplit(":", 1)[1])
+    data = payload(20_000)
+    sha = hashlib.sha256(data).hexdigest()
+    started: list[FaultServer] = []
+
+    def listen_later() -> None:
+        time.sleep(0.2)
+        late = FaultServer(port=port)
+        late.add(f"/clip/models/{sha}/late.pt", Resource(data=data))
+        started.append(late)
+
+    thread = threading.Thread(target=listen_later, daemon=True)
+    thread.start()
+    try:
+        path = clipfast.download(f"{base}/clip/models/{sha}/late.pt", root=str(tmp_path), progress=False)
+        assert Path(path).read_bytes() == data
+        assert started[0].stats(f"/clip/models/{sha}/late.pt").requests == 1
+    finally:
+        thread.join()
+        for server in started:
+            server.stop()
 
 
 def test_no_content_length_is_accepted(server: FaultServer, tmp_path: Path) -> None:

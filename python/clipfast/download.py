@@ -103,6 +103,8 @@ class _TqdmProgress:
         self.bar: Any = None
 
     def __call__(self, done: int, total: Optional[int]) -> None:
+        if self.bar is None and total is None and done == 0:
+            return  # nothing known yet (connecting, or waiting to retry): no empty bar
         if self.bar is None:
             from tqdm import tqdm
 

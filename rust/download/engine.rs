@@ -6,7 +6,7 @@
 
 use super::backoff;
 use super::disk;
-use super::http::{self, Event, Head, HttpConfig, RangeFrom};
+use super::http::{self, Event, FailKind, Head, HttpConfig, RangeFrom};
 use super::partial::{Partial, PartialMeta, Validator};
 use crate::error::{Error, Result};
 use crate::hash::{hash_file_into, to_hex, Hasher};
@@ -18,6 +18,13 @@ use std::time::{Duration, Instant};
 
 /// Body bytes are written to the partial file in pieces of this size.
 const WRITE_BUFFER: usize = 4 << 20;
+
+/// The longest wait before the one retry an unreachable host gets (see `Stop::Unreachable`).
+const QUICK_RETRY: Duration = Duration::from_millis(500);
+
+/// Said when the host cannot be reached at all: what to do on a machine without network access.
+const OFFLINE_HINT: &str = "without network access, set CLIPFAST_OFFLINE=1 to use only cached files, \
+     or CLIPFAST_MIRROR=scheme://host[:port][/prefix] to download from a mirror that can be reached";
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -73,6 +80,9 @@ enum Stop {
         msg: String,
         retry_after: Option<Duration>,
     },
+    /// The host name does not resolve, or the connection was refused or has no route: one quick
+    /// retry, then give up (a machine without network access should not wait through backoff).
+    Unreachable(String),
     /// The partial bytes cannot be used: drop them, then try again at once.
     Restart(String),
     Fatal(Error),
@@ -145,6 +155,7 @@ pub fn fetch(
         read_timeout: options.read_timeout,
     });
     let mut attempts: u32 = 0;
+    let mut unreachable: u32 = 0;
     let mut restarted_after_mismatch = false;
     loop {
         attempts += 1;
@@ -188,6 +199,16 @@ pub fn fetch(
                 (msg, Some(Duration::ZERO))
             }
             Err(Stop::Retry { msg, retry_after }) => (msg, retry_after),
+            Err(Stop::Unreachable(msg)) => {
+                unreachable += 1;
+                if unreachable > 1 || attempts > options.retries {
+                    return Err(Error::Download {
+                        url: url.to_string(),
+                        msg: format!("{msg} (gave up after {attempts} tries); {OFFLINE_HINT}"),
+                    });
+                }
+                (msg, Some(options.backoff.min(QUICK_RETRY)))
+            }
         };
         let (msg, retry_after) = failure;
         if attempts > options.retries {
@@ -267,23 +288,18 @@ fn attempt(
     };
     let head = match next_event(&events, state, options, observer, &mut last_tick)? {
         Some(Event::Head(head)) => head,
-        Some(Event::Failed {
-            msg,
-            retryable: true,
-        }) => {
-            return Err(Stop::Retry {
-                msg,
-                retry_after: None,
+        Some(Event::Failed { msg, kind }) => {
+            return Err(match kind {
+                FailKind::Transient => Stop::Retry {
+                    msg,
+                    retry_after: None,
+                },
+                FailKind::Unreachable => Stop::Unreachable(msg),
+                FailKind::Fatal => Stop::Fatal(Error::Download {
+                    url: state.url.to_string(),
+                    msg,
+                }),
             })
-        }
-        Some(Event::Failed {
-            msg,
-            retryable: false,
-        }) => {
-            return Err(Stop::Fatal(Error::Download {
-                url: state.url.to_string(),
-                msg,
-            }))
         }
         Some(_) | None => return Err(lost()),
     };

@@ -9,7 +9,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
+use ureq::config::Config;
+use ureq::http::Uri;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 use ureq::Agent;
 
 /// The most one body read asks for.
@@ -40,12 +44,24 @@ pub enum Event {
     Head(Head),
     Chunk(Vec<u8>),
     End,
-    /// The exchange failed; `retryable` is false when trying again cannot help (bad URL, TLS
-    /// certificate refused, redirect loop).
+    /// The exchange failed.
     Failed {
         msg: String,
-        retryable: bool,
+        kind: FailKind,
     },
+}
+
+/// What a failed exchange says about trying again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailKind {
+    /// Trying again cannot help (bad URL, TLS certificate refused, redirect loop).
+    Fatal,
+    /// The host name does not resolve, or the host refused the connection or has no route: what a
+    /// machine without network access sees at once. Waiting rarely helps; one quick retry covers
+    /// a passing hiccup.
+    Unreachable,
+    /// A timeout or a dropped connection: retried with backoff.
+    Transient,
 }
 
 /// Roots of trust: the system store (honours `SSL_CERT_FILE` / `SSL_CERT_DIR`), or Mozilla's
@@ -69,9 +85,36 @@ fn root_certs() -> RootCerts {
         .clone()
 }
 
+/// The system's resolver, except that names under `.invalid` fail at once without a query, as
+/// RFC 6761 (section 6.4) asks of resolver libraries (glibc sends them to the DNS server).
+#[derive(Debug, Default)]
+struct SpecialNames(DefaultResolver);
+
+impl Resolver for SpecialNames {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        if uri.host().is_some_and(is_invalid_name) {
+            return Err(ureq::Error::HostNotFound);
+        }
+        self.0.resolve(uri, config, timeout)
+    }
+}
+
+/// `invalid`, `x.invalid`, `X.Invalid.` ...
+fn is_invalid_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let tail = host.len().saturating_sub(".invalid".len());
+    host.eq_ignore_ascii_case("invalid")
+        || (host.is_char_boundary(tail) && host[tail..].eq_ignore_ascii_case(".invalid"))
+}
+
 pub fn agent(config: HttpConfig) -> Agent {
     let tls = TlsConfig::builder().root_certs(root_certs()).build();
-    Agent::config_builder()
+    let config = Agent::config_builder()
         // Statuses are decisions for the caller (206, 416, 5xx ...), not errors.
         .http_status_as_error(false)
         .timeout_resolve(Some(config.connect_timeout))
@@ -84,8 +127,8 @@ pub fn agent(config: HttpConfig) -> Agent {
         .tls_config(tls)
         // ureq's default: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, with NO_PROXY.
         .proxy(ureq::Proxy::try_from_env())
-        .build()
-        .into()
+        .build();
+    Agent::with_parts(config, DefaultConnector::new(), SpecialNames::default())
 }
 
 /// A `Range` request from `offset`, guarded by `If-Range`.
@@ -112,11 +155,14 @@ fn exchange(agent: &Agent, url: &str, range: Option<RangeFrom>, tx: &SyncSender<
     let response = match request.call() {
         Ok(response) => response,
         Err(err) => {
-            let retryable = is_retryable(&err);
-            let _ = tx.send(Event::Failed {
-                msg: describe(&err),
-                retryable,
-            });
+            let kind = classify(&err);
+            let mut msg = describe(&err);
+            if kind == FailKind::Unreachable {
+                let host = url.parse::<Uri>().ok();
+                let host = host.as_ref().and_then(Uri::host).unwrap_or("the host");
+                msg = format!("cannot reach {host}: {msg}");
+            }
+            let _ = tx.send(Event::Failed { msg, kind });
             return;
         }
     };
@@ -161,7 +207,7 @@ fn exchange(agent: &Agent, url: &str, range: Option<RangeFrom>, tx: &SyncSender<
             Err(e) => {
                 let _ = tx.send(Event::Failed {
                     msg: describe_io(&e),
-                    retryable: true,
+                    kind: FailKind::Transient,
                 });
                 return;
             }
@@ -169,11 +215,21 @@ fn exchange(agent: &Agent, url: &str, range: Option<RangeFrom>, tx: &SyncSender<
     }
 }
 
-fn is_retryable(err: &ureq::Error) -> bool {
+fn classify(err: &ureq::Error) -> FailKind {
     match err {
-        // rustls reports a refused certificate or a failed handshake as InvalidData: trying
-        // again cannot help (a dropped or reset connection has other kinds).
-        ureq::Error::Io(e) => e.kind() != ErrorKind::InvalidData,
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => FailKind::Unreachable,
+        ureq::Error::Io(e) => match e.kind() {
+            // rustls reports a refused certificate or a failed handshake as InvalidData: trying
+            // again cannot help (a dropped or reset connection has other kinds).
+            ErrorKind::InvalidData => FailKind::Fatal,
+            ErrorKind::ConnectionRefused
+            | ErrorKind::HostUnreachable
+            | ErrorKind::NetworkUnreachable
+            | ErrorKind::NetworkDown
+            | ErrorKind::AddrNotAvailable => FailKind::Unreachable,
+            _ if is_lookup_failure(e) => FailKind::Unreachable,
+            _ => FailKind::Transient,
+        },
         ureq::Error::BadUri(_)
         | ureq::Error::Http(_)
         | ureq::Error::TooManyRedirects
@@ -182,9 +238,17 @@ fn is_retryable(err: &ureq::Error) -> bool {
         | ureq::Error::Tls(_)
         | ureq::Error::Rustls(_)
         | ureq::Error::RequireHttpsOnly(_)
-        | ureq::Error::TlsRequired => false,
-        _ => true,
+        | ureq::Error::TlsRequired => FailKind::Fatal,
+        _ => FailKind::Transient,
     }
+}
+
+/// A name that did not resolve: the standard library reports `getaddrinfo`'s failures (no such
+/// name, no answer from the resolver) as an uncategorized error with this message; a resolver
+/// that answers nothing in time is a timeout instead (retried).
+fn is_lookup_failure(err: &std::io::Error) -> bool {
+    err.to_string()
+        .starts_with("failed to lookup address information")
 }
 
 fn describe(err: &ureq::Error) -> String {
@@ -199,5 +263,56 @@ fn describe_io(err: &std::io::Error) -> String {
     match err.kind() {
         ErrorKind::TimedOut | ErrorKind::WouldBlock => format!("read timed out ({err})"),
         _ => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_names() {
+        for name in ["invalid", "x.invalid", "a.b.INVALID", "x.invalid."] {
+            assert!(is_invalid_name(name), "{name}");
+        }
+        for name in [
+            "invalid.com",
+            "xinvalid",
+            "example.org",
+            "127.0.0.1",
+            "[::1]",
+            "é.invalidé",
+        ] {
+            assert!(!is_invalid_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        use std::io::Error as IoError;
+        let io = |kind: ErrorKind| ureq::Error::Io(IoError::new(kind, "x"));
+        assert_eq!(classify(&ureq::Error::HostNotFound), FailKind::Unreachable);
+        assert_eq!(
+            classify(&io(ErrorKind::ConnectionRefused)),
+            FailKind::Unreachable
+        );
+        assert_eq!(
+            classify(&io(ErrorKind::NetworkUnreachable)),
+            FailKind::Unreachable
+        );
+        assert_eq!(
+            classify(&io(ErrorKind::ConnectionReset)),
+            FailKind::Transient
+        );
+        assert_eq!(classify(&io(ErrorKind::InvalidData)), FailKind::Fatal);
+        assert_eq!(
+            classify(&ureq::Error::Timeout(ureq::Timeout::Connect)),
+            FailKind::Transient
+        );
+        // What the standard library reports for a name getaddrinfo cannot resolve (its message;
+        // not produced by a real lookup here, which would send a query to the DNS server).
+        let lookup =
+            IoError::other("failed to lookup address information: Name or service not known");
+        assert_eq!(classify(&ureq::Error::Io(lookup)), FailKind::Unreachable);
     }
 }
