@@ -1,9 +1,15 @@
 //! Fills destination buffers from storages in the map, converting dtypes, in parallel.
 //!
-//! Work is cut into chunks of about `CHUNK_BYTES` of source; once a chunk is converted its
-//! source pages are dropped from the map (`MADV_DONTNEED`) so the fp16 file does not stay
-//! resident beside the fp32 weights (the pages remain in the page cache, not in our RSS).
-
+//! Work is cut into chunks of about `CHUNK_BYTES` of source, taken in file order; once a chunk
+//! is converted its source pages are dropped from the map (`MADV_DONTNEED`) so the fp16 file
+//! does not stay resident beside the fp32 weights (the pages remain in the page cache, not in
+//! our RSS).
+//!
+//! When the file is not in the page cache (the first load after a download or a reboot), a
+//! reader thread keeps the disk busy ahead of the converters: it asks the kernel to read the
+//! next `READ_AHEAD` bytes (`MADV_WILLNEED`, asynchronous, in `READ_STEP` pieces) so that the
+//! converters find their pages read instead of each waiting on the faults of its own chunk, and
+//! reading overlaps with converting (and with faulting in the fresh destination pages).
 use super::Dtype;
 use crate::error::{Error, Result};
 use half::slice::HalfFloatSliceExt;
@@ -13,13 +19,21 @@ use memmap2::Mmap;
 use memmap2::UncheckedAdvice;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// Source bytes per unit of parallel work: large enough to amortize scheduling, small enough to
 /// balance two cores and bound what is resident at once.
 const CHUNK_BYTES: usize = 4 << 20;
 
 const PAGE: usize = 4096;
+
+/// How far the reader runs ahead of the converters (bytes of file): enough to keep the disk's
+/// queue full, bounded so that pages read ahead are not evicted before use under memory pressure.
+const READ_AHEAD: usize = 128 << 20;
+
+/// The reader's unit of work: one `MADV_WILLNEED` call.
+const READ_STEP: usize = 16 << 20;
 
 /// One storage to fill.
 #[derive(Debug, Clone)]
@@ -186,32 +200,42 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
             start = end;
         }
     }
+    // In file order, so that the disk reads sequentially and the reader can stay ahead.
+    pieces
+        .sort_by_key(|p| jobs[p.job].src.start + p.elems.start * jobs[p.job].src_dtype.itemsize());
+    let spans = source_spans(jobs, &pieces);
     let failed = AtomicBool::new(false);
-    crate::parallel::for_each(pieces, |piece| {
-        if failed.load(Ordering::Relaxed) {
-            return;
-        }
-        let job = &jobs[piece.job];
-        let (si, di) = (job.src_dtype.itemsize(), job.dst_dtype.itemsize());
-        let src_range =
-            job.src.start + piece.elems.start * si..job.src.start + piece.elems.end * si;
-        let src = &map[src_range.clone()];
-        // SAFETY: `dst_address` is the data pointer of a contiguous CPU tensor of `dst_len` bytes
-        // that CheckpointReader.convert holds a reference to until this returns; destinations
-        // were checked not to overlap, and the pieces of one job cover disjoint element ranges,
-        // so no two threads write the same bytes.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(
-                (job.dst_address + piece.elems.start * di) as *mut u8,
-                piece.elems.len() * di,
-            )
-        };
-        prefault(dst);
-        let ok = convert_slice(src, job.src_dtype, dst, job.dst_dtype);
-        release(map, &src_range);
-        if !ok {
-            failed.store(true, Ordering::Relaxed);
-        }
+    let frontier = Frontier::default();
+    std::thread::scope(|scope| {
+        scope.spawn(|| read_ahead(map, &spans, &frontier));
+        crate::parallel::for_each(pieces, |piece| {
+            if failed.load(Ordering::Relaxed) {
+                return;
+            }
+            let job = &jobs[piece.job];
+            let (si, di) = (job.src_dtype.itemsize(), job.dst_dtype.itemsize());
+            let src_range =
+                job.src.start + piece.elems.start * si..job.src.start + piece.elems.end * si;
+            frontier.reached(src_range.end);
+            let src = &map[src_range.clone()];
+            // SAFETY: `dst_address` is the data pointer of a contiguous CPU tensor of `dst_len`
+            // bytes that CheckpointReader.convert holds a reference to until this returns;
+            // destinations were checked not to overlap, and the pieces of one job cover disjoint
+            // element ranges, so no two threads write the same bytes.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (job.dst_address + piece.elems.start * di) as *mut u8,
+                    piece.elems.len() * di,
+                )
+            };
+            prefault(dst);
+            let ok = convert_slice(src, job.src_dtype, dst, job.dst_dtype);
+            release(map, &src_range);
+            if !ok {
+                failed.store(true, Ordering::Relaxed);
+            }
+        });
+        frontier.finish();
     });
     if failed.into_inner() {
         return Err(fail(
@@ -219,6 +243,94 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The source bytes the pieces read, in file order, adjacent ranges joined.
+fn source_spans(jobs: &[Job], pieces: &[Piece]) -> Vec<Range<usize>> {
+    let mut spans: Vec<Range<usize>> = Vec::new();
+    for piece in pieces {
+        let job = &jobs[piece.job];
+        let si = job.src_dtype.itemsize();
+        let range = job.src.start + piece.elems.start * si..job.src.start + piece.elems.end * si;
+        match spans.last_mut() {
+            // Zip headers between storages are small: read through them.
+            Some(last) if range.start >= last.start && range.start <= last.end + PAGE => {
+                last.end = last.end.max(range.end);
+            }
+            _ => spans.push(range),
+        }
+    }
+    spans
+}
+
+/// How far the converters have got: the end of the furthest source chunk taken.
+#[derive(Default)]
+struct Frontier {
+    reached: AtomicUsize,
+    done: AtomicBool,
+}
+
+impl Frontier {
+    fn reached(&self, offset: usize) {
+        self.reached.fetch_max(offset, Ordering::Release);
+    }
+    fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+    }
+}
+
+/// Asks the kernel to read `spans` ahead of the converters, at most `READ_AHEAD` bytes beyond
+/// the frontier, until the spans are covered or the converters are done.
+fn read_ahead(map: &Mmap, spans: &[Range<usize>], frontier: &Frontier) {
+    for span in spans {
+        let mut at = span.start;
+        while at < span.end {
+            loop {
+                if frontier.done.load(Ordering::Acquire) {
+                    return;
+                }
+                if at < frontier.reached.load(Ordering::Acquire) + READ_AHEAD {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            let end = (at + READ_STEP).min(span.end);
+            if !resident(map, at..end) {
+                will_need(map, at..end);
+            }
+            at = end;
+        }
+    }
+}
+
+/// Starts reading `range` of the file into the page cache without waiting for it.
+#[cfg(unix)]
+fn will_need(map: &Mmap, range: Range<usize>) {
+    // Advice only: a failure costs speed, never correctness.
+    let _ = map.advise_range(memmap2::Advice::WillNeed, range.start, range.len());
+}
+
+#[cfg(not(unix))]
+fn will_need(_map: &Mmap, _range: Range<usize>) {}
+
+/// True when every page of `range` is in the page cache already (a warm load: nothing to ask).
+#[cfg(target_os = "linux")]
+fn resident(map: &Mmap, range: Range<usize>) -> bool {
+    let base = map.as_ptr() as usize;
+    let start = (base + range.start) / PAGE * PAGE;
+    let end = (base + range.end).div_ceil(PAGE) * PAGE;
+    let mut pages = vec![0u8; (end - start) / PAGE];
+    // SAFETY: [start, end) lies within the map's pages (the range lies within the map, which is
+    // page-aligned and covers whole pages); mincore writes one byte per page into `pages`, which
+    // holds exactly that many.
+    let status =
+        unsafe { libc::mincore(start as *mut libc::c_void, end - start, pages.as_mut_ptr()) };
+    status == 0 && pages.iter().all(|p| p & 1 == 1)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn resident(_map: &Mmap, _range: Range<usize>) -> bool {
+    false
 }
 
 /// Faults the whole pages of a fresh destination in with one call rather than one trap per
@@ -263,6 +375,7 @@ fn release(map: &Mmap, range: &Range<usize>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     #[test]
     fn converts_all_float_pairs() {
@@ -301,6 +414,70 @@ mod tests {
         let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), 8) };
         assert!(convert_slice(&src[1..], Dtype::F16, bytes, Dtype::F32));
         assert_eq!(dst, [1.5, -3.0]);
+    }
+
+    #[test]
+    fn spans_join_neighbours_in_file_order() {
+        let job = |start: usize, len: usize| Job {
+            src: start..start + len,
+            src_dtype: Dtype::F16,
+            dst_address: 0,
+            dst_len: 0,
+            dst_dtype: Dtype::F32,
+        };
+        // Two storages a zip header apart, then one far away.
+        let jobs = [job(100, 1000), job(1164, 2000), job(1 << 20, 10)];
+        let pieces: Vec<Piece> = (0..3)
+            .map(|j| Piece {
+                job: j,
+                elems: 0..jobs[j].src.len() / 2,
+            })
+            .collect();
+        assert_eq!(
+            source_spans(&jobs, &pieces),
+            vec![100..3164, (1 << 20)..(1 << 20) + 10]
+        );
+    }
+
+    /// A file larger than several chunks and reader steps, evicted from the page cache first:
+    /// the reader ahead of the converters must not change a single value.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cold_file_converts_exactly() {
+        use std::io::Write;
+        let count = (3 * READ_STEP) / 2 + 12_345; // f16 elements: 1.5 steps of bytes, and a tail
+        let values: Vec<f32> = (0..count)
+            .map(|i| ((i % 4093) as f32) * 0.25 - 500.0)
+            .collect();
+        let header = 4096 + 7; // storages need not start on a page
+        let mut bytes = vec![0u8; header];
+        bytes.extend(encode(&values, Dtype::F16));
+        let path = std::env::temp_dir().join(format!("clipfast-cold-{}.bin", std::process::id()));
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&bytes).unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        let file = File::open(&path).unwrap();
+        // SAFETY: posix_fadvise only drops clean cached pages of this file; it changes no data.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+        // SAFETY: a read-only map of a file this test owns and does not change meanwhile.
+        let map = unsafe { Mmap::map(&file) }.unwrap();
+        let mut out = vec![0f32; count];
+        let jobs = [Job {
+            src: header..header + 2 * count,
+            src_dtype: Dtype::F16,
+            dst_address: out.as_mut_ptr() as usize,
+            dst_len: 4 * count,
+            dst_dtype: Dtype::F32,
+        }];
+        let result = run(&path, &map, &jobs);
+        std::fs::remove_file(&path).unwrap();
+        result.unwrap();
+        let expected: Vec<f32> = values.iter().map(|v| f16::from_f32(*v).to_f32()).collect();
+        assert!(out == expected);
     }
 
     fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
