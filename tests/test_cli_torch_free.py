@@ -185,6 +185,9 @@ def test_lazy_names_are_the_real_ones() -> None:
         assert clip.clip.load is clip.load and clip.simple_tokenizer.SimpleTokenizer
         for name in clip.__all__:
             getattr(clip, name)
+        import importlib
+        for name in ("transforms", "checkpoint", "jit", "registry", "cache", "errors", "tokenizer"):
+            assert getattr(clip, name) is importlib.import_module("clipfast." + name), name
         try:
             clip.no_such_name
         except AttributeError as e:

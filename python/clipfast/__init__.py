@@ -10,6 +10,7 @@ Pillow, so the ``clipfast`` command (list, download, verify, inspect) answers at
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from typing import TYPE_CHECKING, Any, Optional
@@ -93,7 +94,10 @@ _LAZY: dict[str, tuple[str, Optional[str]]] = {
 def __getattr__(name: str) -> Any:
     entry = _LAZY.get(name)
     if entry is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        # Any submodule, as after the eager imports of earlier versions (`clipfast.transforms.X`).
+        if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        entry = (name, None)
     module_name, attribute = entry
     module = importlib.import_module(f"{__name__}.{module_name}")
     value = module if attribute is None else getattr(module, attribute)
