@@ -15,6 +15,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any, Optional
 
+from . import download as download  # torch-free; a callable module: download(url, ...)
 from ._native import __version__
 from .errors import (
     ArchitectureError,
@@ -31,7 +32,6 @@ from .errors import (
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from . import clip as clip
-    from . import download as download
     from . import model as model
     from . import simple_tokenizer as simple_tokenizer
     from .arch import Architecture as Architecture
@@ -76,7 +76,6 @@ _LAZY: dict[str, tuple[str, Optional[str]]] = {
     "Architecture": ("arch", "Architecture"),
     "infer_architecture": ("arch", "infer_architecture"),
     "available_models": ("registry", "available_models"),
-    "download": ("download", None),  # a callable module: download(url, ...), download.resolve_model
     "load": ("load", "load"),
     "convert": ("convert", "convert"),
     "embed": ("embedding", "embed"),  # the embedding job
