@@ -111,7 +111,7 @@ def test_list_verify_download_without_torch(tmp_path: Path, env: dict[str, str],
 
 
 @pytest.mark.parametrize("name", ["ViT-B/32", "RN50"])
-def test_inspect_without_torch(
+def test_inspect_and_convert_without_torch(
     name: str,
     openai_archive: Callable[[str], Path],
     state_dict_file: Callable[[str], Path],
@@ -129,6 +129,9 @@ def test_inspect_without_torch(
         info = json.loads(out.stdout)
         assert info["architecture"] is not None, info["architecture_error"]
         assert info["architecture"]["kind"] == ("ViT" if name.startswith("ViT") else "ModifiedResNet")
+    # convert: a checkpoint file to safetensors needs no model either.
+    out = run_guarded("convert", str(state_dict_file(name)), str(tmp_path / "c.safetensors"), env=env)
+    assert out.returncode == 0 and (tmp_path / "c.safetensors").is_file(), out.stderr
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 damaged")
     out = run_guarded("inspect", str(bad), env=env)
