@@ -77,9 +77,9 @@ _LAZY: dict[str, tuple[str, Optional[str]]] = {
     "infer_architecture": ("arch", "infer_architecture"),
     "available_models": ("registry", "available_models"),
     "load": ("load", "load"),
-    "convert": ("convert", "convert"),
+    "convert": ("convert", "convert"),  # the function; the module is sys.modules["clipfast.convert"]
     "embed": ("embedding", "embed"),  # the embedding job
-    "embed_batches": ("embedding", "embed_batches"),  # the function; the module is sys.modules["clipfast.convert"]
+    "embed_batches": ("embedding", "embed_batches"),
     "load_checkpoint": ("state_dict", "load_checkpoint"),
     "tokenize": ("tokenizer", "tokenize"),
     "preprocess_batch": ("transforms", "preprocess_batch"),
