@@ -485,6 +485,19 @@ def _image_plan(model: Union[str, os.PathLike[str]], download_root: Optional[str
     return ImagePlan.of(preprocess, decode)
 
 
+def _actor_cpus(ray: Any, actors: int, on_gpu: bool) -> int:
+    """One CPU per GPU actor; on a CPU-only cluster the model's threads are its CPUs, so each actor
+    takes an equal share of them, one CPU left for the read tasks (Ray gives an actor as many torch
+    threads as CPUs, through OMP_NUM_THREADS)."""
+    if on_gpu:
+        return 1
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    per_node = max(
+        (int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=1
+    )
+    return max(1, min((cpus - 1) // max(1, actors), per_node))
+
+
 def _one_cpu() -> dict[str, Any]:
     return {"num_cpus": 1}
 
@@ -535,7 +548,7 @@ def _run_dataset(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if on_gpu else 0,
-        num_cpus=1,
+        num_cpus=_actor_cpus(ray, actors, on_gpu),
     )
     expected = {k: len(plan.shard(k)) for k in pending}
     ds.write_datasink(_datasink_class(ray)(layout, expected))
