@@ -448,3 +448,42 @@ def test_bin_with_strided_and_shared_storage_tensors(hf_model: Callable[[str], A
     clipfast.convert(str(folder), str(converted))
     ours, _ = clipfast.load(str(converted), device="cpu")
     _assert_same_features(ours, model, SPECS["gelu-80"])
+
+
+def test_hub_download_fetches_only_what_the_load_needs(
+    hf_model: Callable[[str], Any],
+    hf_folder: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An HF-only repository on a local stand-in hub: the config, the preprocessor config, the index
+    and its shards are downloaded (nothing else the repository holds), into Hugging Face's cache."""
+    from hf_cache import FakeHub
+    from huggingface_hub import constants
+
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CLIPFAST_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    folder = hf_folder("quickgelu", max_shard_size="100KB", preprocessor={"image_mean": [0.5, 0.5, 0.5]})
+    files: dict[str, Any] = {p.name: p for p in folder.iterdir() if p.is_file()}
+    files["tf_model.h5"] = b"not needed"
+    hub = FakeHub()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        hub.publish("org/clip", files)
+        model, preprocess = clipfast.load("hf-hub:org/clip", device="cpu")
+    finally:
+        hub.stop()
+    _assert_same_features(model, hf_model("quickgelu"), SPECS["quickgelu"])
+    assert preprocess.transforms[-1].mean == (0.5, 0.5, 0.5)
+    fetched = {
+        path.rsplit("/", 1)[-1] for method, path in hub.requests if method == "GET" and "/resolve/" in path
+    }
+    shards = {name for name in files if name.startswith("model-")}
+    assert fetched == {"config.json", "preprocessor_config.json", "model.safetensors.index.json", *shards}
