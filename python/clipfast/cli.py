@@ -399,7 +399,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                 transformer_heads=args.transformer_heads,
                 download_root=args.root,
             )
-        except (OSError, RuntimeError, ValueError) as err:
+        except (OSError, RuntimeError, ValueError, ImportError) as err:
             return _fail(args, str(err))
     notes = [str(w.message) for w in caught]
     for note in notes:

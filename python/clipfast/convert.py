@@ -201,11 +201,11 @@ def _locate(source: Union[str, os.PathLike[str]], download_root: Optional[str]) 
 
 def _entries(src: ModelSource) -> dict[str, _Entry]:
     """The source's tensors under OpenAI's names (without reading any data)."""
-    from . import _native
+    from .checkpoint import _open
 
     entries: dict[str, _Entry] = {}
     if src.direct:
-        reader = _native.CheckpointReader(src.path)
+        reader = _open(src.path)
         rows = reader.tensors
         names = openai_key_names([row[0] for row in rows])
         for index, row in enumerate(rows):
@@ -226,11 +226,10 @@ def _entries(src: ModelSource) -> dict[str, _Entry]:
             f"{src.path}: clipfast convert does not know how to read the {src.layout} layout"
         )
     where: dict[str, tuple[Any, int, str, int]] = {}
-    for file, wanted in src.shards.items():
-        reader = _native.CheckpointReader(file)
-        for index, row in enumerate(reader.tensors):
-            if wanted is None or row[0] in wanted:
-                where[row[0]] = (reader, index, row[1], _numel(row[2]))
+    for reader, found in src.readers().values():
+        rows = reader.tensors
+        for key, index in found.items():
+            where[key] = (reader, index, rows[index][1], _numel(rows[index][2]))
     for name, (keys, transpose, shape) in src.key_map().items():
         parts = [(where[k][0], where[k][1], [1, 0] if transpose else None, where[k][3]) for k in keys]
         entries[name] = _Entry(name, shape, where[keys[0]][2], parts)
