@@ -487,3 +487,10 @@ def test_hub_download_fetches_only_what_the_load_needs(
     }
     shards = {name for name in files if name.startswith("model-")}
     assert fetched == {"config.json", "preprocessor_config.json", "model.safetensors.index.json", *shards}
+
+
+def test_weights_only_false_reads_hf_folders_too(
+    hf_model: Callable[[str], Any], hf_folder: Callable[..., Path]
+) -> None:
+    model, _ = clipfast.load(str(hf_folder("quickgelu", weights="bin")), device="cpu", weights_only=False)
+    _assert_same_features(model, hf_model("quickgelu"), SPECS["quickgelu"])

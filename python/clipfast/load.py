@@ -152,6 +152,8 @@ def load(
     ``weights_only=False``: then ``torch.load(weights_only=False)`` reads the file, which **runs
     any code its pickle names** (only for files you trust, whose weights sit inside objects of
     their own classes that clipfast refuses to rebuild); the model is made from its state dict.
+    (Hugging Face folders, whose files hold plain tensors under other names, are always read by
+    clipfast's own reader.)
 
     Raises ``ModelNotFoundError`` (a RuntimeError, as in clip), ``CheckpointError`` /
     ``UnsafeCheckpointError`` for damaged or unsafe files, ``ArchitectureError`` when the tensors do
@@ -205,7 +207,7 @@ def _load_eager(
     if direct is None and callable(dtype) and not isinstance(dtype, torch.dtype):
         direct = _model_names(dtype)  # the caller's own plan needs no knowledge of the architecture
     plan: Optional[DtypePlan] = None
-    if not weights_only:
+    if not weights_only and source.direct:
         tensors = _torch_loaded_state_dict(path)
         model, arch = _build(tensors, path, heads)
         plan = dtype_plan(target, dtype, half_precision_names(model))
