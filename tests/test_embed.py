@@ -749,3 +749,40 @@ def test_ray_datasink_writes_a_shard_once_all_its_rows_are_staged(tmp_path: Path
     assert got["img_emb"][:, 0].tolist() == [0, 2, 3] and got["text_emb"][:, 0].tolist() == [0, 2, 3]
     assert got["errors"] == [] and layout.errors(0) == [{"id": "id1", "source": "src1", "error": "bad image"}]
     assert not sink.try_finish(0)  # written once
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash"])
+def test_open_clip_folder_model(tmp_path: Path, resize_mode: str) -> None:
+    """Any model clipfast.load takes: an open_clip folder (GELU, 80-wide heads, context length 16),
+    with clip's standard preprocessing (the batch path) and with open_clip's ``squash`` resize
+    (its own preprocess object, image by image)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from open_clip_models import CONFIGS, open_clip_model
+    from open_clip_models import write_folder as write_model_folder
+
+    model_dir = write_model_folder(
+        tmp_path / "model",
+        CONFIGS["gelu_h80"],
+        open_clip_model("gelu_h80").state_dict(),
+        preprocess_cfg={"resize_mode": resize_mode},
+    )
+    paths = write_folder(tmp_path / "data")
+    summary = embed(
+        tmp_path / "data", model_dir, tmp_path / "out", batch_size=4, dtype="fp32", normalize=False
+    )
+    assert summary.text and summary.rows == len(paths) and summary.model_sha256
+    got = read_output(tmp_path / "out")
+    model, preprocess = clipfast.load(str(model_dir), device="cpu")
+    captions = [p.with_suffix(".txt").read_text(encoding="utf-8") for p in paths]
+    sizes = batches_of(len(paths), 10_000, 4)
+    assert torch.equal(torch.from_numpy(got["img_emb"]), reference_images((model, preprocess), paths, sizes))
+    with torch.no_grad():
+        want = torch.cat(
+            [
+                model.encode_text(clipfast.tokenize(captions[s : s + n], context_length=16, truncate=True))
+                for s, n in zip(np.cumsum([0, *sizes[:-1]]), sizes)
+            ]
+        )
+    assert torch.equal(torch.from_numpy(got["text_emb"]), want)
+    # clip's standard steps go through preprocess_batch; open_clip's squash through its own object.
+    assert ("mean" in summary.preprocess) == (resize_mode == "shortest"), summary.preprocess
