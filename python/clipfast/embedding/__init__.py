@@ -50,7 +50,7 @@ class EmbedSummary:
     model: str
     model_sha256: Optional[str]
     device: str
-    model_dtype: str
+    model_dtype: str  # the model's dtype as loaded on the device ("-" when this run loaded none)
     dtype: str
     normalize: bool
     preprocess: dict[str, Any]
@@ -111,10 +111,6 @@ def _device_of(device: Union[str, torch.device, None]) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _expected_model_dtype(device: torch.device) -> str:
-    return "float32" if device.type == "cpu" else "float16"
 
 
 def embed(
@@ -182,7 +178,7 @@ def embed(
         from .ray_pipeline import run_ray
 
         def manifest_for(dev: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-            settings = job_settings(plan, out_dtype, normalize, _expected_model_dtype(dev), decode)
+            settings = job_settings(plan, out_dtype, normalize, dev, decode)
             return settings, job_manifest(identity, settings, plan, layout, _as_list(inputs))
 
         return run_ray(
@@ -202,9 +198,7 @@ def embed(
             started=started,
             summarize=make_summary,
         )
-    # The model's dtype is part of the job: known before loading for clip's layout (fp32 on the
-    # CPU, fp16 elsewhere), checked again after the load.
-    settings = job_settings(plan, out_dtype, normalize, _expected_model_dtype(dev), decode)
+    settings = job_settings(plan, out_dtype, normalize, dev, decode)
     manifest = job_manifest(identity, settings, plan, layout, _as_list(inputs))
     folder = OutputFolder.open(layout.root, manifest, layout)
     try:
@@ -212,9 +206,10 @@ def embed(
         written = processed = 0
         model_s = wait_s = 0.0
         preprocess_desc: dict[str, Any] = {}
+        model_dtype = "-"
         if pending:
             encoder = Encoder(model, dev, download_root)
-            check_model_dtype(encoder, settings)
+            model_dtype = str(encoder.dtype).removeprefix("torch.")
             image_plan = ImagePlan.of(encoder.preprocess, decode) if plan.images else None
             preprocess_desc = image_plan.describe() if image_plan else {}
             total = sum(len(plan.shard(k)) for k in pending)
@@ -250,6 +245,7 @@ def embed(
             identity,
             settings,
             device=str(dev),
+            model_dtype=model_dtype,
             preprocess=preprocess_desc,
             pending=len(pending),
             written=written,
@@ -264,14 +260,6 @@ def embed(
         folder.close()
 
 
-def check_model_dtype(encoder: Encoder, settings: dict[str, Any]) -> None:
-    loaded = str(encoder.dtype).removeprefix("torch.")
-    if loaded != settings["model_dtype"]:
-        raise RuntimeError(
-            f"the model loaded as {loaded}, expected {settings['model_dtype']} on {encoder.device}"
-        )
-
-
 def make_summary(
     layout: Layout,
     plan: Plan,
@@ -279,6 +267,7 @@ def make_summary(
     settings: dict[str, Any],
     *,
     device: str,
+    model_dtype: str,
     preprocess: dict[str, Any],
     pending: int,
     written: int,
@@ -293,7 +282,7 @@ def make_summary(
         model=identity["name"] or "",
         model_sha256=identity["sha256"],
         device=device,
-        model_dtype=settings["model_dtype"],
+        model_dtype=model_dtype,
         dtype=settings["dtype"],
         normalize=settings["normalize"],
         preprocess=preprocess,
@@ -396,15 +385,17 @@ def _as_list(inputs: Inputs) -> list[PathLike]:
 
 
 def job_settings(
-    plan: Plan, out_dtype: torch.dtype, normalize: bool, model_dtype: str, decode: str
+    plan: Plan, out_dtype: torch.dtype, normalize: bool, device: torch.device, decode: str
 ) -> dict[str, Any]:
-    """What the embeddings depend on besides the model and the inputs: a rerun must match it."""
+    """What the embeddings depend on besides the model and the inputs: a rerun must match it. The
+    kind of device decides the model's dtypes (``clipfast.load``: fp32 on the CPU, clip's fp16
+    layout elsewhere), so a job started on a GPU does not go on on a CPU, or the other way."""
     return {
         "images": plan.images,
         "text": plan.text,
         "dtype": str(out_dtype).removeprefix("torch."),
         "normalize": bool(normalize),
-        "model_dtype": model_dtype,
+        "device_type": device.type,
         "decode": decode,
     }
 

@@ -459,6 +459,7 @@ def run_ray(
                 manifest["model"],
                 settings,
                 device=str(dev),
+                model_dtype=("float32" if dev.type == "cpu" else "float16") if pending else "-",
                 preprocess=preprocess_desc,
                 pending=len(pending),
                 written=len(pending),
