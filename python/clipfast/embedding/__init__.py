@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -164,15 +165,18 @@ def embed(
         raise ValueError(f'decode must be "exact" or "fast", not {decode!r}')
     size = _check_batch_size(batch_size, dev.type == "cuda")
     threads = _workers(workers)
-    plan = make_plan(
-        _as_list(inputs),
-        shard_size=shard_size,
-        input_format=input_format,
-        text=text,
-        image_column=image_column,
-        caption_column=caption_column,
-    )
-    identity = model_identity(model)
+    # The model file is hashed (Rust, GIL released) while the inputs are listed.
+    with ThreadPoolExecutor(1, thread_name_prefix="clipfast-model-hash") as pool:
+        identity_job = pool.submit(model_identity, model)
+        plan = make_plan(
+            _as_list(inputs),
+            shard_size=shard_size,
+            input_format=input_format,
+            text=text,
+            image_column=image_column,
+            caption_column=caption_column,
+        )
+        identity = identity_job.result()
     layout = Layout(os.fspath(out), shard_width(plan.shard_count), plan.images, plan.text)
     if ray is not False and ray is not None:
         from .ray_pipeline import run_ray

@@ -87,6 +87,21 @@ def _json_bytes(payload: Any) -> bytes:
     return (json.dumps(payload, indent=1, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def _string_array(pa: Any, values: Sequence[str]) -> Any:
+    """An Arrow ``string`` column built from its buffers: ``pa.array(list)`` imports pandas to look
+    for pandas objects (1+ s on a busy machine, once per process)."""
+    data = [_utf8(v).encode("utf-8") for v in values]
+    offsets = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    if offsets[-1] >= 2**31:  # string's 32-bit offsets: larger text goes as large_string
+        return pa.LargeStringArray.from_buffers(
+            len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data))
+        )
+    return pa.StringArray.from_buffers(
+        len(data), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(data))
+    )
+
+
 def _utf8(text: str) -> str:
     """``text`` as valid UTF-8 for parquet (file names with undecodable bytes keep them as \\xNN)."""
     try:
@@ -148,11 +163,11 @@ class Layout:
                 self._write_npy(self.path("text_emb", k), result.text)
             columns: dict[str, Any] = {}
             if self.images:
-                columns["image_path"] = pa.array([_utf8(i) for i in result.ids], pa.string())
+                columns["image_path"] = _string_array(pa, result.ids)
             if self.text:
                 assert result.captions is not None
-                columns["caption"] = pa.array([_utf8(c) for c in result.captions], pa.string())
-            table = pa.table(columns)
+                columns["caption"] = _string_array(pa, result.captions)
+            table = pa.Table.from_arrays(list(columns.values()), names=list(columns))
             _atomic_write(self.path("metadata", k), lambda f: pa.parquet.write_table(table, f))
         if result.errors:
             lines = b"".join(_json_line(e) for e in result.errors)
