@@ -247,9 +247,22 @@ def model_identity(model: Union[str, os.PathLike[str]]) -> dict[str, Optional[st
 
 
 def _file_sha256(path: Path) -> str:
+    """The file's SHA-256; large files get clipfast's verified-cache record (``<file>.verified``,
+    or under ``$XDG_CACHE_HOME/clipfast`` where the folder is read-only), so that a rerun of the job
+    does not hash them again (the record holds while the size and modification time do)."""
     from .. import cache
 
     record = cache.read_record(path)
     if record is not None and cache.is_verified(path, record.sha256):
         return record.sha256
-    return cache.hash_file(path)
+    before = path.stat()
+    digest = cache.hash_file(path)
+    after = path.stat()
+    unchanged = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+    if unchanged and before.st_size >= _RECORD_FROM:
+        cache.write_record(path, digest, before)
+    return digest
+
+
+#: Files smaller than this are hashed every time (a few ms) rather than given a record beside them.
+_RECORD_FROM = 64 * 2**20
