@@ -247,6 +247,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.images, args.rounds, args.ray_images = 64, 1, 32
+    load_before = os.getloadavg()[0]
     archive, _ = ensure_checkpoints(MODEL)
     folder = ensure_images(args.images)
     cores = os.cpu_count() or 1
@@ -281,6 +282,7 @@ def main() -> None:
                 result = run(RAY, sub, archive, Path(tmp) / f"ray{actors}", b, actors)
                 ray_rows.append((actors, result))
                 print(f"ray, {actors} actor(s): {result}", flush=True)
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({cores} would be quiet)"
     n = args.images
     rate = {k: [n / s["total_s"] for s in samples[k]] for k in ("clipfast", "baseline")}
     fwd = [s["n"] / s["forward_s"] for s in samples["forward"]]
@@ -297,7 +299,7 @@ def main() -> None:
     lines = [
         f"{n} JPEGs (640x480 to 1024x768) through full-size {MODEL} (random weights), batch {b}, CPU fp32, "
         f"whole job from interpreter start (imports, model load, reading, preprocessing, model, writing); "
-        f"medians of {args.rounds} alternating rounds (range). Machine: {machine()}.",
+        f"medians of {args.rounds} alternating rounds (range). Machine: {machine()}; {load}.",
         "",
         "| | clip + DataLoader | **clipfast.embed** | forward pass alone |",
         "|---|---:|---:|---:|",
