@@ -221,12 +221,13 @@ def _fill_in_place(
 
 def _has_load_hooks(model: torch.nn.Module) -> bool:
     """Whether a module may change the state dict before it is copied (a load pre-hook, or its own
-    ``_load_from_state_dict``): then everything goes through ``load_state_dict`` as it is."""
+    ``_load_from_state_dict``) or name its tensors otherwise (``state_dict`` hooks): then
+    everything goes through ``load_state_dict`` as it is."""
     import torch
 
     for module in model.modules():
-        if module._load_state_dict_pre_hooks:
-            return True
+        if module._load_state_dict_pre_hooks or module._state_dict_hooks or module._state_dict_pre_hooks:
+            return True  # (state_dict hooks may name the tensors otherwise than load_state_dict does)
         own = type(module)._load_from_state_dict
         if own is not torch.nn.Module._load_from_state_dict and not own.__module__.startswith("torch.nn."):
             return True  # (torch's batch norms only fill in num_batches_tracked of old files)
