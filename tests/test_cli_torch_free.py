@@ -201,3 +201,24 @@ def test_lazy_names_are_the_real_ones() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_inspect_of_an_open_clip_folder_without_torch(tmp_path: Path, env: dict[str, str]) -> None:
+    """inspect's provenance (config, published table, defaults) for a folder, local-dir:, a file of
+    the folder and a bare file: no torch."""
+    from open_clip_models import CONFIGS, open_clip_model, save, write_folder
+
+    model = open_clip_model("gelu_h80")
+    folder = write_folder(tmp_path / "m", CONFIGS["gelu_h80"], model.state_dict())
+    bare = save(tmp_path / "bare.pt", model.state_dict())
+    for target in (
+        str(folder),
+        f"local-dir:{folder}",
+        str(folder / "open_clip_model.safetensors"),
+        str(bare),
+    ):
+        out = run_guarded("inspect", target, "--json", env=env)
+        assert out.returncode == 0, out.stderr
+        info = json.loads(out.stdout)
+        expected = "config" if target != str(bare) else "default"
+        assert info["decided_from"]["vision_activation"].startswith(expected), info["decided_from"]
