@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import clipfast
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _section(text: str, name: str) -> str:
+    """The body of one TOML table (up to the next table header)."""
+    return ("\n" + text).split(f"\n[{name}]\n", 1)[1].split("\n[", 1)[0]
+
+
+def cargo_version() -> str:
+    """The version in Cargo.toml's [package] table: the one source of the package's version."""
+    match = re.search(
+        r'^version\s*=\s*"([^"]+)"', _section((ROOT / "Cargo.toml").read_text(), "package"), re.M
+    )
+    assert match, "Cargo.toml has no [package] version"
+    return match.group(1)
 
 
 def test_public_surface_is_explicit() -> None:
@@ -39,3 +57,18 @@ def test_errors_subclass_standard_exceptions() -> None:
     assert issubclass(clipfast.ChecksumError, RuntimeError)
     assert issubclass(clipfast.ModelNotFoundError, FileNotFoundError)
     assert issubclass(clipfast.ModelNotFoundError, RuntimeError)
+
+
+def test_version_has_one_source() -> None:
+    # pyproject.toml takes the version from Cargo.toml (maturin's dynamic version), so the two cannot
+    # disagree; the extension compiles the same string in as clipfast.__version__.
+    project = _section((ROOT / "pyproject.toml").read_text(), "project")
+    assert not re.search(r"^version\s*=", project, re.M), "pyproject.toml must not repeat the version"
+    assert re.search(r'^dynamic\s*=\s*\[[^]]*"version"', project, re.M)
+    assert clipfast.__version__ == cargo_version()
+
+
+def test_cli_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "clipfast", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"clipfast {cargo_version()}\n"

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from . import cache
+from ._native import __version__
 from .download import default_root, resolve_model
 from .registry import MODELS, sha256_of_url
 
@@ -535,6 +536,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipfast", description="Download, verify, inspect and convert CLIP models."
     )
+    parser.add_argument("--version", action="version", version=f"clipfast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     root_help = f"cache folder (default {default_root()})"
 
