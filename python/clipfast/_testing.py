@@ -1,24 +1,23 @@
 """Checkpoints in OpenAI's exact published formats, with random weights.
 
-No real weights can be downloaded where clipfast is tested, so tests, benchmarks and the demo write
-their own files the way OpenAI made theirs: the reference model (``clip.model.CLIP`` from the
-``clip-anytorch`` package, which must be installed), the three buffers OpenAI's archives carry,
-``convert_weights`` (fp16), ``torch.jit.trace`` of ``forward``/``encode_image``/``encode_text`` in
-fp16, and every ``cpu`` device constant turned into ``cuda:0`` as in files traced on a GPU.
+No real weights can be downloaded where clipfast is tested, so tests and benchmarks write their own
+files the way OpenAI made theirs (``clipfast._openai_format``), from the reference model
+(``clip.model.CLIP`` of the ``clip-anytorch`` package, which must be installed), so that what
+clipfast reads in its tests was not made by clipfast's code.
 
-Private: needs the reference package; not part of the public API.
+Test support: needs the reference package; not part of the public API and not in the wheel.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .jit import _is_device_constant, graphs
+from ._openai_format import FULL, ModelSpec, random_model, save_archive, spec
 
 __all__ = [
     "FULL",
@@ -33,49 +32,6 @@ __all__ = [
     "write_openai_archive",
     "write_state_dict",
 ]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The arguments of ``clip.model.CLIP`` (text heads are ``transformer_width // 64`` there)."""
-
-    embed_dim: int
-    image_resolution: int
-    vision_layers: int | tuple[int, int, int, int]
-    vision_width: int
-    vision_patch_size: int | None
-    context_length: int
-    vocab_size: int
-    transformer_width: int
-    transformer_heads: int
-    transformer_layers: int
-
-
-def _vit(embed: int, res: int, layers: int, width: int, patch: int, tw: int) -> ModelSpec:
-    return ModelSpec(embed, res, layers, width, patch, 77, 49408, tw, tw // 64, 12)
-
-
-def _rn(embed: int, res: int, layers: tuple[int, int, int, int], width: int, tw: int) -> ModelSpec:
-    return ModelSpec(embed, res, layers, width, None, 77, 49408, tw, tw // 64, 12)
-
-
-# The nine official models' hyperparameters.
-FULL: dict[str, ModelSpec] = {
-    "RN50": _rn(1024, 224, (3, 4, 6, 3), 64, 512),
-    "RN101": _rn(512, 224, (3, 4, 23, 3), 64, 512),
-    "RN50x4": _rn(640, 288, (4, 6, 10, 6), 80, 640),
-    "RN50x16": _rn(768, 384, (6, 8, 18, 8), 96, 768),
-    "RN50x64": _rn(1024, 448, (3, 15, 36, 10), 128, 1024),
-    "ViT-B/32": _vit(512, 224, 12, 768, 32, 512),
-    "ViT-B/16": _vit(512, 224, 12, 768, 16, 512),
-    "ViT-L/14": _vit(768, 224, 24, 1024, 14, 768),
-    "ViT-L/14@336px": _vit(768, 336, 24, 1024, 14, 768),
-}
-
-
-def spec(name: str) -> ModelSpec:
-    """The full-size hyperparameters of an official model."""
-    return FULL[name]
 
 
 def tiny(name: str, *, text_layers: int = 2, vocab_size: int | None = None) -> ModelSpec:
@@ -102,65 +58,14 @@ def build_reference_model(s: ModelSpec, seed: int = 0) -> Any:
 
     The random init is perturbed so that no parameter is a constant (LayerNorm ones, zero biases):
     tests must be able to notice a weight that went to the wrong place."""
-    from clip.model import CLIP, convert_weights
+    import clip.model
 
-    torch.manual_seed(seed)
-    model = CLIP(**asdict(s))
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(seed + 1)
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
-        model.logit_scale.fill_(4.6052)  # ln(100), as in the released models
-    convert_weights(model)
-    return model.eval()
-
-
-def _example_inputs(s: ModelSpec, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1234)
-    image = torch.randn(1, 3, s.image_resolution, s.image_resolution, generator=gen).to(dtype)
-    text = torch.randint(1, s.vocab_size - 1, (1, s.context_length), generator=gen)
-    text[:, -1] = s.vocab_size - 1  # argmax picks the end-of-text position
-    return image, text
-
-
-def _cuda_device_constant() -> torch._C.Node:
-    @torch.jit.script
-    def _cuda() -> torch.device:
-        return torch.device("cuda:0")
-
-    constants = _cuda.graph.findAllNodes("prim::Constant")  # type: ignore[attr-defined]
-    return next(n for n in constants if "cuda" in repr(n))
+    return random_model(s, seed, clip.model)
 
 
 def write_openai_archive(path: str | os.PathLike[str], s: ModelSpec, seed: int = 0) -> Path:
     """Write a TorchScript archive exactly as OpenAI's released ``.pt`` files are made; returns its path."""
-    model = build_reference_model(s, seed)
-    # OpenAI's archives carry these as buffers, where the Python class has plain int attributes.
-    for key, value in (
-        ("input_resolution", s.image_resolution),
-        ("context_length", s.context_length),
-        ("vocab_size", s.vocab_size),
-    ):
-        if hasattr(model, key):
-            delattr(model, key)
-        model.register_buffer(key, torch.tensor(value))
-    image, text = _example_inputs(s, torch.float16)
-    with torch.no_grad():
-        traced = torch.jit.trace_module(
-            model,
-            {"forward": (image, text), "encode_image": (image,), "encode_text": (text,)},
-            check_trace=False,
-        )
-    cuda = _cuda_device_constant()
-    # Every compiled method of every submodule (forward, forward1, ... one per traced entry point).
-    for graph in graphs(traced):
-        for node in graph.findAllNodes("prim::Constant"):
-            if _is_device_constant(node) and str(node.output().toIValue()) == "cpu":
-                node.copyAttributes(cuda)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(out))
-    return out
+    return save_archive(build_reference_model(s, seed), s, path)
 
 
 def write_state_dict(path: str | os.PathLike[str], s: ModelSpec, seed: int = 0) -> Path:
