@@ -81,16 +81,17 @@ def random_model(s: ModelSpec, seed: int = 0, model_module: Optional[ModuleType]
     a weight that goes to the wrong place must show."""
     import torch
 
-    if model_module is None:
-        from . import model as model_module
+    from . import model as clipfast_model
+
+    module: ModuleType = clipfast_model if model_module is None else model_module
     torch.manual_seed(seed)
-    model = model_module.CLIP(**asdict(s))
+    model = module.CLIP(**asdict(s))
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed + 1)
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.02)
         model.logit_scale.fill_(4.6052)  # ln(100), as in the released models
-    model_module.convert_weights(model)
+    module.convert_weights(model)
     return model.eval()
 
 
