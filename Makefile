@@ -3,6 +3,8 @@
 #   make test    set up, then run the Rust tests and the Python tests
 #   make bench   set up, then run the benchmarks side by side and update the README table
 #   make lint    cargo fmt/clippy, ruff, mypy, stubtest
+#   make dist    the manylinux abi3 wheel and the sdist in dist/, checked (contents, tags, the sdist builds)
+#   make compat  the compat subset of the tests on the oldest and newest supported Python/torch/Pillow/numpy
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,10 +13,17 @@ STAMP := $(VENV)/.deps-stamp
 # python/ directly, so several checkouts can share one virtual environment.
 export PYTHONPATH := $(CURDIR)/python
 export PYO3_PYTHON := $(abspath $(PY))
-RUST_SOURCES := $(shell find rust -name "*.rs" -o -name "*.c") Cargo.toml build.rs
+RUST_SOURCES := $(shell find rust -name "*.rs" -o -name "*.c") Cargo.toml Cargo.lock build.rs
+PACKAGE_FILES := $(shell find python/clipfast -type f ! -path "*/__pycache__/*" ! -name "*.so" ! -name ".native-stamp")
 NATIVE := python/clipfast/.native-stamp
+# The wheel users install: abi3 (CPython >= 3.9), linked by zig's cc against glibc 2.17 symbols so that
+# it is manylinux_2_17 (a plain build links this host's glibc 2.34). Its extension is also the one the
+# tests import in place (scripts/install_native.py), so one compilation serves the wheel and the suite.
+WHEEL_DIR := target/wheel
+WHEEL := $(WHEEL_DIR)/.stamp
+ZIG_DIR = $$($(PY) -c "import os, ziglang; print(os.path.dirname(ziglang.__file__))")
 
-.PHONY: setup build-dev demo test test-rust test-python bench lint fmt clean check-clip-retrieval
+.PHONY: setup build-dev demo test test-rust test-python bench lint fmt clean check-clip-retrieval dist compat
 
 setup: $(STAMP)
 
@@ -26,16 +35,23 @@ $(STAMP): requirements-dev.txt
 
 build-dev: $(NATIVE)
 
-$(NATIVE): $(STAMP) $(RUST_SOURCES)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --skip-install -q
+$(WHEEL): $(STAMP) $(RUST_SOURCES) pyproject.toml README.md LICENSE $(PACKAGE_FILES)
+	rm -rf $(WHEEL_DIR)
+	PATH="$(ZIG_DIR):$$PATH" $(VENV)/bin/maturin build --release --zig --compatibility manylinux_2_17 \
+		--out $(WHEEL_DIR) -q
+	touch $@
+
+$(NATIVE): $(WHEEL)
+	$(PY) scripts/install_native.py $(WHEEL_DIR) python/clipfast
 	touch $@
 
 demo: build-dev
 	$(PY) -m clipfast.demo
 
+# CLIPFAST_WHEEL: tests/test_wheel.py installs this wheel in a fresh environment without Rust.
 test: build-dev
 	cargo test --release -q
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	CLIPFAST_WHEEL="$$(ls $(WHEEL_DIR)/*.whl)" $(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: build-dev
 	$(PY) benches/run_all.py
@@ -43,8 +59,8 @@ bench: build-dev
 lint: build-dev
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches scripts
+	$(VENV)/bin/ruff format --check python tests benches scripts
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest clipfast._native
 
@@ -57,9 +73,23 @@ check-clip-retrieval: build-dev
 
 fmt:
 	cargo fmt
-	$(VENV)/bin/ruff format python tests benches
-	$(VENV)/bin/ruff check --fix python tests benches
+	$(VENV)/bin/ruff format python tests benches scripts
+	$(VENV)/bin/ruff check --fix python tests benches scripts
+
+# dist/: the wheel and the sdist; tests/test_wheel.py checks both (CLIPFAST_SDIST: also build a wheel
+# from the sdist with the plain toolchain, in target/sdist-check so that repeated runs reuse it).
+dist: build-dev
+	rm -rf dist
+	mkdir -p dist
+	cp $(WHEEL_DIR)/*.whl dist/
+	$(VENV)/bin/maturin sdist --out dist -q
+	CLIPFAST_WHEEL="$$(ls dist/*.whl)" CLIPFAST_SDIST="$$(ls dist/*.tar.gz)" \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_wheel.py
+	ls -l dist
+
+compat: build-dev
+	nice $(PY) scripts/compat.py
 
 clean:
 	cargo clean
-	rm -f python/clipfast/_native*.so $(NATIVE)
+	rm -rf python/clipfast/_native*.so $(NATIVE) dist

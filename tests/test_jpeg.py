@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import io
 import random
+import subprocess
 import sys
+import textwrap
 import warnings
+from pathlib import Path
 from typing import Any
 
 import clipfast
@@ -73,6 +76,40 @@ def test_rust_path_is_in_use() -> None:
     Rust decoder (elsewhere JPEGs stay with Pillow, and these tests still hold)."""
     if sys.platform.startswith("linux"):
         assert transforms._jpeg_in_rust()
+
+
+def test_without_a_usable_libjpeg_jpegs_stay_with_pillow(tmp_path: Path) -> None:
+    """A Pillow whose ``_imaging`` gives no libjpeg-turbo with the 6.2 ABI (a build against IJG
+    libjpeg 8/9, another platform, a wheel laid out differently): the lookup fails, the check at
+    first use turns the path off, and every JPEG, bytes or path, plain or fast, is Pillow's."""
+    data = jpeg(photo(300, 200), subsampling=2)
+    (tmp_path / "a.jpg").write_bytes(data)
+    code = f"""
+        import sys, warnings
+        warnings.filterwarnings("ignore")
+        sys.path.insert(0, {str(Path(clipfast.__file__).parent.parent)!r})
+        from PIL import Image, _imaging
+        from clipfast import _native, transforms
+        # A library that is loaded but has none of libjpeg's functions, in place of Pillow's.
+        _imaging.__file__ = _native.__file__
+        import clip, clipfast, torch
+        assert _native.use_pillow_libjpeg(_imaging.__file__) is not None
+        assert not transforms._jpeg_in_rust()
+        path = {str(tmp_path / "a.jpg")!r}
+        data = open(path, "rb").read()
+        assert transforms._rust_mode(data, False) is None
+        expected = clip.clip._transform(224)(Image.open(path))
+        for batch in (clipfast.preprocess_batch([data, path]), clipfast.preprocess_batch([path], threads=1)):
+            for got in batch:
+                assert torch.equal(got, expected)
+        fast = clipfast.preprocess_batch([data], 32, decode="fast")[0]
+        img = Image.open(path)
+        img.draft(None, (64, 64))
+        assert torch.equal(fast, clip.clip._transform(32)(img))
+        print("ok")
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 SIZES = [

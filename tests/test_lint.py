@@ -26,5 +26,5 @@ def test_package_type_checks() -> None:
 
 
 def test_ruff_clean() -> None:
-    result = _run("ruff", "check", "python", "tests", "benches")
+    result = _run("ruff", "check", "python", "tests", "benches", "scripts")
     assert result.returncode == 0, result.stdout + result.stderr
