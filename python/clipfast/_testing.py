@@ -11,7 +11,7 @@ Test support: needs the reference package; not part of the public API and not in
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
