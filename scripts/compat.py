@@ -49,11 +49,21 @@ TESTS = [
     "tests/test_package.py",
 ]
 
+# Printed as one tab-separated line: Python, torch, numpy, Pillow, ftfy, whether JPEGs take the Rust path.
 VERSIONS = (
     "import sys, torch, numpy, PIL, ftfy; from clipfast import transforms; "
-    "print(f'Python {sys.version.split()[0]}, torch {torch.__version__}, numpy {numpy.__version__}, "
-    "Pillow {PIL.__version__}, ftfy {ftfy.__version__}, JPEG in Rust: {transforms._jpeg_in_rust()}')"
+    "print(sys.version.split()[0], torch.__version__, numpy.__version__, PIL.__version__, ftfy.__version__, "
+    "'yes' if transforms._jpeg_in_rust() else 'no (Pillow decodes them)', sep='\\t')"
 )
+# Whether this torch runs fp16 convolutions on the CPU, which tracing a model the way OpenAI's archives
+# were made needs (torch 2.1 cannot): where not, the tests' archives are written by this script's
+# own Python (the development environment) through $CLIPFAST_ARCHIVE_PYTHON, as OpenAI's files were
+# written by another torch than the one that reads them.
+HALF_CONV = (
+    "import torch; x = torch.ones(1, 1, 3, 3, dtype=torch.half); torch.nn.functional.conv2d(x, x, padding=1)"
+)
+COLUMNS = ("Python", "torch", "numpy", "Pillow", "ftfy", "JPEGs decoded in Rust")
+README_MARKERS = ("<!-- compat:matrix -->", "<!-- /compat:matrix -->")
 
 
 def _interpreter(version: str) -> str:
@@ -125,23 +135,57 @@ def main(argv: list[str]) -> int:
     for name in names:
         version, requirements = COMBINATIONS[name]
         python = _environment(name, version, requirements, base)
-        versions = subprocess.run(
-            [str(python), "-c", VERSIONS], env=env, capture_output=True, text=True
-        ).stdout.strip()
-        print(f"\n== {name}: {versions}", flush=True)
+        probe = subprocess.run([str(python), "-c", VERSIONS], env=env, capture_output=True, text=True)
+        versions = probe.stdout.strip().split("\t")
+        if probe.returncode != 0 or len(versions) != len(COLUMNS):
+            print(probe.stderr, file=sys.stderr)
+            versions = ["?"] * len(COLUMNS)
+        print(f"\n== {name}: " + ", ".join(f"{c} {v}" for c, v in zip(COLUMNS, versions)), flush=True)
+        run_env = dict(env)
+        if subprocess.run([str(python), "-c", HALF_CONV], capture_output=True).returncode != 0:
+            run_env["CLIPFAST_ARCHIVE_PYTHON"] = sys.executable
+            print(
+                "compat: this torch has no fp16 convolution on the CPU: archives are written by",
+                sys.executable,
+            )
         problems = _check_floors(python) if name == "oldest" else []
         for problem in problems:
             print(f"compat: {problem}", file=sys.stderr)
         start = time.monotonic()
         status = subprocess.run(
-            [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS, *extra], cwd=ROOT, env=env
+            [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS, *extra],
+            cwd=ROOT,
+            env=run_env,
         ).returncode
         ok = status == 0 and not problems
         results.append((name, versions, ok, time.monotonic() - start))
     print("\ncompat summary:")
     for name, versions, ok, seconds in results:
-        print(f"  {name:<7} {'passed' if ok else 'FAILED'}  {versions}  ({seconds / 60:.1f} min)")
+        print(f"  {name:<7} {'passed' if ok else 'FAILED'}  {', '.join(versions)}  ({seconds / 60:.1f} min)")
+    _write_readme(results)
     return 0 if all(result[2] for result in results) else 1
+
+
+def _write_readme(results: list[tuple[str, list[str], bool, float]]) -> None:
+    """The tested matrix in the README between its markers: a row per combination run now (with
+    today's date), the rows of combinations not run this time kept as they were."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        return
+    head, rest = text.split(start, 1)
+    table, tail = rest.split(end, 1)
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    rows.pop("combination", None)
+    today = time.strftime("%Y-%m-%d")
+    for name, versions, ok, _ in results:
+        cells = [name, *versions, "passed" if ok else "FAILED", today]
+        rows[name] = "| " + " | ".join(cells) + " |"
+    header = "| combination | " + " | ".join(COLUMNS) + " | compat subset | tested |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
+    lines += [rows[name] for name in COMBINATIONS if name in rows]
+    readme.write_text(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ Test support: needs the reference package; not part of the public API and not in
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, replace
+import subprocess
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +66,26 @@ def build_reference_model(s: ModelSpec, seed: int = 0) -> Any:
 
 
 def write_openai_archive(path: str | os.PathLike[str], s: ModelSpec, seed: int = 0) -> Path:
-    """Write a TorchScript archive exactly as OpenAI's released ``.pt`` files are made; returns its path."""
+    """Write a TorchScript archive exactly as OpenAI's released ``.pt`` files are made; returns its path.
+
+    With ``$CLIPFAST_ARCHIVE_PYTHON`` set, that interpreter (with a newer torch, clipfast and
+    clip-anytorch) writes the file: the trace runs the model in fp16 on the CPU, which an older torch
+    (2.1) cannot do for convolutions (``make compat`` sets it for such a torch). OpenAI's own files,
+    too, were written by another torch than the one that reads them."""
+    other = os.environ.get("CLIPFAST_ARCHIVE_PYTHON")
+    if other:
+        code = (
+            "import json, sys; from clipfast import _testing; "
+            "d = json.loads(sys.argv[2]); "
+            "d['vision_layers'] = tuple(d['vision_layers']) if isinstance(d['vision_layers'], list) "
+            "else d['vision_layers']; "
+            "s = _testing.ModelSpec(**d); "
+            "_testing.write_openai_archive(sys.argv[1], s, int(sys.argv[3]))"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "CLIPFAST_ARCHIVE_PYTHON"}
+        args = [str(path), json.dumps(asdict(s)), str(seed)]
+        subprocess.run([other, "-c", code, *args], check=True, env=env)
+        return Path(path)
     return save_archive(build_reference_model(s, seed), s, path)
 
 

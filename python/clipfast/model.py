@@ -390,7 +390,7 @@ def _causal_mask(context_length: int) -> torch.Tensor:
     for the second thread cost 15-35 ms per model built on a busy two-core machine (0.2 ms here)."""
     full = np.full((context_length, context_length), -np.inf, dtype=np.float32)
     mask = torch.from_numpy(np.triu(full, 1))
-    device = torch.get_default_device()
+    device = torch.empty(0).device  # the default device (torch.get_default_device() needs torch >= 2.3)
     return mask if device.type in ("cpu", "meta") else mask.to(device)
 
 
