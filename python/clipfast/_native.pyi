@@ -149,7 +149,8 @@ def preprocess_into(
     ``(x / 255 - mean) / std`` in float32 (SIMD) wherever that reproduces ``lut`` exactly."""
 
 def simd_level() -> str:
-    """ "avx2", "sse4.1" or "none": the SIMD paths this CPU runs."""
+    """ "avx2+avxvnni", "avx2+avx512vnni", "avx2" or "none": the SIMD paths this CPU runs
+    (``CLIPFAST_SIMD=avx2`` keeps to plain AVX2)."""
 
 def use_pillow_libjpeg(path: str) -> str | None:
     """Decode JPEGs (item modes "jpeg" and "jpeg-fast") with the libjpeg that ``path`` (Pillow's

@@ -11,6 +11,7 @@ use super::pipeline::{
     resize_crop_u8, resize_streamed_u8, resize_window_u8, rgb_bytes, streams, Plan,
 };
 use super::pixels::{widen_rgb, Mode, Source};
+use super::scratch::Scratch;
 use std::sync::Mutex;
 
 /// One image of a batch.
@@ -61,7 +62,7 @@ pub fn process_item<T: Sample>(
             let img = decode_png(data, *max_pixels)?;
             if img.mode == Mode::Rgb {
                 // Pillow's 4-byte layout, which the SIMD horizontal pass takes.
-                let mut wide = vec![0u8; img.width * img.height * 4];
+                let mut wide = Scratch::any(img.width * img.height * 4);
                 widen_rgb(&img.pixels, &mut wide);
                 let src = Source {
                     rows: wide.chunks_exact(img.width * 4).collect(),
@@ -126,7 +127,7 @@ fn process_jpeg<T: Sample>(
         (plan.cols.start - cols.start) * dps,
         (plan.cols.end - cols.start) * dps,
     );
-    let mut decoded = Vec::new();
+    let mut decoded: Scratch<u8> = Scratch::any(0);
     let mut fill = |buf: &mut [u8], count: usize| -> Result<(), String> {
         decoded.resize(count * decoded_stride, 0);
         let mut rows: Vec<&mut [u8]> = decoded.chunks_exact_mut(decoded_stride).collect();
@@ -146,7 +147,7 @@ fn process_jpeg<T: Sample>(
     let (px, px_size) = if streams(&g, mode) {
         resize_streamed_u8(&plan, ps, mode, &g, simd, &mut fill)?
     } else {
-        let mut window = vec![0u8; plan.rows.len() * window_stride];
+        let mut window = Scratch::any(plan.rows.len() * window_stride);
         fill(&mut window, plan.rows.len())?;
         let rows = window.chunks_exact(window_stride).collect();
         resize_window_u8(&plan, rows, ps, mode, &g, simd)

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod pixels;
 pub mod resample;
 pub mod resample_simd;
+pub mod scratch;
 
 use crate::error::Error;
 use normalize::{Normalize, OutKind};
@@ -204,7 +205,7 @@ fn use_pillow_libjpeg(path: &str) -> Option<String> {
     jpeg::use_library(path).err()
 }
 
-/// Whether the running CPU has the SIMD paths (AVX2 or SSE4.1) the 8-bit passes can use.
+/// The SIMD paths the 8-bit passes use on this CPU (see `resample_simd::Level`).
 #[pyfunction]
 fn simd_level() -> &'static str {
     resample_simd::level()

@@ -8,6 +8,7 @@ use super::resample::{
     Plane, Rows, WideSample,
 };
 use super::resample_simd::Prepared;
+use super::scratch::Scratch;
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -57,7 +58,7 @@ impl Plan {
 
 /// Resize + crop an 8-bit image; returns n x n pixels (alpha un-premultiplied) and their size in
 /// bytes: `src.ps`, or 3 for RGB (Pillow's padding byte dropped).
-pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> (Vec<u8>, usize) {
+pub fn resize_crop_u8(src: &Source<'_>, g: &Geometry, simd: bool) -> (Scratch<u8>, usize) {
     let plan = Plan::new(g);
     let window = src.window(plan.rows.clone(), plan.cols.clone());
     resize_window_u8(&plan, window, src.ps, src.mode, g, simd)
@@ -72,24 +73,21 @@ pub fn resize_window_u8(
     mode: Mode,
     g: &Geometry,
     simd: bool,
-) -> (Vec<u8>, usize) {
+) -> (Scratch<u8>, usize) {
     let kept = kept_bytes(mode, ps);
     let n = g.n;
     let (h, v) = (plan.h.as_deref(), plan.v.as_deref());
     let (wrows, wcols) = (plan.rows.clone(), plan.cols.clone());
     // Pillow premultiplies only when it resamples; a same-size image is merely cropped.
     let premultiply_alpha = mode.has_alpha() && g.order != PassOrder::Copy;
-    let premultiplied: Vec<Vec<u8>>;
+    let mut premultiplied: Scratch<u8>;
     let window: Vec<&[u8]> = if premultiply_alpha {
-        premultiplied = window
-            .into_iter()
-            .map(|r| {
-                let mut out = Vec::new();
-                premultiply(&r[..wcols.len() * ps], ps, &mut out);
-                out
-            })
-            .collect();
-        premultiplied.iter().map(|r| &r[..]).collect()
+        let stride = wcols.len() * ps;
+        premultiplied = Scratch::any(window.len() * stride);
+        for (dst, r) in premultiplied.chunks_exact_mut(stride).zip(&window) {
+            premultiply(&r[..stride], ps, dst);
+        }
+        premultiplied.chunks_exact(stride).collect()
     } else {
         window
     };
@@ -104,20 +102,20 @@ pub fn resize_window_u8(
         PassOrder::VerticalOnly | PassOrder::Copy => ps,
         _ => kept,
     };
-    let mut out = vec![0u8; n * n * out_ps];
+    let mut out = Scratch::any(n * n * out_ps);
     match (g.order, h, v) {
         (PassOrder::HorizontalOnly, Some(h), _) => {
             horizontal_u8(&rows, ps, kept, h, &mut out, simd)
         }
         (PassOrder::VerticalOnly, _, Some(v)) => vertical_u8(&rows, ps, v, 0, n, &mut out, simd),
         (PassOrder::HorizontalFirst, Some(h), Some(v)) => {
-            let mut tmp = vec![0u8; rows.rows.len() * n * kept];
+            let mut tmp = Scratch::any(rows.rows.len() * n * kept);
             horizontal_u8(&rows, ps, kept, h, &mut tmp, simd);
             vertical_after_horizontal(&tmp, rows.row0, kept, v, n, &mut out, simd);
         }
         (PassOrder::VerticalFirst, Some(h), Some(v)) => {
             let cols = wcols.len();
-            let mut tmp = vec![0u8; n * cols * ps];
+            let mut tmp = Scratch::any(n * cols * ps);
             vertical_u8(&rows, ps, v, 0, cols, &mut tmp, simd);
             let mid = Rows {
                 rows: tmp.chunks_exact(cols * ps).collect(),
@@ -183,14 +181,14 @@ pub fn resize_streamed_u8(
     g: &Geometry,
     simd: bool,
     mut fill: impl FnMut(&mut [u8], usize) -> Result<(), String>,
-) -> Result<(Vec<u8>, usize), String> {
+) -> Result<(Scratch<u8>, usize), String> {
     let kept = kept_bytes(mode, ps);
     let n = g.n;
     let h = plan.h.as_deref().ok_or("no horizontal pass to stream")?;
     let stride = plan.cols.len() * ps;
     let out_row = n * kept;
-    let mut band = vec![0u8; STREAM_ROWS * stride];
-    let mut mid = vec![0u8; plan.rows.len() * out_row];
+    let mut band = Scratch::any(STREAM_ROWS * stride);
+    let mut mid = Scratch::any(plan.rows.len() * out_row);
     let prepared = Prepared::new(h, plan.cols.start, ps);
     for (i, dst) in mid.chunks_mut(STREAM_ROWS * out_row).enumerate() {
         let count = dst.len() / out_row;
@@ -206,7 +204,7 @@ pub fn resize_streamed_u8(
     match (g.order, plan.v.as_deref()) {
         (PassOrder::HorizontalOnly, _) => Ok((mid, kept)),
         (PassOrder::HorizontalFirst, Some(v)) => {
-            let mut out = vec![0u8; n * out_row];
+            let mut out = Scratch::any(n * out_row);
             vertical_after_horizontal(&mid, plan.rows.start, kept, v, n, &mut out, simd);
             Ok((out, kept))
         }
@@ -271,7 +269,7 @@ pub fn resize_crop_native(src: &Source<'_>, g: &Geometry, simd: bool) -> Vec<u8>
             .collect(),
         mode => {
             let (px, ps) = resize_crop_u8(src, g, simd);
-            pack(mode, ps, px)
+            pack(mode, ps, px.into_vec())
         }
     }
 }
