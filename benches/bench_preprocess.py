@@ -1,22 +1,31 @@
 """Preprocessing throughput: clip's PIL + torchvision pipeline vs clipfast, side by side.
 
-Inputs: the public-domain photos in tests/images (451x300 to 640x427) and synthetic photo-like
-images of 1024x768 and 4000x3000 (written once to benches/.cache/ as JPEG, quality 90).
+Inputs, in sets of different sizes, shapes and content:
+- the public-domain photos in tests/images (512x512 to 640x427);
+- other photos in benches/images (a 512x600 portrait, a 512x512 grey-level photo, a 1000x872
+  astronomical image, a 1411x1411 square photo; see benches/images/LICENSE.md);
+- camera-sized photos: those photos resampled to the sizes cameras and phones save (4032x3024,
+  3024x4032, 2048x2048, 1920x1080, 1080x1350) with a little sensor-like noise (written once to
+  benches/.cache/ as JPEG, quality 90);
+- synthetic photo-like images of 1024x768 and 4000x3000 (benches/.cache/, JPEG, quality 90).
 
 - decoded, 1 core:  ``clip.clip._transform(224)(img)`` vs ``clipfast`` preprocess (same object API)
                     on already decoded PIL images; torch limited to one thread.
 - JPEG bytes, 1 core: ``Image.open(BytesIO(b))`` + clip's pipeline vs
-                    ``clipfast.preprocess_batch(bytes, threads=1)`` (exact mode: Pillow decodes).
+                    ``clipfast.preprocess_batch(bytes, threads=1)`` (exact mode).
 - JPEG bytes (fast): the same with ``decode="fast"`` (large JPEGs decoded at a reduced DCT scale;
                     photos under 4 x 224 px are not reduced, so they stay exact).
-- PNG bytes, 1 core: the photos saved as PNG, the same pair (clipfast decodes 8-bit PNGs in Rust).
+- PNG bytes, 1 core: the tests/images photos saved as PNG, the same pair (clipfast decodes 8-bit
+                    PNGs in Rust).
 - all cores:        clip's pipeline in a fork process pool with one worker per core (what a DataLoader
                     does) vs ``clipfast.preprocess_batch(items, threads=cores)``.
+- scaling:          clipfast on a batch of 32 decoded images of the set, all cores vs one.
 
 Every case is timed ``--repeats`` times, reference and clipfast samples alternating, each sample
 about 0.25 s of repeated calls; the table shows medians in images per second and the median of the
 per-round ratios (each round's two samples are taken back to back, so a slow moment of this shared
-VM hits both sides of a ratio).
+VM hits both sides of a ratio). A set's speed is its images' total time, so large images weigh
+more, as in a dataset of them.
 Results must be exact: each run also checks clipfast's tensors equal clip's.
 
     python benches/bench_preprocess.py [--quick] [--repeats N]
@@ -47,6 +56,9 @@ sys.path.insert(0, str(ROOT / "python"))
 CACHE = ROOT / "benches" / ".cache"
 RESULTS = ROOT / "benches" / "results"
 PHOTOS = ROOT / "tests" / "images"
+MORE_PHOTOS = ROOT / "benches" / "images"
+#: Sizes cameras and phones save (12 MP 4:3 both ways, square, 16:9, Instagram's 4:5 portrait).
+CAMERA_SIZES = [(4032, 3024), (3024, 4032), (2048, 2048), (1920, 1080), (1080, 1350)]
 
 import clipfast  # noqa: E402
 from _machine import machine  # noqa: E402
@@ -80,9 +92,38 @@ def synthetic_jpeg(w: int, h: int) -> bytes:
     return path.read_bytes()
 
 
+def camera_sized(sources: list[Path], quick: bool) -> list[bytes]:
+    """The photos in ``sources`` resampled (bicubic, cropped to the aspect ratio) to camera sizes,
+    with a little Gaussian noise as a sensor leaves (so that JPEG decoding costs what a real photo
+    of that size costs), as JPEG quality 90; written once to benches/.cache/."""
+    out = []
+    sizes = CAMERA_SIZES[2:4] if quick else CAMERA_SIZES
+    for i, (w, h) in enumerate(sizes):
+        path = CACHE / f"camera_{w}x{h}.jpg"
+        if not path.exists():
+            CACHE.mkdir(parents=True, exist_ok=True)
+            src = Image.open(sources[i % len(sources)]).convert("RGB")
+            sw, sh = src.size
+            scale = max(w / sw, h / sh)
+            big = src.resize((max(w, round(sw * scale)), max(h, round(sh * scale))), Image.Resampling.BICUBIC)
+            left, top = (big.width - w) // 2, (big.height - h) // 2
+            pixels = np.asarray(big.crop((left, top, left + w, top + h)), dtype=np.float32)
+            rng = np.random.default_rng(w * h)
+            noisy = np.clip(pixels + rng.normal(0, 3, pixels.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(path, quality=90)
+        out.append(path.read_bytes())
+    return out
+
+
 def inputs(quick: bool) -> dict[str, list[bytes]]:
     photos = [p.read_bytes() for p in sorted(PHOTOS.glob("*.jpg"))]
-    sets = {"photos (451-640 px)": photos, "1024x768": [synthetic_jpeg(1024, 768)]}
+    more = sorted(MORE_PHOTOS.glob("*.jpg"))
+    sets = {
+        "photos (tests/images, 512-640 px)": photos,
+        "other photos (512-1411 px, portrait, square, grey)": [p.read_bytes() for p in more],
+        "camera sizes (1080x1350 to 4032x3024)": camera_sized(more, quick),
+        "1024x768": [synthetic_jpeg(1024, 768)],
+    }
     if not quick:
         sets["4000x3000"] = [synthetic_jpeg(4000, 3000)]
     return sets
@@ -120,6 +161,8 @@ class Pair(NamedTuple):
     reference_s: float  # median seconds per call
     ours_s: float
     ratio: float  # median over rounds of reference / ours
+    low: float  # the lowest and highest per-round ratio
+    high: float
 
 
 def timed_pair(reference: Callable[[], Any], ours: Callable[[], Any], repeats: int) -> Pair:
@@ -134,7 +177,13 @@ def timed_pair(reference: Callable[[], Any], ours: Callable[[], Any], repeats: i
                 fn()
             out.append((time.perf_counter() - t0) / n)
     ratios = [r / o for r, o in zip(*samples)]
-    return Pair(statistics.median(samples[0]), statistics.median(samples[1]), statistics.median(ratios))
+    return Pair(
+        statistics.median(samples[0]),
+        statistics.median(samples[1]),
+        statistics.median(ratios),
+        min(ratios),
+        max(ratios),
+    )
 
 
 def main() -> None:
@@ -149,7 +198,7 @@ def main() -> None:
     pre = transforms.for_resolution(N_PX)
     rows: list[dict[str, Any]] = []
 
-    scaling: list[tuple[str, float]] = []
+    scaling: list[tuple[str, Pair]] = []
 
     def add(case: str, count: int, pair: Pair) -> None:
         ref_s, fast_s = pair.reference_s, pair.ours_s
@@ -161,10 +210,11 @@ def main() -> None:
                 "reference_img_s": count / ref_s,
                 "clipfast_img_s": count / fast_s,
                 "ratio": pair.ratio,
+                "ratio_range": [pair.low, pair.high],
             }
         )
         speeds = f"clip {count / ref_s:8.1f} img/s   clipfast {count / fast_s:8.1f} img/s"
-        print(f"{case:48s} {speeds}   x{pair.ratio:.1f}")
+        print(f"{case:48s} {speeds}   x{pair.ratio:.1f} ({pair.low:.1f}-{pair.high:.1f})")
 
     torch.set_num_threads(1)
     for name, encoded in inputs(args.quick).items():
@@ -194,7 +244,7 @@ def main() -> None:
         )
         add(f"{name}, JPEG bytes (fast), 1 core", len(encoded), pair)
 
-        if name.startswith("photos"):
+        if name.startswith("photos (tests"):
             # The same photos as PNG files (Pillow's default compression): decoded in Rust, exactly.
             pngs = [png_bytes(im) for im in images]
             assert torch.equal(clipfast.preprocess_batch(pngs, threads=1), expected), "not exact"
@@ -222,14 +272,18 @@ def main() -> None:
                 lambda d=decoded: clipfast.preprocess_batch(d, threads=cores),
                 repeats,
             )
-            print(f"{'':45s} clipfast decoded: {cores} cores / 1 core = x{pair.ratio:.2f}")
+            print(
+                f"{'':45s} clipfast decoded: {cores} cores / 1 core = x{pair.ratio:.2f}"
+                f" ({pair.low:.2f}-{pair.high:.2f})"
+            )
             rows[-1]["clipfast_decoded_scaling"] = pair.ratio
-            scaling.append((name, pair.ratio))
+            rows[-1]["clipfast_decoded_scaling_range"] = [pair.low, pair.high]
+            scaling.append((name, pair))
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     head = (
         f"Preprocessing to 3x{N_PX}x{N_PX} float32, images per second (median of {repeats}; speed-up: "
-        f"median of the per-round ratios); {machine()}"
+        f"median of the per-round ratios, their lowest-highest in brackets); {machine()}"
     )
     table = [
         head,
@@ -237,13 +291,19 @@ def main() -> None:
         "| case | clip (PIL + torchvision) | clipfast | speed-up |",
         "|---|---:|---:|---:|",
         *(
-            f"| {r['case']} | {r['reference_img_s']:.1f} | {r['clipfast_img_s']:.1f} | {r['ratio']:.1f}x |"
+            f"| {r['case']} | {r['reference_img_s']:.1f} | {r['clipfast_img_s']:.1f} | "
+            f"{r['ratio']:.1f}x ({r['ratio_range'][0]:.1f}-{r['ratio_range'][1]:.1f}) |"
             for r in rows
         ),
     ]
     if scaling:
-        each = ", ".join(f"{ratio:.2f}x ({name})" for name, ratio in scaling)
-        table += ["", f"clipfast on {SCALING_BATCH} decoded images, {cores} threads vs 1: {each}."]
+        table += [
+            "",
+            f"clipfast on {SCALING_BATCH} decoded images, {cores} threads vs 1 (median of {repeats} "
+            "interleaved rounds, lowest-highest):",
+            "",
+            *(f"- {name}: {p.ratio:.2f}x ({p.low:.2f}-{p.high:.2f})" for name, p in scaling),
+        ]
     (RESULTS / "preprocess.md").write_text("\n".join(table) + "\n")
     (RESULTS / "preprocess.json").write_text(json.dumps({"rows": rows, "machine": machine()}, indent=2))
     print(f"wrote {RESULTS / 'preprocess.md'}")
