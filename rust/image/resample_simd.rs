@@ -931,8 +931,9 @@ accumulating_kernels!(
     vnni::dpwssd_evex
 );
 
-/// `vpdpwssd` on 256-bit vectors, written as assembly: the intrinsics need Rust 1.89 and the crate
-/// builds with 1.85. The VEX form is AVX-VNNI's, the EVEX form AVX512-VNNI's (with AVX512VL).
+/// `vpdpwssd` on 256-bit vectors, written as assembly (one instruction; the crate needs Rust 1.89
+/// for these target features anyway, whose intrinsics came in the same release). The VEX form is
+/// AVX-VNNI's, the EVEX form AVX512-VNNI's (with AVX512VL).
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use std::arch::asm;
