@@ -323,7 +323,7 @@ impl<'a> Machine<'a> {
     }
 
     fn pairs(values: Vec<Id>) -> Result<Vec<(Id, Id)>> {
-        if values.len() % 2 != 0 {
+        if !values.len().is_multiple_of(2) {
             return err("pickle SETITEMS with an odd number of items");
         }
         Ok(values.chunks_exact(2).map(|p| (p[0], p[1])).collect())

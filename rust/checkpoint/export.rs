@@ -188,7 +188,7 @@ pub fn fill(
     let base = out.as_ptr() as usize;
     if views
         .iter()
-        .any(|v| (base + v.dst.start) % v.dst_dtype.itemsize() != 0)
+        .any(|v| !(base + v.dst.start).is_multiple_of(v.dst_dtype.itemsize()))
     {
         return Err(fail("an output tensor is not aligned to its dtype".into()));
     }

@@ -478,7 +478,7 @@ mod tests {
         let mut out = NPY_MAGIC.to_vec();
         out.extend_from_slice(&[1, 0]);
         let mut text = header.to_string();
-        while (10 + text.len() + 1) % 64 != 0 {
+        while !(10 + text.len() + 1).is_multiple_of(64) {
             text.push(' ');
         }
         text.push('\n');

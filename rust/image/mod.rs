@@ -127,7 +127,10 @@ fn preprocess_into(
 ) -> PyResult<Vec<Option<String>>> {
     let kind =
         OutKind::parse(kind).ok_or_else(|| image_error(format!("unknown output kind {kind:?}")))?;
-    if out_len != items.len() * 3 * n_px * n_px || out_addr == 0 || out_addr % kind.size() != 0 {
+    if out_len != items.len() * 3 * n_px * n_px
+        || out_addr == 0
+        || !out_addr.is_multiple_of(kind.size())
+    {
         return Err(image_error("output buffer does not fit the batch"));
     }
     let mut errors = vec![None; items.len()];

@@ -165,7 +165,7 @@ fn affine_to_chw(px: &[u8], ps: usize, rgb: [usize; 3], affine: &Affine, out: &m
         && (1..=4).contains(&ps)
         && rgb.iter().all(|&i| i < ps)
         && out.len() == 3 * (px.len() / ps)
-        && px.len() % ps == 0
+        && px.len().is_multiple_of(ps)
     {
         // SAFETY: AVX2 and FMA are available (checked at run time just above); the sizes were
         // checked.
