@@ -229,7 +229,7 @@ def env_of(case: str) -> dict[str, str]:
     """The forward pass alone runs with the OpenMP wait policy clipfast.embed sets for itself (when
     the caller has not set one): the ratio to it measures the pipeline, not a thread setting."""
     if case == "forward":
-        return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or "PASSIVE"}
     return {}
 
 
