@@ -786,3 +786,19 @@ def test_open_clip_folder_model(tmp_path: Path, resize_mode: str) -> None:
     assert torch.equal(torch.from_numpy(got["text_emb"]), want)
     # clip's standard steps go through preprocess_batch; open_clip's squash through its own object.
     assert ("mean" in summary.preprocess) == (resize_mode == "shortest"), summary.preprocess
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_unless_the_user_chose(given: str | None, expected: str) -> None:
+    # torch's OpenMP threads spin by default and starve the reader threads on the CPU; OpenMP reads
+    # the policy once, when torch loads, so clipfast.embedding sets it before importing torch.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    package = str(Path(clipfast.__file__).parent.parent)
+    code = (
+        f"import sys, os; sys.path.insert(0, {package!r}); import clipfast; clipfast.embed; "
+        "assert 'torch' in sys.modules; print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
