@@ -2,7 +2,12 @@
 //!
 //! Only what checkpoints need: the central directory (with ZIP64), each entry's data range,
 //! stored entries as zero-copy slices and deflated entries inflated with a size limit. Every
-//! offset and length read from the file is checked against the slice before it is used.
+//! offset and length read from the file is checked against the slice before it is used, and no
+//! two entries may share bytes (overlapping entries would let a small file declare many large
+//! records). What `read` returns (the records the reader parses: pickles, code, byte order) is
+//! checked against the CRC-32 of the central directory; the tensor data records are never read
+//! through it, they stay zero-copy views of the map, unchecked (hashing them would read every
+//! byte of a multi-GB file on each load; the download's SHA-256 covers them).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -52,6 +57,10 @@ pub struct Entry {
     /// Where the (possibly compressed) bytes lie in the archive.
     pub data: Range<usize>,
     pub uncompressed_size: u64,
+    /// CRC-32 of the uncompressed bytes, from the central directory.
+    pub crc32: u32,
+    /// Where the entry's local header starts (the entry occupies `local..data.end`).
+    pub local: usize,
 }
 
 /// The directory of an archive: entries in central-directory order, and an index by name.
@@ -143,6 +152,7 @@ impl<'a> Archive<'a> {
             by_name.insert(entry.name.clone(), entries.len());
             entries.push(entry);
         }
+        refuse_overlaps(&entries, &cd)?;
         Ok(Archive {
             bytes,
             entries,
@@ -164,9 +174,21 @@ impl<'a> Archive<'a> {
         self.bytes.get(entry.data.clone()).unwrap_or(&[])
     }
 
-    /// The uncompressed contents of an entry: a slice of the map when stored, inflated otherwise.
-    /// `limit` bounds the size of what may be allocated for it.
+    /// The uncompressed contents of an entry: a slice of the map when stored, inflated otherwise,
+    /// checked against the entry's CRC-32. `limit` bounds the size of what may be allocated.
     pub fn read(&self, entry: &Entry, limit: u64) -> Result<Cow<'a, [u8]>> {
+        let out = self.read_unchecked(entry, limit)?;
+        let crc = crc32fast::hash(&out);
+        if crc != entry.crc32 {
+            return err(format!(
+                "entry {} is damaged: its CRC-32 is {crc:08x}, the directory says {:08x}",
+                entry.name, entry.crc32
+            ));
+        }
+        Ok(out)
+    }
+
+    fn read_unchecked(&self, entry: &Entry, limit: u64) -> Result<Cow<'a, [u8]>> {
         let raw = &self.bytes[entry.data.clone()];
         match entry.method {
             Method::Stored => Ok(Cow::Borrowed(raw)),
@@ -193,6 +215,28 @@ impl<'a> Archive<'a> {
             }
         }
     }
+}
+
+/// No two entries, and no entry and the central directory, may share bytes: every record is its
+/// own run of the file, so records never add up to more than the file's size.
+fn refuse_overlaps(entries: &[Entry], cd: &Range<usize>) -> Result<()> {
+    let mut spans: Vec<(usize, usize, &str)> = entries
+        .iter()
+        .map(|e| (e.local, e.data.end, e.name.as_str()))
+        .collect();
+    if !cd.is_empty() {
+        spans.push((cd.start, cd.end, "the central directory"));
+    }
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            return err(format!(
+                "entries {a} and {b} overlap (a damaged or crafted zip)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Finds the end-of-central-directory record, searching backwards over a possible comment.
@@ -223,6 +267,7 @@ fn read_central_entry(bytes: &[u8], at: usize, end: usize) -> Result<(Entry, usi
         return err(format!("central directory entry at byte {at} is damaged"));
     }
     let method = read_u16(bytes, at + 10)?;
+    let crc32 = read_u32(bytes, at + 16)?;
     let mut compressed = u64::from(read_u32(bytes, at + 20)?);
     let mut uncompressed = u64::from(read_u32(bytes, at + 24)?);
     let name_len = usize::from(read_u16(bytes, at + 28)?);
@@ -290,6 +335,8 @@ fn read_central_entry(bytes: &[u8], at: usize, end: usize) -> Result<(Entry, usi
             method,
             data,
             uncompressed_size: uncompressed,
+            crc32,
+            local,
         },
         next,
     ))
@@ -305,8 +352,10 @@ pub(crate) mod tests {
         let mut central = Vec::new();
         for (name, data) in entries {
             let local = out.len() as u32;
+            let crc = crc32fast::hash(data);
             out.extend_from_slice(&LOCAL_SIG.to_le_bytes());
-            out.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            out.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            out.extend_from_slice(&crc.to_le_bytes());
             out.extend_from_slice(&(data.len() as u32).to_le_bytes());
             out.extend_from_slice(&(data.len() as u32).to_le_bytes());
             out.extend_from_slice(&(name.len() as u16).to_le_bytes());
@@ -314,7 +363,8 @@ pub(crate) mod tests {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(data);
             central.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
-            central.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            central.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            central.extend_from_slice(&crc.to_le_bytes());
             let size = if zip64 {
                 0xFFFF_FFFFu32
             } else {
@@ -400,6 +450,8 @@ pub(crate) mod tests {
             method: Method::Deflated,
             data: 0..packed.len(),
             uncompressed_size: text.len() as u64,
+            crc32: crc32fast::hash(&text),
+            local: 0,
         };
         let zip = Archive {
             bytes: &packed,
@@ -410,9 +462,45 @@ pub(crate) mod tests {
         assert!(zip.read(&entry, 10).is_err());
         let lying = Entry {
             uncompressed_size: 5,
-            ..entry
+            ..entry.clone()
         };
         assert!(zip.read(&lying, 1 << 20).is_err());
+        let damaged = Entry {
+            crc32: entry.crc32 ^ 1,
+            ..entry
+        };
+        let e = zip.read(&damaged, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("CRC-32"), "{e}");
+    }
+
+    #[test]
+    fn checks_the_crc_of_what_it_reads() {
+        let bytes = build(&[("a/data.pkl", b"hello")], false);
+        let data = Archive::new(&bytes)
+            .unwrap()
+            .get("a/data.pkl")
+            .unwrap()
+            .data
+            .clone();
+        let mut bad = bytes.clone();
+        bad[data.start] ^= 0x20;
+        let zip = Archive::new(&bad).unwrap();
+        let e = zip.read(zip.get("a/data.pkl").unwrap(), 100).unwrap_err();
+        assert!(e.to_string().contains("CRC-32"), "{e}");
+    }
+
+    #[test]
+    fn refuses_overlapping_entries() {
+        // Two central entries for the same local record: a small file declaring many large ones.
+        let bytes = build(&[("a", b"0123456789"), ("b", b"x")], false);
+        let zip = Archive::new(&bytes).unwrap();
+        let b_local = zip.get("b").unwrap().local as u32;
+        let cd = zip.get("b").unwrap().data.end;
+        let mut bad = bytes.clone();
+        // The first central entry's local-header offset (byte 42 of the entry) -> b's record.
+        bad[cd + 42..cd + 46].copy_from_slice(&b_local.to_le_bytes());
+        let e = Archive::new(&bad).unwrap_err().to_string();
+        assert!(e.contains("overlap"), "{e}");
     }
 
     #[test]
