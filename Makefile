@@ -5,6 +5,8 @@
 #   make lint    cargo fmt/clippy, ruff, mypy, stubtest
 #   make dist    the manylinux abi3 wheel and the sdist in dist/, checked (contents, tags, the sdist builds)
 #   make compat  the compat subset of the tests on the oldest and newest supported Python/torch/Pillow/numpy
+#   make fuzz    set up, then run every fuzz target (budget + plateau rule), the differential
+#                targets and the slow sweeps; keeps the minimised corpora (see fuzz/run.py)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,7 +25,7 @@ WHEEL_DIR := target/wheel
 WHEEL := $(WHEEL_DIR)/.stamp
 ZIG_DIR = $$($(PY) -c "import os, ziglang; print(os.path.dirname(ziglang.__file__))")
 
-.PHONY: setup build-dev demo test test-rust test-python bench lint fmt clean check-clip-retrieval dist compat
+.PHONY: setup build-dev demo test test-rust test-python bench lint fmt clean check-clip-retrieval dist compat fuzz
 
 setup: $(STAMP)
 
@@ -56,11 +58,14 @@ test: build-dev
 bench: build-dev
 	$(PY) benches/run_all.py
 
+fuzz: build-dev
+	nice $(PY) fuzz/run.py $(FUZZ_ARGS)
+
 lint: build-dev
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests benches scripts
-	$(VENV)/bin/ruff format --check python tests benches scripts
+	$(VENV)/bin/ruff check python tests benches scripts fuzz
+	$(VENV)/bin/ruff format --check python tests benches scripts fuzz
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest clipfast._native
 
@@ -73,8 +78,8 @@ check-clip-retrieval: build-dev
 
 fmt:
 	cargo fmt
-	$(VENV)/bin/ruff format python tests benches scripts
-	$(VENV)/bin/ruff check --fix python tests benches scripts
+	$(VENV)/bin/ruff format python tests benches scripts fuzz
+	$(VENV)/bin/ruff check --fix python tests benches scripts fuzz
 
 # dist/: the wheel and the sdist; tests/test_wheel.py checks both (CLIPFAST_SDIST: also build a wheel
 # from the sdist with the plain toolchain, in target/sdist-check so that repeated runs reuse it).

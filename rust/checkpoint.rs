@@ -9,7 +9,7 @@ mod convert;
 mod dtype;
 pub mod export;
 pub mod npz;
-mod safetensors;
+pub(crate) mod safetensors;
 mod torch_pickle;
 mod torchscript;
 
@@ -177,7 +177,8 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
         .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: {e}")))?;
     let pickle = pickle::parse(&pkl_bytes)
         .map_err(|e| Error::checkpoint(path, format!("{pkl_name}: {e}")))?;
-    let mut rebuilder = torch_pickle::Rebuilder::new(path, &pickle, &archive, &root);
+    let mut rebuilder =
+        torch_pickle::Rebuilder::new(path, &pickle, &archive, &root, pkl_bytes.len());
     if torchscript::is_script_module(&pickle, pickle.root) {
         let classes = torchscript::read_classes(path, &archive, &root, MAX_CODE_BYTES)?;
         let tensors = torchscript::state_dict(&mut rebuilder, &classes)?;

@@ -6,10 +6,10 @@
 
 mod backoff;
 mod disk;
-mod engine;
-mod http;
+pub(crate) mod engine;
+pub(crate) mod http;
 mod lock;
-mod partial;
+pub(crate) mod partial;
 
 pub use engine::{fetch as fetch_file, Observer, Options, Report};
 

@@ -6,6 +6,8 @@
 pub mod checkpoint;
 pub mod download;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod hash;
 pub mod image;
 pub mod parallel;

@@ -40,10 +40,10 @@ pub enum Value {
     /// Items in insertion order (later duplicates are kept; readers take the last).
     Dict(Vec<(Id, Id)>),
     Set(Vec<Id>),
-    /// A global reference `module.name`; never resolved.
+    /// A global reference `module.name` (two `Str` values, shared, never copied); never resolved.
     Global {
-        module: String,
-        name: String,
+        module: Id,
+        name: Id,
     },
     /// The result of a call that was not made: the callable, its argument tuple, and whatever
     /// BUILD / SETITEM(S) / APPEND(S) applied to it afterwards.
@@ -89,7 +89,10 @@ impl Pickle {
     /// The `module.name` of a global, if `id` is one.
     pub fn global_name(&self, id: Id) -> Option<(&str, &str)> {
         match self.get(id) {
-            Value::Global { module, name } => Some((module, name)),
+            Value::Global { module, name } => match (self.get(*module), self.get(*name)) {
+                (Value::Str(module), Value::Str(name)) => Some((module, name)),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -280,8 +283,11 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn global(&mut self, module: String, name: String) -> Result<()> {
-        self.push(Value::Global { module, name })
+    /// A global named by two text lines (GLOBAL, INST).
+    fn global_from_lines(&mut self, module: String, name: String) -> Result<Id> {
+        let module = self.alloc(Value::Str(module))?;
+        let name = self.alloc(Value::Str(name))?;
+        self.alloc(Value::Global { module, name })
     }
 
     fn call(&mut self, func: Id, args: Id, kind: CallKind) -> Result<()> {
@@ -587,18 +593,18 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.line()?.to_owned();
                     let name = self.line()?.to_owned();
-                    self.global(module, name)?;
+                    let global = self.global_from_lines(module, name)?;
+                    self.stack.push(global);
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Value::Str(module), Value::Str(name)) =
+                    let (Value::Str(_), Value::Str(_)) =
                         (&self.nodes[module.0 as usize], &self.nodes[name.0 as usize])
                     else {
                         return err("pickle STACK_GLOBAL with non-string names");
                     };
-                    let (module, name) = (module.clone(), name.clone());
-                    self.global(module, name)?;
+                    self.push(Value::Global { module, name })?;
                 }
                 0x82..=0x84 => return err("pickle uses the copyreg extension registry (EXT*)"),
                 b'R' => {
@@ -621,7 +627,7 @@ impl<'a> Machine<'a> {
                     let module = self.line()?.to_owned();
                     let name = self.line()?.to_owned();
                     let items = self.pop_mark()?;
-                    let cls = self.alloc(Value::Global { module, name })?;
+                    let cls = self.global_from_lines(module, name)?;
                     let args = self.alloc(Value::Tuple(items))?;
                     self.call(cls, args, CallKind::NewObj)?;
                 }

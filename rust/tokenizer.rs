@@ -2,11 +2,11 @@
 //! with the GIL released. Text cleaning that needs ftfy stays in Python (a callback); text
 //! that provably passes ftfy unchanged takes a fast path (see `cleanup`).
 
-mod bpe;
+pub(crate) mod bpe;
 mod char_classes;
-mod cleanup;
-mod pretokenize;
-mod vocab;
+pub(crate) mod cleanup;
+pub(crate) mod pretokenize;
+pub(crate) mod vocab;
 
 use bpe::Bpe;
 use pyo3::exceptions::{PyTypeError, PyValueError};

@@ -517,20 +517,82 @@ def _fix_ihdr_crc(data: bytes) -> bytes:
     return data[:29] + struct.pack(">I", zlib.crc32(body)) + data[33:]
 
 
-def test_batch_damaged_pngs_are_judged_by_pillow() -> None:
+def _png_chunks(data: bytes) -> list[tuple[int, bytes, int]]:
+    """(offset, type, length) of each chunk."""
+    out, at = [], 8
+    while at + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        out.append((at, data[at + 4 : at + 8], length))
+        at += 12 + length
+    return out
+
+
+def _with_chunk_before_idat(data: bytes, kind: bytes, body: bytes) -> bytes:
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return data[:33] + chunk + data[33:]  # after the signature and IHDR
+
+
+def _damaged_pngs() -> dict[str, bytes]:
     good = encode(synthetic(300, 200, "RGB"), "PNG")
-    truncated = good[: len(good) // 2]
-    with pytest.raises(ImageError, match=r"item 1: .*(truncated|broken|OSError|SyntaxError)"):
-        clipfast.preprocess_batch([good, truncated], threads=2)
-    bad_crc = bytearray(good)
-    bad_crc[40] ^= 0xFF  # inside the first IDAT: both decoders see a corrupt stream
-    out, bad = clipfast.preprocess_batch([good, bytes(bad_crc), good], on_error="skip")
+    idat_at, _, idat_len = next(c for c in _png_chunks(good) if c[1] == b"IDAT")
+    iccp = _with_chunk_before_idat(good, b"iCCP", b"icc\x00\x00" + zlib.compress(b"\x00" * 128))
+    text = _with_chunk_before_idat(good, b"tEXt", b"comment\x00tiny")
+    iccp_at, _, iccp_len = next(c for c in _png_chunks(iccp) if c[1] == b"iCCP")
+    text_at, _, text_len = next(c for c in _png_chunks(text) if c[1] == b"tEXt")
+
+    def flip(data: bytes, at: int) -> bytes:
+        out = bytearray(data)
+        out[at] ^= 0x01
+        return bytes(out)
+
+    return {
+        "truncated": good[: len(good) // 2],
+        # Inside the compressed image data: a corrupt stream, or other pixels.
+        "idat data": flip(good, idat_at + 8 + idat_len // 2),
+        # Pillow does not check the CRC of image data chunks: both decode.
+        "idat crc": flip(good, idat_at + 8 + idat_len),
+        # Pillow checks the CRC of every chunk before the image data and refuses the file; the
+        # png crate skipped ancillary chunks unchecked, so Rust decoded these (the fuzzer's find).
+        "iCCP crc": flip(iccp, iccp_at + 8 + iccp_len),
+        "tEXt crc": flip(text, text_at + 8 + text_len),
+        "tEXt data": flip(text, text_at + 8 + 2),
+        "chunk type": good[: idat_at + 5] + b"\x00" + good[idat_at + 6 :],
+        "iCCP ok": iccp,
+        "tEXt ok": text,
+    }
+
+
+@pytest.mark.parametrize("name", list(_damaged_pngs()))
+def test_batch_damaged_pngs_behave_as_in_clip(name: str) -> None:
+    """Each damaged PNG gives clip's tensor where clip's pipeline gives one, and an ImageError
+    where it raises, whether Rust decodes it or hands it to Pillow."""
+    data = _damaged_pngs()[name]
+    good = encode(synthetic(300, 200, "RGB"), "PNG")
     try:
-        want_bad: Any = reference(Image.open(io.BytesIO(bytes(bad_crc))), 224)
+        want: Any = reference(Image.open(io.BytesIO(data)), 224)
     except Exception:
-        want_bad = None
-    assert (bad == [1]) == (want_bad is None)
+        want = None
+    out, bad = clipfast.preprocess_batch([good, data, good], threads=2, on_error="skip")
     assert torch.equal(out[0], reference(Image.open(io.BytesIO(good)), 224))
+    if want is None:
+        assert bad == [1], name
+        with pytest.raises(ImageError, match=r"item 0: "):
+            clipfast.preprocess_batch([data])
+    else:
+        assert bad == [], name
+        assert torch.equal(out[1], want), name
+
+
+def test_damaged_png_cases_are_what_they_claim() -> None:
+    """The cases above hit the chunks they name, and clip refuses exactly the CRC and type cases."""
+    refused = set()
+    for name, data in _damaged_pngs().items():
+        try:
+            reference(Image.open(io.BytesIO(data)), 32)
+        except Exception:
+            refused.add(name)
+    assert {"truncated", "iCCP crc", "tEXt crc", "tEXt data", "chunk type"} <= refused
+    assert not refused & {"idat crc", "iCCP ok", "tEXt ok"}
 
 
 def test_batch_threads_then_fork_does_not_deadlock(fork_after: Callable[..., None]) -> None:

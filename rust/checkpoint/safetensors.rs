@@ -1,6 +1,8 @@
 //! safetensors: an 8-byte little-endian header length, a JSON header
 //! `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, then the
-//! data. Each tensor is contiguous and owns its byte range.
+//! data. Each tensor is contiguous and owns its byte range; as the safetensors library requires,
+//! the ranges follow each other without gap or overlap and cover the data exactly (so a small
+//! file cannot declare many tensors over the same bytes).
 
 use super::{Contents, Dtype, Format, Storage, Tensor};
 use crate::error::{Error, Result};
@@ -35,6 +37,14 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<Contents> {
     let mut rows = Vec::with_capacity(entries.len());
     for (name, info) in &entries {
         if name == "__metadata__" {
+            let strings = match info {
+                Value::Null => true,
+                Value::Object(map) => map.values().all(Value::is_string),
+                _ => false,
+            };
+            if !strings {
+                return Err(fail("__metadata__ is not a map of strings".into()));
+            }
             continue;
         }
         let dtype_name = info.get("dtype").and_then(Value::as_str).unwrap_or("");
@@ -72,12 +82,29 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<Contents> {
         // Contiguous strides.
         let mut stride = vec![1i64; shape.len()];
         for i in (0..shape.len().saturating_sub(1)).rev() {
-            stride[i] = stride[i + 1] * shape[i + 1].max(1);
+            // Only a shape with a zero dimension can get here with a product that overflows.
+            stride[i] = stride[i + 1]
+                .checked_mul(shape[i + 1].max(1))
+                .ok_or_else(|| fail(format!("tensor {name:?}: shape {shape:?} overflows")))?;
         }
         rows.push((begin, name.clone(), dtype, shape, stride, end));
     }
     // safetensors.torch.load_file returns tensors in data order.
     rows.sort_by(|a, b| (a.0, a.5, &a.1).cmp(&(b.0, b.5, &b.1)));
+    let mut covered = 0;
+    for (begin, name, _, _, _, end) in &rows {
+        if *begin != covered {
+            return Err(fail(format!(
+                "tensor {name:?}: data offsets {begin}..{end} overlap another tensor or leave a gap"
+            )));
+        }
+        covered = *end;
+    }
+    if covered != data_len {
+        return Err(fail(format!(
+            "the tensors cover {covered} of the {data_len} data bytes"
+        )));
+    }
     let mut storages = Vec::with_capacity(rows.len());
     let mut tensors = Vec::with_capacity(rows.len());
     for (begin, name, dtype, shape, stride, end) in rows {
@@ -121,6 +148,10 @@ mod tests {
         let h = r#"{"b":{"dtype":"F16","shape":[2],"data_offsets":[8,12]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"x":"y"}}"#;
         let bytes = file(h, &[0; 12]);
         let c = read(Path::new("x"), &bytes).unwrap();
+        assert!(
+            read(Path::new("x"), &file(h, &[0; 13])).is_err(),
+            "trailing data"
+        );
         assert_eq!(c.tensors[0].name, "a");
         assert_eq!(c.tensors[1].dtype, Dtype::F16);
         assert_eq!(c.storages[1].bytes, 8 + h.len() + 8..8 + h.len() + 12);
@@ -134,6 +165,10 @@ mod tests {
             r#"{"a":{"dtype":"X","shape":[2],"data_offsets":[0,8]}}"#,
             r#"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#,
             r#"[1]"#,
+            r#"{"a":{"dtype":"F32","shape":[0,4611686018427387904,4611686018427387904],"data_offsets":[0,0]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            r#"{"__metadata__":{"x":1},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
             r#"{"a""#,
         ] {
             assert!(read(Path::new("x"), &file(h, &[0; 8])).is_err(), "{h}");

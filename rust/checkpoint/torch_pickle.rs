@@ -45,6 +45,13 @@ fn is_unsupported_tensor_kind(global: &str) -> bool {
         || global.starts_with("torch.nested._internal.")
 }
 
+/// What reading a pickle may produce (names, shapes, module visits), in bytes per byte of the
+/// pickle plus a fixed allowance: values the pickle shares through its memo (one shape tuple for
+/// many tensors, one module reached from many parents, one long slot name at every level) must
+/// not multiply into output far larger than the file. Real checkpoints use well under 4.
+const WORK_PER_BYTE: usize = 16;
+const WORK_ALLOWANCE: usize = 1 << 20;
+
 /// Turns the records of one pickle into tensors over the storages of one zip archive.
 pub struct Rebuilder<'a> {
     path: &'a Path,
@@ -53,14 +60,18 @@ pub struct Rebuilder<'a> {
     root: &'a str,
     storages: Vec<Storage>,
     by_key: HashMap<String, usize>,
+    /// What may still be produced (see WORK_PER_BYTE).
+    work_left: usize,
 }
 
 impl<'a> Rebuilder<'a> {
+    /// `pickle_len`: the size of the pickle's bytes, which bounds what reading it may produce.
     pub fn new(
         path: &'a Path,
         pickle: &'a Pickle,
         archive: &'a Archive<'a>,
         root: &'a str,
+        pickle_len: usize,
     ) -> Self {
         Rebuilder {
             path,
@@ -69,6 +80,23 @@ impl<'a> Rebuilder<'a> {
             root,
             storages: Vec::new(),
             by_key: HashMap::new(),
+            work_left: pickle_len
+                .saturating_mul(WORK_PER_BYTE)
+                .saturating_add(WORK_ALLOWANCE),
+        }
+    }
+
+    /// Counts `amount` bytes of output (or work) against the pickle's allowance.
+    pub fn charge(&mut self, amount: usize) -> Result<()> {
+        match self.work_left.checked_sub(amount) {
+            Some(left) => {
+                self.work_left = left;
+                Ok(())
+            }
+            None => Err(self.fail(
+                "the pickle describes far more names, shapes or modules than its size allows \
+                 (shared records repeated: a damaged or crafted file)",
+            )),
         }
     }
 
@@ -112,7 +140,10 @@ impl<'a> Rebuilder<'a> {
             Value::Dict(_) => "a dict".into(),
             Value::Set(_) => "a set".into(),
             Value::PersistentId(_) => "a bare storage".into(),
-            Value::Global { module, name } => format!("the global {module}.{name}"),
+            Value::Global { .. } => match self.pickle.global_name(id) {
+                Some((m, n)) => format!("the global {m}.{n}"),
+                None => "a global".into(),
+            },
             Value::Call { func, .. } => match self.pickle.global_name(*func) {
                 Some(("collections", "OrderedDict")) => "a dict".into(),
                 Some((m, n)) => format!("an object made by {m}.{n}"),
@@ -134,7 +165,7 @@ impl<'a> Rebuilder<'a> {
             _ => return None,
         };
         let mut out: Vec<(Id, Id)> = Vec::with_capacity(items.len());
-        let mut index: HashMap<DictKey, usize> = HashMap::with_capacity(items.len());
+        let mut index: HashMap<DictKey<'_>, usize> = HashMap::with_capacity(items.len());
         for &(k, v) in items {
             match index.get(&self.key_of(k)) {
                 Some(&i) => out[i].1 = v,
@@ -147,9 +178,10 @@ impl<'a> Rebuilder<'a> {
         Some(out)
     }
 
-    fn key_of(&self, id: Id) -> DictKey {
-        match self.pickle.get(id) {
-            Value::Str(s) => DictKey::Str(s.clone()),
+    fn key_of(&self, id: Id) -> DictKey<'a> {
+        let pickle: &'a Pickle = self.pickle;
+        match pickle.get(id) {
+            Value::Str(s) => DictKey::Str(s),
             Value::Int(i) => DictKey::Int(*i),
             _ => DictKey::Other(id),
         }
@@ -157,7 +189,11 @@ impl<'a> Rebuilder<'a> {
 
     /// The tensor `id` rebuilds, or None when it is not a tensor rebuild call.
     pub fn tensor(&mut self, id: Id, name: &str) -> Result<Option<Tensor>> {
-        self.tensor_at(id, name, 0)
+        let tensor = self.tensor_at(id, name, 0)?;
+        if let Some(t) = &tensor {
+            self.charge(64 + name.len() + 16 * t.shape.len())?;
+        }
+        Ok(tensor)
     }
 
     fn tensor_at(&mut self, id: Id, name: &str, depth: usize) -> Result<Option<Tensor>> {
@@ -454,9 +490,10 @@ impl<'a> Rebuilder<'a> {
     }
 }
 
+/// A dict key as Python compares it (strings by value, borrowed from the pickle).
 #[derive(Debug, PartialEq, Eq, Hash)]
-enum DictKey {
-    Str(String),
+enum DictKey<'p> {
+    Str(&'p str),
     Int(i64),
     Other(Id),
 }

@@ -13,7 +13,7 @@ use super::Tensor;
 use crate::error::{Error, Result};
 use crate::pickle::{CallKind, Id, Pickle, Value};
 use crate::zip::Archive;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// How deep module trees may nest (ResNets nest about 5 levels).
@@ -22,8 +22,8 @@ const MAX_DEPTH: usize = 256;
 /// What the code of one module class declares.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ClassInfo {
-    pub parameters: Vec<String>,
-    pub buffers: Vec<String>,
+    pub parameters: HashSet<String>,
+    pub buffers: HashSet<String>,
 }
 
 /// Module classes by qualified name (`__torch__.clip.model.CLIP`).
@@ -97,7 +97,7 @@ pub fn parse_classes(module: &str, text: &str, out: &mut Classes) {
                 None => break,
             }
         }
-        let names = quoted_names(&list);
+        let names: HashSet<String> = quoted_names(&list).into_iter().collect();
         let info = out.entry(class.clone()).or_default();
         if field == 0 {
             info.parameters = names;
@@ -158,6 +158,9 @@ fn collect(
         ));
     };
     let class = format!("{m}.{n}");
+    // Each visit costs its work, so that a module reached from many parents (a DAG through the
+    // memo: 2^depth paths) cannot make the walk exponential.
+    rb.charge(64 + prefix.len() + class.len())?;
     let Some(info) = classes.get(&class) else {
         return Err(Error::checkpoint(
             &path,
@@ -177,9 +180,10 @@ fn collect(
         .iter()
         .filter_map(|&(k, v)| pickle.as_str(k).map(|k| (k, v)))
         .collect();
+    rb.charge(16 * slots.len())?;
     for list in [&info.parameters, &info.buffers] {
         for &(slot, value) in &named {
-            if !list.iter().any(|p| p == slot) || pickle.get(value) == &Value::None {
+            if !list.contains(slot) || pickle.get(value) == &Value::None {
                 continue;
             }
             let name = format!("{prefix}{slot}");
@@ -228,11 +232,12 @@ mod tests {
         let mut classes = Classes::new();
         parse_classes("__torch__.a.___torch_mangle_3", code, &mut classes);
         let linear = &classes["__torch__.a.___torch_mangle_3.Linear"];
-        assert_eq!(linear.parameters, ["weight", "bias"]);
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<HashSet<_>>();
+        assert_eq!(linear.parameters, set(&["weight", "bias"]));
         assert!(linear.buffers.is_empty());
         assert_eq!(
             classes["__torch__.a.___torch_mangle_3.Block"].buffers,
-            ["mask", "pos"]
+            set(&["mask", "pos"])
         );
         assert!(!classes.contains_key("__torch__.a.___torch_mangle_3.Helper"));
     }

@@ -352,13 +352,7 @@ fn receive_body(
         match next_event(events, state, options, observer, &mut last_tick)? {
             Some(Event::Chunk(bytes)) => {
                 let len = bytes.len() as u64;
-                if let Some(total) = state.total {
-                    if state.have + len > total {
-                        return Err(Stop::Restart(format!(
-                            "the server sent more than the {total} bytes it announced"
-                        )));
-                    }
-                }
+                after_chunk(state.have, len, state.total).map_err(Stop::Restart)?;
                 writer
                     .write_all(&bytes)
                     .map_err(|e| Error::io(&state.partial.part, e))?;
@@ -371,18 +365,10 @@ fn receive_body(
                 }
             }
             Some(Event::End) => {
-                if let Some(total) = state.total {
-                    if state.have < total {
-                        return Err(Stop::Retry {
-                            msg: format!(
-                                "the connection closed after {} of {total} bytes",
-                                state.have
-                            ),
-                            retry_after: None,
-                        });
-                    }
-                }
-                return Ok(());
+                return at_end(state.have, state.total).map_err(|msg| Stop::Retry {
+                    msg,
+                    retry_after: None,
+                });
             }
             Some(Event::Failed { msg, .. }) => {
                 let total = state
@@ -412,32 +398,142 @@ enum Accepted {
     AlreadyComplete,
 }
 
-/// Decides what a response head means for the partial file, updating `state`.
-fn accept_head(head: &Head, state: &mut State<'_>, asked_range: bool) -> Result<Accepted, Stop> {
-    let url = state.url;
-    let fatal = |msg: String| {
-        Stop::Fatal(Error::Download {
-            url: url.to_string(),
-            msg,
-        })
-    };
+/// What is known before a response arrives: the bytes kept so far and their record.
+pub(crate) struct Known<'a> {
+    /// Bytes in the partial file (hashed or not).
+    pub have: u64,
+    /// The request carried `Range: bytes=<have>-` with `If-Range`.
+    pub asked_range: bool,
+    pub meta: Option<&'a PartialMeta>,
+}
+
+/// What a response head means for the partial file: a pure function of the head and what is
+/// known, so that it can be tested (and fuzzed) without a server or a file.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// A whole body follows: drop what is kept, expect `total` bytes (when announced), and record
+    /// the validator (when the server gave one) for a later resume.
+    Fresh {
+        total: Option<u64>,
+        validator: Option<Validator>,
+    },
+    /// The rest of the file follows, from byte `have`; the file has `total` bytes when known.
+    Resume { total: Option<u64> },
+    /// The partial file already holds the whole file (416 on a resume whose size is known).
+    Complete,
+    /// Try again after a pause (408, 429, 5xx), honouring `Retry-After`.
+    Retry {
+        msg: String,
+        retry_after: Option<Duration>,
+    },
+    /// The kept bytes cannot be continued: drop them and start over at once.
+    Restart(String),
+    /// Trying again cannot help.
+    Fatal(String),
+}
+
+pub(crate) fn decide(head: &Head, known: &Known<'_>) -> Decision {
     if let Some(encoding) = head.content_encoding.as_deref().map(str::trim) {
         if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
-            return Err(fatal(format!(
+            return Decision::Fatal(format!(
                 "the server sent Content-Encoding: {encoding} although identity was asked"
-            )));
+            ));
         }
     }
+    let known_total = known.meta.and_then(|m| m.total);
     match head.status {
-        200 => {
-            // A whole body: a fresh start (also what If-Range answers when the file changed).
+        // A whole body: a fresh start (also what If-Range answers when the file changed).
+        200 => Decision::Fresh {
+            total: head.content_length,
+            validator: Validator::from_headers(head.etag.as_deref(), head.last_modified.as_deref()),
+        },
+        206 if known.asked_range => {
+            let Some((start, total)) = parse_content_range(head.content_range.as_deref()) else {
+                return Decision::Restart(format!(
+                    "unusable Content-Range {:?}",
+                    head.content_range
+                ));
+            };
+            if start != known.have {
+                return Decision::Restart(format!(
+                    "the server resumed at byte {start}, not {}",
+                    known.have
+                ));
+            }
+            if let (Some(known), Some(now)) = (known_total, total) {
+                if known != now {
+                    return Decision::Restart(format!(
+                        "the file on the server changed size ({known} -> {now})"
+                    ));
+                }
+            }
+            let unchanged = known.meta.is_some_and(|m| {
+                m.validator
+                    .agrees_with(head.etag.as_deref(), head.last_modified.as_deref())
+            });
+            if !unchanged {
+                return Decision::Restart("the file on the server changed".into());
+            }
+            Decision::Resume {
+                total: total.or(known_total),
+            }
+        }
+        206 => Decision::Fatal(
+            "the server answered 206 Partial Content to a request without Range".into(),
+        ),
+        416 if known.asked_range => {
+            if known_total == Some(known.have) {
+                Decision::Complete
+            } else {
+                Decision::Restart("the server refused to resume (416)".into())
+            }
+        }
+        408 | 429 | 500..=599 => Decision::Retry {
+            msg: format!("HTTP {} from the server", head.status),
+            retry_after: head.retry_after,
+        },
+        status => Decision::Fatal(format!("HTTP {status} {}", reason(status))),
+    }
+}
+
+/// The byte count after a body chunk of `len` bytes, or why the chunk is refused.
+pub(crate) fn after_chunk(have: u64, len: u64, total: Option<u64>) -> Result<u64, String> {
+    let now = have.saturating_add(len);
+    match total {
+        Some(total) if now > total => Err(format!(
+            "the server sent more than the {total} bytes it announced"
+        )),
+        _ => Ok(now),
+    }
+}
+
+/// Whether a body that ended cleanly after `have` bytes is the whole file.
+pub(crate) fn at_end(have: u64, total: Option<u64>) -> Result<(), String> {
+    match total {
+        Some(total) if have < total => Err(format!(
+            "the connection closed after {have} of {total} bytes"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Applies [`decide`] to the partial file and `state`.
+fn accept_head(head: &Head, state: &mut State<'_>, asked_range: bool) -> Result<Accepted, Stop> {
+    let decision = decide(
+        head,
+        &Known {
+            have: state.have,
+            asked_range,
+            meta: state.meta.as_ref(),
+        },
+    );
+    match decision {
+        Decision::Fresh { total, validator } => {
             state.reset()?;
-            state.total = head.content_length;
-            let validator =
-                Validator::from_headers(head.etag.as_deref(), head.last_modified.as_deref());
+            state.total = total;
             state.meta = validator.map(|validator| PartialMeta {
-                url: url.to_string(),
-                total: state.total,
+                url: state.url.to_string(),
+                total,
                 validator,
             });
             match &state.meta {
@@ -446,53 +542,21 @@ fn accept_head(head: &Head, state: &mut State<'_>, asked_range: bool) -> Result<
             }
             Ok(Accepted::Append)
         }
-        206 if asked_range => {
-            let (start, total) =
-                parse_content_range(head.content_range.as_deref()).ok_or_else(|| {
-                    Stop::Restart(format!("unusable Content-Range {:?}", head.content_range))
-                })?;
-            if start != state.have {
-                return Err(Stop::Restart(format!(
-                    "the server resumed at byte {start}, not {}",
-                    state.have
-                )));
-            }
-            let known_total = state.meta.as_ref().and_then(|m| m.total);
-            if let (Some(known), Some(now)) = (known_total, total) {
-                if known != now {
-                    return Err(Stop::Restart(format!(
-                        "the file on the server changed size ({known} -> {now})"
-                    )));
-                }
-            }
-            let unchanged = state.meta.as_ref().is_some_and(|m| {
-                m.validator
-                    .agrees_with(head.etag.as_deref(), head.last_modified.as_deref())
-            });
-            if !unchanged {
-                return Err(Stop::Restart("the file on the server changed".into()));
-            }
-            state.total = total.or(known_total);
+        Decision::Resume { total } => {
+            state.total = total;
             state.spliced = true;
             Ok(Accepted::Append)
         }
-        206 => Err(fatal(
-            "the server answered 206 Partial Content to a request without Range".into(),
-        )),
-        416 if asked_range => {
-            let known_total = state.meta.as_ref().and_then(|m| m.total);
-            if known_total == Some(state.have) {
-                state.spliced = true;
-                Ok(Accepted::AlreadyComplete)
-            } else {
-                Err(Stop::Restart("the server refused to resume (416)".into()))
-            }
+        Decision::Complete => {
+            state.spliced = true;
+            Ok(Accepted::AlreadyComplete)
         }
-        408 | 429 | 500..=599 => Err(Stop::Retry {
-            msg: format!("HTTP {} from the server", head.status),
-            retry_after: head.retry_after,
-        }),
-        status => Err(fatal(format!("HTTP {status} {}", reason(status)))),
+        Decision::Retry { msg, retry_after } => Err(Stop::Retry { msg, retry_after }),
+        Decision::Restart(msg) => Err(Stop::Restart(msg)),
+        Decision::Fatal(msg) => Err(Stop::Fatal(Error::Download {
+            url: state.url.to_string(),
+            msg,
+        })),
     }
 }
 
@@ -535,7 +599,7 @@ fn publish(partial: &Partial, dest: &Path, dir: &Path) -> Result<()> {
 }
 
 /// `bytes <start>-<end>/<total or *>` -> (start, total).
-fn parse_content_range(value: Option<&str>) -> Option<(u64, Option<u64>)> {
+pub(crate) fn parse_content_range(value: Option<&str>) -> Option<(u64, Option<u64>)> {
     let rest = value?.trim().strip_prefix("bytes")?.trim_start();
     let (span, total) = rest.split_once('/')?;
     let (start, end) = span.trim().split_once('-')?;

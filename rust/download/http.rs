@@ -39,6 +39,32 @@ pub struct Head {
     pub retry_after: Option<Duration>,
 }
 
+impl Head {
+    /// The head of a response with `status`, reading headers (by lower-case name) with `header`:
+    /// a pure function, so that it can be fuzzed without a server. Values that do not parse
+    /// (a Content-Length that is no number, a Retry-After date) count as absent.
+    pub fn parse<'a>(status: u16, header: impl Fn(&str) -> Option<&'a str>) -> Head {
+        let text = |name: &str| header(name).map(str::to_string);
+        let number = |name: &str| {
+            let value = header(name)?.trim();
+            // Digits only: Rust's parser would also take a leading '+'.
+            value
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| value.parse().ok())?
+        };
+        Head {
+            status,
+            content_length: number("content-length"),
+            content_range: text("content-range"),
+            content_encoding: text("content-encoding"),
+            etag: text("etag"),
+            last_modified: text("last-modified"),
+            retry_after: number("retry-after").map(Duration::from_secs),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Event {
     Head(Head),
@@ -166,24 +192,9 @@ fn exchange(agent: &Agent, url: &str, range: Option<RangeFrom>, tx: &SyncSender<
             return;
         }
     };
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let head = Head {
-        status: response.status().as_u16(),
-        content_length: header("content-length").and_then(|v| v.trim().parse().ok()),
-        content_range: header("content-range"),
-        content_encoding: header("content-encoding"),
-        etag: header("etag"),
-        last_modified: header("last-modified"),
-        retry_after: header("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs),
-    };
+    let head = Head::parse(response.status().as_u16(), |name| {
+        response.headers().get(name).and_then(|v| v.to_str().ok())
+    });
     let wants_body = head.status == 200 || head.status == 206;
     if tx.send(Event::Head(head)).is_err() || !wants_body {
         return;

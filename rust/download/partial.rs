@@ -69,7 +69,7 @@ impl PartialMeta {
         format!("{MAGIC}\nurl {}\ntotal {total}\n{kind} {value}\n", self.url)
     }
 
-    fn decode(text: &str) -> Option<Self> {
+    pub(crate) fn decode(text: &str) -> Option<Self> {
         let mut lines = text.lines();
         if lines.next()? != MAGIC {
             return None;

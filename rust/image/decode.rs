@@ -32,9 +32,49 @@ pub struct DecodedPng {
     pub mode: Mode,
 }
 
+/// What Pillow checks itself while it reads the chunks before the first IDAT (it reads them in
+/// Python, one by one): each chunk's type is four letters, digits or underscores, its data is
+/// all there, and its CRC-32 is right, ancillary chunks included. The png crate does not verify
+/// the CRC of ancillary chunks it skips (an ICC profile, text), so a file that Pillow, and so
+/// clip, refuses would decode here; these checks make it go to Pillow instead, which raises.
+/// (After the first IDAT Pillow checks no CRC, and neither does anything here need to: the png
+/// crate's own errors already send a file to Pillow.)
+pub fn pillow_chunk_checks(data: &[u8]) -> Result<(), String> {
+    let mut at = 8;
+    loop {
+        let Some(head) = data.get(at..at + 8) else {
+            return Err("PNG ends before its image data".into());
+        };
+        let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let kind = &head[4..8];
+        if !kind.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("broken PNG file (chunk type {kind:?})"));
+        }
+        if kind == b"IDAT" || kind == b"fdAT" {
+            return Ok(());
+        }
+        let end = at.saturating_add(8).saturating_add(length);
+        let Some(stored) = data.get(end..end.saturating_add(4)) else {
+            return Err(format!(
+                "PNG chunk {} is truncated",
+                String::from_utf8_lossy(kind)
+            ));
+        };
+        let stored = u32::from_be_bytes([stored[0], stored[1], stored[2], stored[3]]);
+        if crc32fast::hash(&data[at + 4..end]) != stored {
+            return Err(format!(
+                "broken PNG file (bad checksum in chunk {})",
+                String::from_utf8_lossy(kind)
+            ));
+        }
+        at = end + 4;
+    }
+}
+
 /// Decode an 8-bit L / LA / RGB / RGBA PNG, refusing images over `max_pixels` before any pixel
 /// is decoded. `Err` for anything else or any damage: the caller then lets Pillow decide.
 pub fn decode_png(data: &[u8], max_pixels: Option<u64>) -> Result<DecodedPng, String> {
+    pillow_chunk_checks(data)?;
     let fail = |e: png::DecodingError| format!("cannot decode PNG: {e}");
     let mut decoder = png::Decoder::new(std::io::Cursor::new(data));
     decoder.set_transformations(png::Transformations::IDENTITY);
@@ -141,5 +181,38 @@ mod tests {
         };
         assert!(decode_png(&palette, None).is_err());
         assert!(decode_png(b"\x89PNG\r\n\x1a\n garbage", None).is_err());
+    }
+
+    /// Chunk `kind` with `data` and its CRC-32 (xor `flip`).
+    fn chunk(kind: &[u8], data: &[u8], flip: u32) -> Vec<u8> {
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32fast::hash(&out[4..]) ^ flip;
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// An RGB PNG with an ancillary chunk before the image data (with its CRC xor `flip`).
+    fn with_ancillary(kind: &[u8], flip: u32) -> Vec<u8> {
+        let file = encode_png(2, 2, png::ColorType::Rgb, png::BitDepth::Eight, &[9u8; 12]);
+        // Signature (8) + IHDR chunk (25), then the ancillary chunk, then the rest.
+        let mut out = file[..33].to_vec();
+        out.extend(chunk(kind, b"any ancillary data", flip));
+        out.extend_from_slice(&file[33..]);
+        out
+    }
+
+    #[test]
+    fn a_bad_crc_before_the_image_data_is_pillows_to_refuse() {
+        for kind in [&b"iCCP"[..], b"tEXt", b"zTXt", b"bKGD", b"prIv"] {
+            let good = with_ancillary(kind, 0);
+            assert!(decode_png(&good, None).is_ok(), "{kind:?}");
+            let bad = with_ancillary(kind, 1);
+            let e = decode_png(&bad, None).err().unwrap_or_default();
+            assert!(e.contains("bad checksum"), "{kind:?}: {e}");
+        }
+        let bad_type = with_ancillary(b"t\xffXt", 0);
+        assert!(decode_png(&bad_type, None).is_err());
     }
 }

@@ -159,6 +159,25 @@ impl Bpe {
         }
     }
 
+    /// The ids of `word` by both merge strategies, whatever its length (for the fuzz target,
+    /// which checks that they agree).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn encode_word_both_ways(&self, word: &str) -> (Vec<u32>, Vec<u32>) {
+        let bytes = word.as_bytes();
+        let Some((&last, init)) = bytes.split_last() else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut symbols: Vec<u32> = init
+            .iter()
+            .map(|&b| self.vocab.byte_ids[usize::from(b)])
+            .collect();
+        symbols.push(self.vocab.byte_end_ids[usize::from(last)]);
+        (
+            merge_by_scanning(symbols.clone(), &self.vocab.merges),
+            merge_with_heap(symbols, &self.vocab.merges),
+        )
+    }
+
     /// The shared word cache, for reading; hold it over a whole batch chunk, not per word.
     pub fn cache(&self) -> RwLockReadGuard<'_, HashMap<String, Vec<u32>>> {
         // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
