@@ -1,6 +1,7 @@
 """Write the fuzz targets' seed inputs (fuzz/seeds/<target>/): tiny real files made by the tools
 that make the real ones (torch.save, torch.jit.save, safetensors, Pillow), plus hand-made
-hostile cases. Deterministic; the committed seeds are what this writes.
+hostile cases. The committed seeds came from it (zip timestamps and torch's record keys differ
+between runs, nothing else).
 
     .venv/bin/python fuzz/make_seeds.py
 """
@@ -13,6 +14,7 @@ import pickle
 import shutil
 import struct
 import sys
+import tempfile
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -69,12 +71,10 @@ def checkpoints() -> dict[str, bytes]:
     )
     from attacks import malicious
 
-    tmp = ROOT.parent / "work" / "attacks"
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name, write in list(malicious.ATTACKS.items())[:4]:
-        path = write(tmp / f"{name}.pt", tmp / "marker")
-        files[f"attack-{name}.pt"] = Path(path).read_bytes()
-    shutil.rmtree(tmp.parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, write in list(malicious.ATTACKS.items())[:4]:
+            path = write(Path(tmp) / f"{name}.pt", Path(tmp) / "marker")
+            files[f"attack-{name}.pt"] = Path(path).read_bytes()
     return files
 
 
@@ -126,6 +126,26 @@ def main() -> None:
             }
         ).encode(),
     )
+    # npz: .npy members as numpy writes them (versions, orders, dtypes), and whole archives.
+    arrays = {
+        "f4.npy": np.arange(6, dtype="<f4").reshape(2, 3),
+        "fortran.npy": np.asfortranarray(np.arange(6, dtype="<f2").reshape(3, 2)),
+        "scalar.npy": np.array(3, dtype="<i8"),
+        "empty.npy": np.zeros((0, 4), dtype="<u1"),
+        "bool.npy": np.array([True, False]),
+    }
+    for name, arr in arrays.items():
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        put("npz", name, buf.getvalue())
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arrays["f4.npy"], version=(3, 0))
+    put("npz", "version3.npy", buf.getvalue())
+    for name, save in (("savez.npz", np.savez), ("savez_compressed.npz", np.savez_compressed)):
+        buf = io.BytesIO()
+        save(buf, **{k.removesuffix(".npy"): v for k, v in arrays.items()})
+        put("checkpoint", name, buf.getvalue())
+        put("zip", name, buf.getvalue())
     # PNG: the kinds Rust decodes, and some it leaves to Pillow.
     rng = np.random.default_rng(0)
     for mode, size in (

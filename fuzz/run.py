@@ -45,6 +45,7 @@ TARGETS = {
     "pickle": 8192,
     "torchscript": 16384,
     "safetensors": 4096,
+    "npz": 8192,
     "png": 16384,
     "jpeg": 16384,
     "resize": 4096,
@@ -113,6 +114,7 @@ def run_one(cmd: list[str], budget: float, plateau: float, log: Path, env: dict[
 
         threading.Thread(target=pump, daemon=True).start()
         stopped = None
+        started = False
         while True:
             try:
                 line = lines.get(timeout=1.0)
@@ -123,13 +125,16 @@ def run_one(cmd: list[str], budget: float, plateau: float, log: Path, env: dict[
             out.write(line)
             m = PROGRESS.match(line)
             if m:
+                if not started:  # the plateau clock starts once the fuzzer runs (imports can be slow)
+                    started = True
+                    last_gain = time.monotonic()
                 execs = int(m.group(1))
                 cov = (int(m.group(2)), int(m.group(3)))
                 if cov > best:
                     best = cov
                     last_gain = time.monotonic()
             if line.startswith("stat::"):
-                key, _, value = line.partition(":")[2].partition(":")
+                key, _, value = line[len("stat::") :].partition(":")
                 stats[key.strip()] = value.strip()
             now = time.monotonic()
             if stopped is None and (now - last_gain > plateau or now - start > budget):
@@ -171,13 +176,22 @@ def collect_findings(target: str, artifacts: Path) -> list[str]:
 
 
 def minimise(binary: Path, target: str, sources: list[Path], max_len: int, env: dict[str, str]) -> int:
-    """libFuzzer's -merge of `sources` into a fresh fuzz/corpus/<target>; files equal to seeds are
-    dropped (the seeds are committed beside it). Returns the corpus size."""
+    """libFuzzer's set-cover merge of `sources` into a fresh fuzz/corpus/<target>: the fewest files
+    that reach every edge the run reached (edges, not hit counts, to keep it small); files equal
+    to seeds are dropped (the seeds are committed beside it). Returns the corpus size."""
     merged = HERE / "work" / f"{target}.merged"
     shutil.rmtree(merged, ignore_errors=True)
     merged.mkdir(parents=True)
     subprocess.run(
-        [str(binary), "-merge=1", f"-max_len={max_len}", "-timeout=30", str(merged), *map(str, sources)],
+        [
+            str(binary),
+            "-set_cover_merge=1",
+            "-use_counters=0",
+            f"-max_len={max_len}",
+            "-timeout=30",
+            str(merged),
+            *map(str, sources),
+        ],
         capture_output=True,
         env=env,
     )

@@ -55,7 +55,16 @@ pub const CHECKPOINT_HEAP_SLACK: usize = 1 << 20;
 
 /// What every successful checkpoint read must satisfy.
 fn check_contents(bytes: &[u8], contents: &Contents) {
-    let mut spans: Vec<_> = contents.storages.iter().map(|s| s.bytes.clone()).collect();
+    // Deflated npz members have ranges of their own past the end of the file.
+    let deflated: Vec<usize> = contents.deflated.iter().map(|d| d.storage).collect();
+    let in_file = |i: usize| !deflated.contains(&i);
+    let mut spans: Vec<_> = contents
+        .storages
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| in_file(i))
+        .map(|(_, s)| s.bytes.clone())
+        .collect();
     spans.sort_by_key(|r| (r.start, r.end));
     for pair in spans.windows(2) {
         assert!(
@@ -65,12 +74,23 @@ fn check_contents(bytes: &[u8], contents: &Contents) {
             pair[1]
         );
     }
-    for s in &contents.storages {
+    for (i, s) in contents.storages.iter().enumerate() {
         assert!(
-            s.bytes.end <= bytes.len(),
+            !in_file(i) || s.bytes.end <= bytes.len(),
             "storage {} past the file",
             s.key
         );
+        assert!(
+            in_file(i) || s.bytes.start >= bytes.len(),
+            "deflated storage in the file"
+        );
+    }
+    for d in &contents.deflated {
+        let storage = &contents.storages[d.storage];
+        let mut out = vec![0u8; storage.bytes.len()];
+        if crate::checkpoint::npz::inflate(d, bytes, &mut out).is_ok() {
+            assert_eq!(d.data_offset + out.len(), d.size);
+        }
     }
     for t in &contents.tensors {
         let storage = contents
@@ -146,25 +166,40 @@ pub fn zip(data: &[u8]) {
 
 /// A stored zip archive of `entries` (name, bytes), as torch writes them (CRC-32 set).
 pub fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    zip_archive(entries, false)
+}
+
+/// A zip archive of `entries` (name, bytes), each stored or deflated, CRC-32 set.
+pub fn zip_archive(entries: &[(&str, &[u8])], deflate: bool) -> Vec<u8> {
+    let u32_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
     let mut out = Vec::new();
     let mut central = Vec::new();
     for (name, data) in entries {
+        let packed = if deflate {
+            miniz_oxide::deflate::compress_to_vec(data, 6)
+        } else {
+            data.to_vec()
+        };
+        let method: &[u8] = if deflate { &[8, 0] } else { &[0, 0] };
         let crc = crc32fast::hash(data).to_le_bytes();
-        let size = u32::try_from(data.len()).unwrap_or(u32::MAX).to_le_bytes();
         let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX).to_le_bytes();
-        let local = u32::try_from(out.len()).unwrap_or(u32::MAX).to_le_bytes();
-        out.extend_from_slice(b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0");
+        let local = u32_of(out.len());
+        out.extend_from_slice(b"PK\x03\x04\x14\0\0\0");
+        out.extend_from_slice(method);
+        out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&crc);
-        out.extend_from_slice(&size);
-        out.extend_from_slice(&size);
+        out.extend_from_slice(&u32_of(packed.len()));
+        out.extend_from_slice(&u32_of(data.len()));
         out.extend_from_slice(&name_len);
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(data);
-        central.extend_from_slice(b"PK\x01\x02\x14\0\x14\0\0\0\0\0\0\0\0\0");
+        out.extend_from_slice(&packed);
+        central.extend_from_slice(b"PK\x01\x02\x14\0\x14\0\0\0");
+        central.extend_from_slice(method);
+        central.extend_from_slice(&[0; 4]);
         central.extend_from_slice(&crc);
-        central.extend_from_slice(&size);
-        central.extend_from_slice(&size);
+        central.extend_from_slice(&u32_of(packed.len()));
+        central.extend_from_slice(&u32_of(data.len()));
         central.extend_from_slice(&name_len);
         central.extend_from_slice(&[0; 12]);
         central.extend_from_slice(&local);
@@ -173,10 +208,8 @@ pub fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let count = u16::try_from(entries.len())
         .unwrap_or(u16::MAX)
         .to_le_bytes();
-    let cd_offset = u32::try_from(out.len()).unwrap_or(u32::MAX).to_le_bytes();
-    let cd_size = u32::try_from(central.len())
-        .unwrap_or(u32::MAX)
-        .to_le_bytes();
+    let cd_offset = u32_of(out.len());
+    let cd_size = u32_of(central.len());
     out.extend_from_slice(&central);
     out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
     out.extend_from_slice(&count);
@@ -185,6 +218,23 @@ pub fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     out.extend_from_slice(&cd_offset);
     out.extend_from_slice(&[0, 0]);
     out
+}
+
+/// The `.npz` reader: `data` is one `.npy` member (header and elements); the header parser
+/// alone, then archives holding it stored (`np.savez`) and deflated (`np.savez_compressed`),
+/// whose members are inflated and CRC-checked.
+pub fn npz(data: &[u8]) {
+    let (_, peak) = heap::peak_of(|| crate::checkpoint::npz::parse_header(data));
+    check_heap(
+        "npz",
+        data.len(),
+        peak,
+        CHECKPOINT_HEAP_FACTOR,
+        CHECKPOINT_HEAP_SLACK,
+    );
+    for deflate in [false, true] {
+        checkpoint(&zip_archive(&[("w.npy", data), ("b/c.npy", data)], deflate));
+    }
 }
 
 /// Tensor data records the pickle targets' archives carry (`data/0` .. `data/3`, 64 bytes each).
@@ -353,9 +403,9 @@ pub fn resize(data: &[u8]) {
         return;
     };
     let mode = MODES[usize::from(head[0]) % MODES.len()];
-    let width = usize::from(u16::from_le_bytes([head[1], head[2]]) % 700) + 1;
-    let height = usize::from(u16::from_le_bytes([head[3], head[4]]) % 700) + 1;
-    let n = usize::from(head[5]) % 96 + 1;
+    let width = usize::from(u16::from_le_bytes([head[1], head[2]]) % 320) + 1;
+    let height = usize::from(u16::from_le_bytes([head[3], head[4]]) % 320) + 1;
+    let n = usize::from(head[5]) % 64 + 1;
     let size = width * height * mode.packed_size();
     let packed: Vec<u8> = if pixels.is_empty() {
         vec![0; size]
@@ -434,10 +484,13 @@ pub fn tokenizer(data: &[u8]) {
     use crate::tokenizer::{cleanup, pretokenize, vocab};
     let text = String::from_utf8_lossy(data);
     let bpe = bpe();
-    let decode: std::collections::HashMap<char, u8> = vocab::byte_alphabet()
-        .into_iter()
-        .map(|(b, c)| (c, b))
-        .collect();
+    static DECODE: OnceLock<std::collections::HashMap<char, u8>> = OnceLock::new();
+    let decode = DECODE.get_or_init(|| {
+        vocab::byte_alphabet()
+            .into_iter()
+            .map(|(b, c)| (c, b))
+            .collect()
+    });
     for extended in [false, true] {
         let _ = cleanup::is_fast(&text, extended);
     }
@@ -614,12 +667,13 @@ pub fn http(data: &[u8]) {
 /// A target's entry point.
 pub type Target = fn(&[u8]);
 
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("checkpoint", checkpoint),
     ("zip", zip),
     ("pickle", unpickle),
     ("torchscript", torchscript),
     ("safetensors", safetensors),
+    ("npz", npz),
     ("png", png),
     ("jpeg", jpeg),
     ("resize", resize),
@@ -783,6 +837,39 @@ mod tests {
         p.extend_from_slice(CODE_SEPARATOR);
         p.extend_from_slice(b"class M(Module):\n  __parameters__ = []\n");
         within(60, move || torchscript(&p));
+    }
+
+    /// A 10 GB tensor declared in files of under 1 KB: an error, with next to no heap used.
+    #[test]
+    fn a_10gb_tensor_declared_in_a_1kb_file_is_refused_before_allocating() {
+        let header =
+            br#"{"w":{"dtype":"F32","shape":[2500000000],"data_offsets":[0,10000000000]}}"#;
+        let mut st = (header.len() as u64).to_le_bytes().to_vec();
+        st.extend_from_slice(header);
+        st.extend_from_slice(&[0; 16]);
+        let mut p = b"\x80\x02}(".to_vec();
+        p.extend(text("w"));
+        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        p.extend(text("storage"));
+        p.extend_from_slice(b"ctorch\nFloatStorage\n");
+        p.extend(text("0"));
+        p.extend(text("cpu"));
+        p.extend_from_slice(
+            b"\x8a\x05\x00\xf9\x02\x95\x00tQK\x00\x8a\x05\x00\xf9\x02\x95\x00\x85K\x01\x85\x89",
+        );
+        p.extend_from_slice(b"ccollections\nOrderedDict\n)RtRu.");
+        let entries: Vec<(&str, &[u8])> = vec![("a/data.pkl", &p), ("a/data/0", &[0u8; 16][..])];
+        let zip = stored_zip(&entries);
+        for file in [st, zip] {
+            assert!(file.len() < 1024, "{}", file.len());
+            let (result, peak) = heap::peak_of(|| checkpoint::read(Path::new(NAME), &file));
+            let e = result.expect_err("refused").to_string();
+            assert!(
+                e.contains("past the end") || e.contains("needs 10000000000"),
+                "{e}"
+            );
+            assert!(peak.is_some_and(|p| p < 64 << 10), "{peak:?}");
+        }
     }
 
     #[test]

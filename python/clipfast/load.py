@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 import torch
 
+from . import limits
 from .arch import CUSTOM_TEXT_KEYS, WRAPPER_PREFIX, Architecture, warn_assumptions, without_wrapper_prefix
 from .formats import ModelSource, locate
 from .registry import MODELS
@@ -319,7 +320,19 @@ def _build(tensors: Mapping[str, Any], path: str, heads: _Hints) -> tuple[CLIP, 
         decided=heads.source.decided,
         source=path,
     )
-    return construct_on_meta(arch), arch
+    # Before anything is allocated for the model: the shapes must fit the file (limits.py). The
+    # attention mask is the one tensor the model allocates while it is built.
+    needed = limits.declared_bytes(tensors) + 4 * arch.context_length**2
+    limits.check(path, needed, "the tensors it declares (as float32) and the text attention mask")
+    model = construct_on_meta(arch)
+    limits.check(path, _meta_bytes(model), "the model it describes (as float32)")
+    return model, arch
+
+
+def _meta_bytes(model: torch.nn.Module) -> int:
+    """The float32 size of a model built on ``meta`` (its parameters and buffers)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return 4 * sum(t.numel() for t in tensors)
 
 
 def _build_from_declared_shapes(path: str, heads: _Hints) -> tuple[CLIP, Architecture]:

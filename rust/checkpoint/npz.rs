@@ -8,7 +8,9 @@
 //! A stored member's elements are a range of the file: zero-copy, like every other storage. A
 //! deflated member has no such range; its storage is given a range past the end of the file (so
 //! anything that takes it for a file range fails its bounds check instead of reading wrong bytes),
-//! and [`inflate`] gives its elements on request. Object arrays (pickles) are refused, never read.
+//! and [`inflate`] gives its elements on request, checked against the member's CRC-32 (a stored
+//! member's bytes are never read whole, so, like torch's tensor records, they are not checked).
+//! Object arrays (pickles) are refused, never read.
 
 use super::{Contents, Dtype, Format, Storage, Tensor};
 use crate::error::{Error, Result};
@@ -48,6 +50,8 @@ pub struct Deflated {
     /// The whole `.npy` member once inflated (header and elements).
     pub size: usize,
     pub data_offset: usize,
+    /// CRC-32 of the inflated member, from the zip directory.
+    pub crc32: u32,
 }
 
 /// True when `archive` looks like an `.npz`: at least one member, all named `*.npy`.
@@ -387,6 +391,7 @@ pub fn read(path: &Path, archive: &Archive<'_>, file_len: usize) -> Result<Conte
                     compressed: entry.data.clone(),
                     size,
                     data_offset: header.data_offset,
+                    crc32: entry.crc32,
                 });
                 start..end
             }
@@ -464,6 +469,13 @@ pub fn inflate(member: &Deflated, file: &[u8], out: &mut [u8]) -> std::result::R
             ))
         }
         Err(status) => return Err(format!("cannot be inflated: {status:?}")),
+    }
+    let crc = crc32fast::hash(&whole);
+    if crc != member.crc32 {
+        return Err(format!(
+            "is damaged: its CRC-32 is {crc:08x}, the directory says {:08x}",
+            member.crc32
+        ));
     }
     out.copy_from_slice(&whole[member.data_offset..]);
     Ok(())
@@ -623,10 +635,17 @@ mod tests {
             compressed: 0..packed.len(),
             size: member.len(),
             data_offset: parse_header(&member).unwrap().data_offset,
+            crc32: crc32fast::hash(&member),
         };
         let mut out = vec![0u8; data.len()];
         inflate(&d, &packed, &mut out).unwrap();
         assert_eq!(out, data);
+        let damaged = Deflated {
+            crc32: d.crc32 ^ 1,
+            ..d.clone()
+        };
+        let e = inflate(&damaged, &packed, &mut out).unwrap_err();
+        assert!(e.contains("CRC-32"), "{e}");
         let lying = Deflated {
             size: member.len() + 4,
             ..d.clone()
