@@ -3,7 +3,7 @@ that make the real ones (torch.save, torch.jit.save, safetensors, Pillow), plus 
 hostile cases. The committed seeds came from it (zip timestamps and torch's record keys differ
 between runs, nothing else).
 
-    .venv/bin/python fuzz/make_seeds.py
+    .venv/bin/python fuzz/make_seeds.py [--only hf_config,hf_index]
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 CODE_SEPARATOR = b"\n#code\n"  # rust/fuzzing.rs
 
 
+ONLY: set[str] = set()  # --only: the targets to write (default all)
+
+
 def put(target: str, name: str, data: bytes) -> None:
+    if ONLY and target not in ONLY:
+        return
     folder = ROOT / target
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(data)
@@ -79,7 +84,11 @@ def checkpoints() -> dict[str, bytes]:
 
 
 def main() -> None:
-    if ROOT.exists():
+    if "--only" in sys.argv:
+        ONLY.update(sys.argv[sys.argv.index("--only") + 1].split(","))
+        for target in ONLY:
+            shutil.rmtree(ROOT / target, ignore_errors=True)
+    elif ROOT.exists():
         shutil.rmtree(ROOT)
     ckpts = checkpoints()
     for name, data in ckpts.items():
@@ -146,6 +155,21 @@ def main() -> None:
         save(buf, **{k.removesuffix(".npy"): v for k, v in arrays.items()})
         put("checkpoint", name, buf.getvalue())
         put("zip", name, buf.getvalue())
+    # configs: transformers' own CLIP configurations, a shard index, open_clip's model configs.
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    put("hf_config", "clip-config.json", CLIPConfig().to_json_string().encode())
+    put("hf_config", "preprocessor.json", CLIPImageProcessor().to_json_string().encode())
+    index = {"metadata": {"total_size": 8}, "weight_map": {"a": "model-00001-of-00002.safetensors"}}
+    put("hf_index", "index.json", json.dumps(index).encode())
+    put("hf_index", "escape.json", json.dumps({"weight_map": {"a": "../x.safetensors"}}).encode())
+    import open_clip
+
+    configs = Path(open_clip.__file__).parent / "model_configs"
+    for name in ("ViT-B-32", "ViT-H-14", "RN50", "ViT-bigG-14", "coca_ViT-B-32"):
+        cfg = json.loads((configs / f"{name}.json").read_text())
+        doc = {"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}
+        put("openclip_config", f"{name}.json", json.dumps(doc).encode())
     # PNG: the kinds Rust decodes, and some it leaves to Pillow.
     rng = np.random.default_rng(0)
     for mode, size in (

@@ -12,8 +12,9 @@ corpora, turn every crash into a regression input, and report executions and cov
   minimised (libFuzzer's -merge) and written back to fuzz/corpus/<t>.
 - A crash, hang (-timeout), leak or out-of-memory (-rss_limit_mb / -malloc_limit_mb) leaves its
   input in fuzz/regressions/<t>/ (replayed by `cargo test`) and fails the run.
-- The differential targets (fuzz/differential.py, against Pillow and openai/CLIP through the reference
-  pipeline) run after them under the same budget rule.
+- The Python targets run after them under the same budget rule (atheris): the differential ones
+  (fuzz/differential.py, against Pillow and openai/CLIP through the reference pipeline) and the
+  configuration / shard-index parsers (fuzz/configs.py).
 - Results: fuzz/results.json, and the README's Security model table between its fuzz markers.
 """
 
@@ -52,10 +53,14 @@ TARGETS = {
     "tokenizer": 2048,
     "http": 1024,
 }
+#: Python targets (atheris): name -> (script, seeds folder, -max_len).
 ATHERIS = {
-    "png_vs_pillow": 16384,
-    "jpeg_vs_pillow": 16384,
-    "tokenizer_vs_clip": 1024,
+    "png_vs_pillow": ("differential.py", "png", 16384),
+    "jpeg_vs_pillow": ("differential.py", "jpeg", 16384),
+    "tokenizer_vs_clip": ("differential.py", "tokenizer", 1024),
+    "hf_config": ("configs.py", "hf_config", 8192),
+    "hf_index": ("configs.py", "hf_index", 4096),
+    "openclip_config": ("configs.py", "openclip_config", 8192),
 }
 PROGRESS = re.compile(r"^#(\d+)\s+(?:NEW|REDUCE|pulse|INITED|DONE)\b.*?cov: (\d+) ft: (\d+)")
 
@@ -253,7 +258,7 @@ def fuzz_rust(args: argparse.Namespace, results: dict) -> bool:
 def fuzz_atheris(args: argparse.Namespace, results: dict) -> bool:
     ok = True
     env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
-    for target, max_len in ATHERIS.items():
+    for target, (script, seed_folder, max_len) in ATHERIS.items():
         if args.targets and target not in args.targets:
             continue
         work = HERE / "work" / target
@@ -265,10 +270,10 @@ def fuzz_atheris(args: argparse.Namespace, results: dict) -> bool:
                 shutil.copy(path, work / path.name)
         artifacts = HERE / "artifacts" / target
         artifacts.mkdir(parents=True, exist_ok=True)
-        seeds = HERE / "seeds" / target.split("_")[0]
+        seeds = HERE / "seeds" / seed_folder
         cmd = [
             PY,
-            str(HERE / "differential.py"),
+            str(HERE / script),
             target,
             str(work),
             str(seeds),

@@ -70,7 +70,7 @@ def _load(path: Path) -> Optional[VerifiedRecord]:
         if data.get("format") != _FORMAT:
             return None
         return VerifiedRecord(str(data["sha256"]).lower(), int(data["size"]), int(data["mtime_ns"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError):
         return None
 
 

@@ -110,7 +110,7 @@ def parse_config(data: bytes, where: str) -> dict[str, Any]:
     """``config.json``'s bytes -> its object; CheckpointError naming ``where`` otherwise."""
     try:
         config = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise CheckpointError(f"{where}: not a readable JSON configuration: {err}") from err
     if not isinstance(config, dict):
         raise CheckpointError(f"{where}: the configuration is a {type(config).__name__}, not a JSON object")
@@ -274,7 +274,7 @@ def preprocess_config(processor: Mapping[str, Any], where: str) -> PreprocessCon
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * 3
         try:
             out = tuple(float(v) for v in values)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise ArchitectureError(f"{where}: {name} = {value!r} is not numbers") from err
         if len(out) != 3 or (name == "image_std" and any(v == 0 for v in out)):
             raise ArchitectureError(f"{where}: {name} = {value!r} is not three numbers (non-zero std)")
@@ -349,7 +349,7 @@ def parse_shard_index(data: bytes, where: str) -> dict[str, str]:
     CheckpointError naming ``where`` otherwise."""
     try:
         index = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise CheckpointError(f"{where}: not a readable shard index: {err}") from err
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
@@ -727,7 +727,7 @@ def _safetensors_keys(path: str) -> list[str]:
             if size < 2 or size > 100 * 2**20:
                 return []
             header = json.loads(f.read(size))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return []
     return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else []
 

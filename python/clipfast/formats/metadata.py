@@ -134,7 +134,7 @@ def decode(
                 raise ValueError(f"interpolation {preprocess.interpolation!r}")
             if preprocess.resize_mode not in ("shortest", "longest", "squash"):
                 raise ValueError(f"resize_mode {preprocess.resize_mode!r}")
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError, OverflowError) as err:
         raise CheckpointError(f"{path}: clipfast's safetensors metadata is not readable: {err}") from err
     return decided, preprocess
 
@@ -154,7 +154,7 @@ def read_safetensors_metadata(path: str) -> Optional[dict[str, str]]:
         if not header.startswith(b"{"):
             return None
         parsed = json.loads(header)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     meta = parsed.get("__metadata__") if isinstance(parsed, dict) else None
     if not isinstance(meta, dict):

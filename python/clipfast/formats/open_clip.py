@@ -261,7 +261,7 @@ def structure(model_cfg: Mapping[str, Any], where: str) -> dict[str, Decided]:
             decided["vision_patch_size"] = (int(v["patch_size"]), source)
             decided["vision_mlp_width"] = (int(int(v["width"]) * float(v["mlp_ratio"])), source)
             decided["vision_activation"] = (activation, source)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ArchitectureError(f"{where}: a setting of model_cfg is not a number: {err}") from err
     return decided
 
@@ -282,7 +282,7 @@ def preprocess_config(preprocess_cfg: Any, where: str) -> PreprocessConfig:
         values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * 3
         try:
             return tuple(float(x) for x in values)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise ArchitectureError(f"{where}: preprocess_cfg.{name} {value!r} is not numbers") from err
 
     interpolation = cfg.get("interpolation", "bicubic")
@@ -299,7 +299,7 @@ def preprocess_config(preprocess_cfg: Any, where: str) -> PreprocessConfig:
         raise ArchitectureError(f"{where}: preprocess_cfg.mode {cfg['mode']!r} is not RGB")
     try:
         fill_color = int(cfg.get("fill_color", 0))
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise ArchitectureError(
             f"{where}: preprocess_cfg.fill_color {cfg['fill_color']!r} is not a number"
         ) from err
@@ -319,7 +319,7 @@ def read_config(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise CheckpointError(f"{path}: not a readable open_clip configuration: {err}") from err
     if not isinstance(config, dict) or "model_cfg" not in config:
         raise CheckpointError(f"{path}: no 'model_cfg' in this open_clip configuration")
