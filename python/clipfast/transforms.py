@@ -681,9 +681,13 @@ def preprocess_batch(
         if workers > 1 and len(jobs) > 1:
             # Each worker decodes one item (Pillow releases the GIL while decoding) and preprocesses
             # it straight into its slot (Rust releases the GIL), so decoded images never pile up.
-            # The pool lives only for this call, so a later fork inherits no threads.
-            with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            # The pool lives only for this call, so a later fork inherits no threads. On Ctrl-C
+            # (or any error) the items not started yet are dropped: only those running finish.
+            pool = ThreadPoolExecutor(max_workers=min(workers, len(jobs)))
+            try:
                 list(pool.map(fn, jobs))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         else:
             # One thread: each image is preprocessed right after its decode, while its pixels are
             # still in the cache, and freed before the next one is decoded.

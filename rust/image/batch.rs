@@ -12,6 +12,7 @@ use super::pipeline::{
 };
 use super::pixels::{widen_rgb, Mode, Source};
 use super::scratch::Scratch;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// One image of a batch.
@@ -158,7 +159,9 @@ fn process_jpeg<T: Sample>(
     Ok(())
 }
 
-/// Process every item on up to `threads` threads; returns one error message per failed item.
+/// Process every item on up to `threads` threads; returns one error message per failed item, or
+/// None when `interrupted` (called on the calling thread after each of its items: Ctrl-C) said to
+/// stop: the workers then take no further item, and the output is incomplete.
 pub fn run<T: Sample>(
     items: &[Item<'_>],
     n: usize,
@@ -166,7 +169,8 @@ pub fn run<T: Sample>(
     out: &mut [T],
     threads: usize,
     simd: bool,
-) -> Vec<Option<String>> {
+    interrupted: &dyn Fn() -> bool,
+) -> Option<Vec<Option<String>>> {
     let per_item = 3 * n * n;
     let mut errors: Vec<Option<String>> = vec![None; items.len()];
     let jobs: Vec<(usize, &mut [T])> = out.chunks_exact_mut(per_item).enumerate().collect();
@@ -174,12 +178,19 @@ pub fn run<T: Sample>(
     if threads == 1 {
         for (i, slot) in jobs {
             errors[i] = process(&items[i], n, norm, slot, simd).err();
+            if interrupted() {
+                return None;
+            }
         }
-        return errors;
+        return Some(errors);
     }
     let queue = Mutex::new(jobs.into_iter());
     let results = Mutex::new(Vec::new());
-    let work = || loop {
+    let stop = AtomicBool::new(false);
+    let work = |check: Option<&dyn Fn() -> bool>| loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         // A poisoned lock only means another worker panicked; the queue is still sound.
         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
         let Some((i, slot)) = next else { break };
@@ -190,15 +201,22 @@ pub fn run<T: Sample>(
                 .unwrap_or_else(|e| e.into_inner())
                 .push((i, outcome));
         }
+        if check.is_some_and(|interrupted| interrupted()) {
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
     };
     std::thread::scope(|scope| {
         for _ in 1..threads {
-            scope.spawn(work);
+            scope.spawn(|| work(None));
         }
-        work(); // the calling thread is the last worker
+        work(Some(interrupted)); // the calling thread is the last worker, and looks for Ctrl-C
     });
+    if stop.into_inner() {
+        return None;
+    }
     for (i, e) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
         errors[i] = e;
     }
-    errors
+    Some(errors)
 }

@@ -32,42 +32,69 @@ pub struct DecodedPng {
     pub mode: Mode,
 }
 
-/// What Pillow checks itself while it reads the chunks before the first IDAT (it reads them in
-/// Python, one by one): each chunk's type is four letters, digits or underscores, its data is
-/// all there, and its CRC-32 is right, ancillary chunks included. The png crate does not verify
-/// the CRC of ancillary chunks it skips (an ICC profile, text), so a file that Pillow, and so
-/// clip, refuses would decode here; these checks make it go to Pillow instead, which raises.
-/// (After the first IDAT Pillow checks no CRC, and neither does anything here need to: the png
-/// crate's own errors already send a file to Pillow.)
+/// Chunk types Pillow has a handler for (`PngStream.chunk_*`): after the image data it runs them
+/// too, and they can raise on content the png crate ignores.
+const PILLOW_CHUNKS: [&[u8; 4]; 17] = [
+    b"iCCP", b"IHDR", b"IDAT", b"IEND", b"PLTE", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"pHYs",
+    b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"acTL", b"fcTL", b"fdAT",
+];
+
+/// Whether a PNG passes what Pillow checks itself while it reads the chunks (in Python, one by
+/// one), so that a file Pillow, and so clip, refuses never decodes in Rust (`Err` sends it to
+/// Pillow, which then gives its own pixels or its own error). The png crate does not check these:
+/// - before the first IDAT: each chunk's type is four letters, digits or underscores, its data
+///   is all there, and its CRC-32 is right, ancillary chunks included (the png crate does not
+///   verify the CRC of chunks it skips, such as an ICC profile);
+/// - after the image data, up to IEND: every chunk's data is all there (Pillow reads it and fails
+///   on a short read, where the png crate stops once it has the pixels), and no chunk is one that
+///   Pillow interprets there (its handlers can raise): such files go to Pillow. Pillow checks no
+///   CRC after the first IDAT, and stops quietly at a type that is not a chunk type, as here.
 pub fn pillow_chunk_checks(data: &[u8]) -> Result<(), String> {
-    let mut at = 8;
+    let mut at: usize = 8;
+    let mut image_data = false;
     loop {
-        let Some(head) = data.get(at..at + 8) else {
-            return Err("PNG ends before its image data".into());
+        let Some(head) = data.get(at..at.saturating_add(8)) else {
+            return if image_data {
+                Ok(())
+            } else {
+                Err("PNG ends before its image data".into())
+            };
         };
         let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let kind = &head[4..8];
+        let kind: [u8; 4] = [head[4], head[5], head[6], head[7]];
+        let name = String::from_utf8_lossy(&kind).into_owned();
         if !kind.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("broken PNG file (chunk type {kind:?})"));
-        }
-        if kind == b"IDAT" || kind == b"fdAT" {
-            return Ok(());
+            return if image_data {
+                Ok(())
+            } else {
+                Err(format!("broken PNG file (chunk type {kind:?})"))
+            };
         }
         let end = at.saturating_add(8).saturating_add(length);
-        let Some(stored) = data.get(end..end.saturating_add(4)) else {
-            return Err(format!(
-                "PNG chunk {} is truncated",
-                String::from_utf8_lossy(kind)
-            ));
-        };
-        let stored = u32::from_be_bytes([stored[0], stored[1], stored[2], stored[3]]);
-        if crc32fast::hash(&data[at + 4..end]) != stored {
-            return Err(format!(
-                "broken PNG file (bad checksum in chunk {})",
-                String::from_utf8_lossy(kind)
-            ));
+        if &kind == b"IDAT" || &kind == b"fdAT" {
+            image_data = true;
+        } else if image_data {
+            if &kind == b"IEND" {
+                return Ok(());
+            }
+            if PILLOW_CHUNKS.contains(&&kind) {
+                return Err(format!(
+                    "PNG chunk {name} after the image data: decoded by Pillow"
+                ));
+            }
         }
-        at = end + 4;
+        if !image_data {
+            let Some(stored) = data.get(end..end.saturating_add(4)) else {
+                return Err(format!("PNG chunk {name} is truncated"));
+            };
+            let stored = u32::from_be_bytes([stored[0], stored[1], stored[2], stored[3]]);
+            if crc32fast::hash(&data[at + 4..end]) != stored {
+                return Err(format!("broken PNG file (bad checksum in chunk {name})"));
+            }
+        } else if end > data.len() {
+            return Err(format!("PNG chunk {name} is truncated"));
+        }
+        at = end.saturating_add(4);
     }
 }
 
@@ -201,6 +228,39 @@ mod tests {
         out.extend(chunk(kind, b"any ancillary data", flip));
         out.extend_from_slice(&file[33..]);
         out
+    }
+
+    /// An RGB PNG with a chunk after the image data (declaring `length` bytes, `data` present).
+    fn with_trailing(kind: &[u8], length: u32, data: &[u8]) -> Vec<u8> {
+        let file = encode_png(2, 2, png::ColorType::Rgb, png::BitDepth::Eight, &[9u8; 12]);
+        let iend = file.len() - 12;
+        let mut out = file[..iend].to_vec();
+        out.extend_from_slice(&length.to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn chunks_after_the_image_data_are_read_as_pillow_reads_them() {
+        // Complete and unknown to Pillow: decoded here (a bad CRC there is not checked).
+        let mut ok = with_trailing(b"prIv", 3, b"abc");
+        ok.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(decode_png(&ok, None).is_ok());
+        // Pillow reads the chunk and fails on the short read (the fuzzer's find).
+        let e = decode_png(&with_trailing(b"HEND", 251, b"x"), None)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("truncated"), "{e}");
+        // A chunk Pillow interprets after the image data: Pillow decides.
+        let mut text = with_trailing(b"tEXt", 3, b"a\0b");
+        text.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(decode_png(&text, None).is_err());
+        // The end of the file, or bytes that are no chunk header, end Pillow's reading quietly
+        // (the png crate may still refuse such a file: Pillow then decodes it).
+        let file = encode_png(2, 2, png::ColorType::Rgb, png::BitDepth::Eight, &[9u8; 12]);
+        assert!(pillow_chunk_checks(&file[..file.len() - 12]).is_ok());
+        assert!(pillow_chunk_checks(&with_trailing(b"\0\0\0\0", 99, b"")).is_ok());
     }
 
     #[test]

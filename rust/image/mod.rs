@@ -162,6 +162,16 @@ fn preprocess_into(
             }
         }
     }
+    // Ctrl-C: the calling thread looks for it after each of its items (taking the GIL back for a
+    // moment); the handler's exception (KeyboardInterrupt) is raised once the workers stopped.
+    let pending: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+    let ctrl_c = || match Python::attach(|py| py.check_signals()) {
+        Ok(()) => false,
+        Err(err) => {
+            *pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(err);
+            true
+        }
+    };
     let run_errors = match kind {
         OutKind::F32 => {
             let table = lut_values(lut, 4, |b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))?;
@@ -176,22 +186,26 @@ fn preprocess_into(
             // SAFETY: Python passes the data pointer of a contiguous float32 tensor of out_len
             // elements that it keeps alive and does not touch during this call.
             let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut f32, out_len) };
-            py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd))
+            py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd, &ctrl_c))
         }
         OutKind::F16 => {
             let table = lut_values(lut, 2, |b| u16::from_ne_bytes([b[0], b[1]]))?;
             // SAFETY: as above, a contiguous float16 tensor (2-byte elements).
             let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut u16, out_len) };
             let norm = Normalize::table(&table);
-            py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd))
+            py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd, &ctrl_c))
         }
         OutKind::U8 => {
             let table: Vec<u8> = (0..768).map(|i| (i % 256) as u8).collect();
             // SAFETY: as above, a contiguous uint8 tensor.
             let out = unsafe { std::slice::from_raw_parts_mut(out_addr as *mut u8, out_len) };
             let norm = Normalize::table(&table);
-            py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd))
+            py.detach(|| batch::run(&batch, n_px, &norm, out, threads, simd, &ctrl_c))
         }
+    };
+    let Some(run_errors) = run_errors else {
+        let err = pending.into_inner().unwrap_or_else(|e| e.into_inner());
+        return Err(err.unwrap_or_else(|| Error::Interrupted.into()));
     };
     for (slot, e) in errors.iter_mut().zip(run_errors) {
         if slot.is_none() {
