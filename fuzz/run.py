@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -304,6 +305,30 @@ def fuzz_atheris(args: argparse.Namespace, results: dict) -> bool:
     return ok
 
 
+def run_sweeps(args: argparse.Namespace, results: dict) -> bool:
+    """The full truncation and bit-flip sweeps (fuzz/sweeps.py); their counts go in the report."""
+    out = HERE / "work" / "sweeps.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), OMP_NUM_THREADS="1")
+    cmd = [
+        PY,
+        str(HERE / "sweeps.py"),
+        "--stride",
+        str(args.sweep_stride),
+        "--flip-stride",
+        "1",
+        "--json",
+        str(out),
+    ]
+    print(f"sweeps: {' '.join(cmd[2:])}", flush=True)
+    subprocess.run(cmd, env=env, capture_output=True, timeout=6 * 3600)
+    report = json.loads(out.read_text()) if out.exists() else {"ok": False, "failure": "no report"}
+    results["sweeps"] = report
+    counts = f"truncations={report.get('truncation_total')} flips={report.get('bit_flip_total')}"
+    print(f"  ok={report.get('ok')} {counts}", flush=True)
+    return bool(report.get("ok"))
+
+
 def write_readme(results: dict) -> None:
     rows = [
         "| target | executions | coverage (edges / features) | stopped by | time | corpus files | findings |",
@@ -322,7 +347,23 @@ def write_readme(results: dict) -> None:
         f"{sanitizer} (the Rust targets; the differential targets run under atheris with coverage of "
         "the Python side, the extension and libjpeg uninstrumented)."
     )
-    text = "\n".join([intro, "", *rows])
+    sweeps = results.get("sweeps") or {}
+    lines = [intro, "", *rows]
+    if sweeps:
+        flips = sweeps.get("bit_flips", {})
+        outcome = Counter()
+        for counts in flips.values():
+            outcome.update(counts)
+        lines += [
+            "",
+            f"Sweeps (fuzz/sweeps.py, {sweeps.get('seconds', 0):.0f} s): "
+            f"{sweeps.get('truncation_total', 0):,} truncation points of "
+            f"{len(sweeps.get('truncation_points', {}))} files (5 checkpoint formats, 9 image formats), "
+            f"{sweeps.get('bit_flip_total', 0):,} single bit flips across zip headers, pickles and "
+            f"safetensors headers ({', '.join(f'{v:,} {k}' for k, v in sorted(outcome.items()))}); "
+            f"{'all as required' if sweeps.get('ok') else 'FAILED: ' + str(sweeps.get('failure'))}.",
+        ]
+    text = "\n".join(lines)
     readme = ROOT / "README.md"
     body = readme.read_text()
     start, end = "<!-- fuzz:results -->", "<!-- /fuzz:results -->"
@@ -342,6 +383,8 @@ def main() -> int:
     parser.add_argument("--no-atheris", action="store_true")
     parser.add_argument("--keep", type=int, default=64, help="corpus files kept per differential target")
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--no-sweeps", action="store_true")
+    parser.add_argument("--sweep-stride", type=int, default=16, help="every n-th prefix (all near the ends)")
     args = parser.parse_args()
     results: dict = {
         "date": time.strftime("%Y-%m-%d"),
@@ -356,6 +399,10 @@ def main() -> int:
     ok = fuzz_rust(args, results)
     if not args.no_atheris:
         ok = fuzz_atheris(args, results) and ok
+    if not args.no_sweeps:
+        ok = run_sweeps(args, results) and ok
+    elif previous.exists():
+        results["sweeps"] = json.loads(previous.read_text()).get("sweeps")
     previous.write_text(json.dumps(results, indent=1) + "\n")
     if not args.no_readme:
         write_readme(results)
