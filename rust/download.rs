@@ -77,7 +77,7 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
 #[pyfunction]
 #[pyo3(signature = (
     url, dest, sha256=None, progress=None, *, expected_size=None, connect_timeout=30.0,
-    read_timeout=60.0, retries=5, backoff=1.0, max_backoff=30.0, tick_interval=0.1
+    read_timeout=60.0, retries=5, backoff=1.0, max_backoff=30.0, tick_interval=0.1, min_rate=1024
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn fetch(
@@ -93,6 +93,7 @@ pub fn fetch(
     backoff: f64,
     max_backoff: f64,
     tick_interval: f64,
+    min_rate: u64,
 ) -> PyResult<FetchReport> {
     let expected = match sha256 {
         Some(text) => Some(parse_hex(text.trim()).ok_or_else(|| {
@@ -110,6 +111,7 @@ pub fn fetch(
         max_backoff: seconds("max_backoff", max_backoff)?,
         expected_size,
         tick_interval: seconds("tick_interval", tick_interval)?.max(Duration::from_millis(1)),
+        min_rate,
     };
     let mut observer = PyObserver {
         progress: progress.as_ref(),

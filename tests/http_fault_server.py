@@ -15,7 +15,6 @@ import socket
 import socketserver
 import ssl
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -42,6 +41,9 @@ class Resource:
     redirect_to: Optional[str] = None  # answer 302 with this Location
     throttle_seconds: float = 0.0  # spread the body over about this long
     fake_length: Optional[int] = None  # announce this Content-Length instead (then close)
+    retry_after: Optional[str] = None  # a Retry-After header on the `statuses` answers
+    extra_body: bytes = b""  # sent after the announced body (a body longer than Content-Length)
+    loris_interval: float = 0.0  # send the body one byte at a time, this many seconds apart
 
     def tag(self) -> str:
         return self.etag if self.etag is not None else '"' + hashlib.sha256(self.data).hexdigest()[:16] + '"'
@@ -132,7 +134,7 @@ class FaultServer:
             self._simple(h, served, 404)
             return
         if status_now is not None:
-            self._simple(h, served, status_now)
+            self._simple(h, served, status_now, res.retry_after)
             return
         if res.redirect_to is not None:
             self._record(served, 302)
@@ -188,6 +190,12 @@ class FaultServer:
         if drop and res.drop_after is not None:
             limit = max(0, res.drop_after - start)
         self._send_body(h, served, body[:limit], res, start, drip)
+        if res.extra_body and limit == len(body):
+            try:
+                h.wfile.write(res.extra_body)
+                h.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
         if limit < len(body):
             h.close_connection = True
 
@@ -200,9 +208,11 @@ class FaultServer:
         offset: int,
         drip: bool,
     ) -> None:
-        piece = 64 * 1024
+        piece = 1 if res.loris_interval else 64 * 1024
         pieces = max(1, (len(body) + piece - 1) // piece)
         pause = res.throttle_seconds / pieces if res.throttle_seconds else 0.0
+        if res.loris_interval:
+            pause = res.loris_interval
         sent = 0
         try:
             while sent < len(body):
@@ -217,8 +227,8 @@ class FaultServer:
                 with self.lock:
                     served.body_bytes += end - sent
                 sent = end
-                if pause:
-                    time.sleep(pause)
+                if pause and self.stopping.wait(pause):
+                    return
             h.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -227,10 +237,18 @@ class FaultServer:
         with self.lock:
             served.statuses.append(status)
 
-    def _simple(self, h: http.server.BaseHTTPRequestHandler, served: Served, status: int) -> None:
+    def _simple(
+        self,
+        h: http.server.BaseHTTPRequestHandler,
+        served: Served,
+        status: int,
+        retry_after: Optional[str] = None,
+    ) -> None:
         self._record(served, status)
         body = f"status {status}\n".encode()
         h.send_response(status)
+        if retry_after is not None:
+            h.send_header("Retry-After", retry_after)
         h.send_header("Content-Type", "text/plain")
         h.send_header("Content-Length", str(len(body)))
         h.send_header("Connection", "close")

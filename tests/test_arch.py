@@ -171,3 +171,38 @@ def test_architecture_round_trips_through_the_dataclass() -> None:
     arch = infer_architecture(reference_on_meta("RN101").state_dict())
     assert isinstance(arch, Architecture)
     assert dataclasses.replace(arch) == arch
+
+
+def test_testing_table_is_open_clips_configs_of_the_nine_models() -> None:
+    """_testing.FULL, from which every generated checkpoint's shapes come, against open_clip's own
+    model configs of the same nine models (the -quickgelu ones have the same shapes)."""
+    import json
+    from pathlib import Path
+
+    import open_clip
+
+    configs = Path(open_clip.__file__).parent / "model_configs"
+    names = {
+        "ViT-B/32": "ViT-B-32",
+        "ViT-B/16": "ViT-B-16",
+        "ViT-L/14": "ViT-L-14",
+        "ViT-L/14@336px": "ViT-L-14-336",
+    }
+    assert len(_testing.FULL) == 9
+    for name, spec in _testing.FULL.items():
+        for variant in (names.get(name, name), names.get(name, name) + "-quickgelu"):
+            cfg = json.loads((configs / f"{variant}.json").read_text())
+            vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+            layers = tuple(vision["layers"]) if isinstance(vision["layers"], list) else vision["layers"]
+            assert asdict(spec) == {
+                "embed_dim": cfg["embed_dim"],
+                "image_resolution": vision["image_size"],
+                "vision_layers": layers,
+                "vision_width": vision["width"],
+                "vision_patch_size": vision.get("patch_size"),
+                "context_length": text["context_length"],
+                "vocab_size": text["vocab_size"],
+                "transformer_width": text["width"],
+                "transformer_heads": text["heads"],
+                "transformer_layers": text["layers"],
+            }, variant

@@ -161,7 +161,7 @@ def test_ctrl_c_during_loads_leaves_a_usable_interpreter(openai_archive: Callabl
 def test_ctrl_c_stops_a_long_preprocess_batch_promptly(mixed: bool) -> None:
     """A batch of 400 large JPEGs takes tens of seconds; Ctrl-C stops it within about an item's
     time (it waited for the whole batch), and the next batch gives the same tensors as before.
-    With a PIL image among the items the batch runs item by item on a thread pool instead."""
+    With a BMP among the items (Pillow decodes it) the batch runs item by item on a thread pool."""
     lines = interrupt_child(
         f"""
         MIXED = {mixed}
@@ -173,7 +173,8 @@ def test_ctrl_c_stops_a_long_preprocess_batch_promptly(mixed: bool) -> None:
         small = clipfast.preprocess_batch([data] * 2, threads=2)
         print("started", flush=True)
         start = time.monotonic()
-        items = [data] * 400 + ([Image.new("RGB", (50, 40))] if MIXED else [])
+        bmp = io.BytesIO(); Image.new("RGB", (50, 40)).save(bmp, "BMP")
+        items = [data] * 400 + ([bmp.getvalue()] if MIXED else [])
         try:
             clipfast.preprocess_batch(items, threads=2)
             print("finished", flush=True)

@@ -25,11 +25,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import clip as reference_clip
 
-needs_load = pytest.mark.skipif(
-    not hasattr(clipfast, "load") or "not built yet" in (clipfast.load.__doc__ or "") + repr(clipfast.load),
-    reason="clipfast.load is not merged yet",
-)
-
 # openai/CLIP README, "Usage", with the model name and image file as variables.
 README_USAGE = """
 import torch
@@ -115,7 +110,6 @@ def _assert_same_printout(ours: str, reference: str) -> None:
         assert abs(float(got) - float(want)) <= tolerance + 1e-5 * abs(float(want)), (got, want, ours)
 
 
-@needs_load
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("name", ["ViT-B/32", "RN50"])
 def test_readme_usage_prints_the_same(
@@ -128,7 +122,6 @@ def test_readme_usage_prints_the_same(
     _assert_same_printout(ours, reference)
 
 
-@needs_load
 @pytest.mark.parametrize("jit", [False, True])
 def test_readme_zero_shot_prints_the_same(
     jit: bool, openai_archive: Callable[[str], Path], tmp_path: Path
@@ -141,7 +134,6 @@ def test_readme_zero_shot_prints_the_same(
     _assert_same_printout(ours, reference)
 
 
-@needs_load
 def test_model_attributes_and_preprocess_transforms(
     openai_archive: Callable[[str], Path], tmp_path: Path
 ) -> None:
@@ -196,8 +188,51 @@ def test_clip_clip_module_names() -> None:
     text = "A photo of a café &amp; its 2 dogs"
     assert ours._tokenizer.encode(text) == ref._tokenizer.encode(text)
     assert clipfast.simple_tokenizer.SimpleTokenizer().encode(text) == ref._tokenizer.encode(text)
+    # Documented: Pillow's constant where clip has torchvision's (clipfast does not import
+    # torchvision); the same filter wherever either is passed.
+    assert ours.BICUBIC == Image.Resampling.BICUBIC and ref.BICUBIC.value == "bicubic"
+    resized = [
+        transform(image)
+        for transform in (
+            clipfast.transforms.Resize(224, interpolation=ours.BICUBIC),
+            ref.Resize(224, interpolation=ref.BICUBIC),
+            ref.Resize(224, interpolation=ours.BICUBIC),
+        )
+    ]
+    assert resized[0].tobytes() == resized[1].tobytes() == resized[2].tobytes()
     with pytest.raises(AttributeError):
         _ = ours.no_such_name
+
+
+def test_clip_clip_download_behaves_as_clips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """clip.clip._download(url, root): the same file at the same path, and a RuntimeError for bytes
+    that do not match the SHA-256 in the URL (clip re-checks; clipfast raises ChecksumError)."""
+    import hashlib
+
+    from http_fault_server import FaultServer, Resource
+
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data = b"stand-in weights " * 4096
+    sha = hashlib.sha256(data).hexdigest()
+    server = FaultServer()
+    try:
+        url = server.add(f"/clip/models/{sha}/Stand-In.pt", Resource(data=data))
+        bad = server.add(f"/clip/models/{'0' * 64}/Bad.pt", Resource(data=data))
+        ours = clipfast.clip._download(url, str(tmp_path / "ours"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = reference_clip.clip._download(url, str(tmp_path / "theirs"))
+        assert Path(ours).name == Path(theirs).name == "Stand-In.pt"
+        assert Path(ours).read_bytes() == Path(theirs).read_bytes() == data
+        with pytest.raises(RuntimeError):
+            reference_clip.clip._download(bad, str(tmp_path / "theirs"))
+        with pytest.raises(RuntimeError):
+            clipfast.clip._download(bad, str(tmp_path / "ours"))
+        assert not (tmp_path / "ours" / "Bad.pt").exists()
+    finally:
+        server.stop()
 
 
 def test_tokenize_through_the_package_name() -> None:
@@ -206,7 +241,6 @@ def test_tokenize_through_the_package_name() -> None:
     assert clipfast.tokenize(texts).dtype == torch.int32  # openai/CLIP's dtype on torch >= 1.8
 
 
-@needs_load
 @pytest.mark.parametrize("name", ["ViT-B/32", "RN50"])
 def test_build_model_module_path(name: str, openai_archive: Callable[[str], Path]) -> None:
     import clip.model as reference_model

@@ -169,15 +169,29 @@ def test_fp16_on_cpu_equals_clip_build_model(openai_archive: Callable[[str], Pat
 
 
 def test_dtype_callable_and_fp64(openai_archive: Callable[[str], Path]) -> None:
+    """Values, not only dtypes: each tensor is the stored one converted by torch's rounding."""
     path = openai_archive("RN101")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stored = torch.jit.load(str(path), map_location="cpu").state_dict()
+    reference, _ = clip_load(path)  # fp32, clip's values
     model, _ = clipfast.load(path, device="cpu", dtype=torch.float64)
     assert {t.dtype for t in model.state_dict().values()} == {torch.float64, torch.int64}
+    assert_same_state(
+        model.state_dict(),
+        {k: v.double() if v.is_floating_point() else v for k, v in reference.state_dict().items()},
+    )
     bf16 = {"visual.attnpool.c_proj.weight"}
     model, _ = clipfast.load(
         path, device="cpu", dtype=lambda name, stored: torch.bfloat16 if name in bf16 else torch.float32
     )
     assert model.visual.attnpool.c_proj.weight.dtype == torch.bfloat16
-    assert model.visual.attnpool.c_proj.bias.dtype == torch.float32
+    assert torch.equal(
+        model.visual.attnpool.c_proj.weight, stored["visual.attnpool.c_proj.weight"].to(torch.bfloat16)
+    )
+    others = {k: v for k, v in model.state_dict().items() if k not in bf16}
+    expected = {k: v for k, v in reference.state_dict().items() if k not in bf16}
+    assert_same_state(others, expected)
 
 
 def test_mmap_load_equals_clip(openai_archive: Callable[[str], Path]) -> None:
@@ -185,6 +199,45 @@ def test_mmap_load_equals_clip(openai_archive: Callable[[str], Path]) -> None:
     model, _ = clipfast.load(path, device="cpu", mmap=True)
     reference, _ = clip_load(path)
     assert_same_state(model.state_dict(), reference.state_dict())
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """The address ranges of this process mapped from ``path`` (/proc/self/maps)."""
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip() == str(path):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                out.append((start, end))
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux only")
+def test_mmap_backs_weights_by_the_file_and_the_default_does_not(tmp_path: Path) -> None:
+    """mmap=True: every weight whose dtype does not change is a view of the file's mapping; the
+    default (mmap=False): none is, and the model still works after the file is truncated."""
+    path = _testing.write_state_dict(tmp_path / "fp32.pt", _testing.tiny("ViT-B/32"))
+    torch.save({k: v.float() for k, v in torch.load(path, weights_only=True).items()}, path)
+
+    def mapped(model: Any) -> list[bool]:
+        ranges = _mapped_ranges(path.resolve())
+        return [
+            any(a <= t.data_ptr() < b for a, b in ranges) for t in model.state_dict().values() if t.numel()
+        ]
+
+    by_map, _ = clipfast.load(path, device="cpu", mmap=True)
+    assert all(mapped(by_map)), "mmap=True: every fp32 weight is read from the file's map"
+    owned, _ = clipfast.load(path, device="cpu")
+    assert not any(mapped(owned)), "mmap=False: no weight may depend on the file"
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        before = owned.encode_image(image)
+    del by_map  # its map would make the truncated pages fault (SIGBUS), as documented
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    with torch.no_grad():
+        assert torch.equal(owned.encode_image(image), before)
 
 
 def test_build_model_is_a_drop_in(openai_archive: Callable[[str], Path]) -> None:
@@ -235,10 +288,7 @@ def test_jit_archive_goes_to_load_jit(openai_archive: Callable[[str], Path], mon
 
 def test_jit_true_matches_clip(openai_archive: Callable[[str], Path]) -> None:
     path = openai_archive("RN50")
-    try:
-        model, _ = clipfast.load(path, device="cpu", jit=True)
-    except NotImplementedError:
-        pytest.skip("clipfast.jit.load_jit is not built yet")
+    model, _ = clipfast.load(path, device="cpu", jit=True)
     reference, _ = clip_load(path, jit=True)
     image = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
@@ -537,10 +587,19 @@ def test_meta_model_blocks_are_independent(name: str) -> None:
     assert blocks[0].attn_mask is blocks[2].attn_mask is not None  # shared, as clip's blocks share it
 
 
-@pytest.mark.parametrize("dtype", ["fp16", torch.int8, 3])
-def test_bad_dtype_fails_before_reading(dtype: Any, tmp_path: Path) -> None:
-    with pytest.raises((TypeError, ValueError), match="dtype"):
+@pytest.mark.parametrize(
+    ("dtype", "error"), [("fp16", TypeError), (torch.int8, ValueError), (3, TypeError), (None, None)]
+)
+def test_bad_dtype_fails_before_reading(dtype: Any, error: Any, tmp_path: Path) -> None:
+    """A dtype of the wrong type is a TypeError, a non-floating dtype a ValueError: before the
+    file is looked at (a missing file would be a ModelNotFoundError)."""
+    if error is None:
+        with pytest.raises(ModelNotFoundError):
+            clipfast.load(tmp_path / "never-read.pt", device="cpu", dtype=dtype)
+        return
+    with pytest.raises(error, match="dtype") as raised:
         clipfast.load(tmp_path / "never-read.pt", device="cpu", dtype=dtype)
+    assert type(raised.value) is error
 
 
 def test_load_then_fork_does_not_hang(

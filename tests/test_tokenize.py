@@ -439,3 +439,43 @@ def test_tokenize_then_fork_does_not_hang(fork_after: Callable[..., None]) -> No
         """,
         "ok = torch.equal(a, clipfast.tokenize(texts))",
     )
+
+
+def test_fallback_where_ftfy_or_unicode_versions_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a Python whose ftfy or Unicode database is not the one the fast-path tables were proved
+    for, non-ASCII text goes through clip's own cleaning: still clip's ids."""
+    import unicodedata
+
+    import ftfy
+
+    for module, attribute in ((ftfy, "__version__"), (unicodedata, "unidata_version")):
+        with monkeypatch.context() as patch:
+            patch.setattr(module, attribute, "0.0.0")
+            patch.setattr(clipfast.tokenizer, "_tokenizers", {})
+            assert clipfast.tokenizer.native_tokenizer().extended_fast_path is False
+            texts = [t for t in CORPUS if not t.isascii()] + ["naïve café ’s “quoted” ﬁne ｗｉｄｅ"]
+            _same_as_clip(texts)
+            _same_as_clip(texts, truncate=True, context_length=8)
+    assert clipfast.tokenizer.native_tokenizer().extended_fast_path is True
+
+
+def test_simple_tokenizer_with_another_merges_file(tmp_path: pytest.TempPathFactory) -> None:
+    """SimpleTokenizer(bpe_path) reads that file: another merge order gives other ids, clip's own."""
+    import gzip
+
+    with gzip.open(clipfast.tokenizer.default_bpe()) as f:
+        lines = f.read().decode("utf-8").split("\n")
+    # The first 2000 merges in reverse rank order: the same vocabulary, merged differently.
+    lines[1:2001] = lines[2000:0:-1]
+    path = tmp_path / "other.txt.gz"  # type: ignore[operator]
+    with gzip.open(path, "wb") as f:
+        f.write("\n".join(lines).encode("utf-8"))
+    ours = SimpleTokenizer(str(path))
+    reference = reference_module.SimpleTokenizer(str(path))
+    assert ours.bpe_ranks == reference.bpe_ranks and ours.encoder == reference.encoder
+    differs = 0
+    for text in CORPUS[:300]:
+        ids = ours.encode(text)
+        assert ids == reference.encode(text), text
+        differs += ids != REFERENCE.encode(text)
+    assert differs > 0, "the other merges file was not used"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing
 import os
 import pickle
 import struct
+import subprocess
+import sys
+import textwrap
 import warnings
 import zlib
 from collections.abc import Callable
@@ -189,7 +193,54 @@ def test_simd_and_scalar_paths_agree() -> None:
         ] * len(items)
         outs.append(out)
     assert torch.equal(outs[0], outs[1])
-    assert _native.simd_level() in ("avx2+avxvnni", "avx2+avx512vnni", "avx2", "none")
+    assert _native.simd_level() == _cpu_simd_level()
+
+
+def _cpu_simd_level() -> str:
+    """What the CPU offers, from /proc/cpuinfo (Linux x86-64): the level the 8-bit passes must use."""
+    flags: set[str] = set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set()
+            )
+    if "avx2" not in flags:
+        return "none"
+    if os.environ.get("CLIPFAST_SIMD") == "avx2":
+        return "avx2"
+    if "avx_vnni" in flags:
+        return "avx2+avxvnni"
+    if {"avx512f", "avx512vl", "avx512_vnni"} <= flags:
+        return "avx2+avx512vnni"
+    return "avx2"
+
+
+def test_clipfast_scalar_forces_the_scalar_reference() -> None:
+    """CLIPFAST_SCALAR=1 (docs/preprocess.md): the scalar passes run, with clip's exact results."""
+    code = textwrap.dedent(
+        """
+        import json, sys, torch, numpy as np, warnings
+        warnings.filterwarnings("ignore")
+        import clip, clipfast
+        from clipfast import transforms
+        from PIL import Image
+        rng = np.random.default_rng(1)
+        imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(m)
+                for (w, h), m in [((640, 427), "RGB"), ((300, 900), "RGBA"), ((333, 222), "L")]]
+        ref = clip.clip._transform(224)
+        same = [bool(torch.equal(clipfast.preprocess_batch([im])[0], ref(im))) for im in imgs]
+        same += [bool(torch.equal(transforms.for_resolution(224)(im), ref(im))) for im in imgs]
+        print(json.dumps({"simd": transforms._SIMD, "same": same}))
+        """
+    )
+    env = {**os.environ, "CLIPFAST_SCALAR": "1", "PYTHONPATH": str(Path(clipfast.__file__).parent.parent)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"simd": False, "same": [True] * 6}
+    assert transforms._SIMD is (os.environ.get("CLIPFAST_SCALAR", "") in ("", "0"))
 
 
 @pytest.mark.parametrize(
@@ -383,15 +434,55 @@ def test_empty_batch_is_an_empty_tensor() -> None:
 
 
 def test_batch_dtypes() -> None:
+    """float16 is clip's float32 result rounded; uint8 the RGB bytes of torchvision's Resize and
+    CenterCrop as clip's pipeline applies them (references from clip's own module)."""
     imgs = [synthetic(300, 200, "RGB", seed=1), synthetic(200, 300, "LA", seed=2)]
-    f32 = clipfast.preprocess_batch(imgs, 224, threads=1)
-    assert torch.equal(clipfast.preprocess_batch(imgs, 224, dtype=torch.float16), f32.half())
+    f16 = clipfast.preprocess_batch(imgs, 224, dtype=torch.float16)
+    assert torch.equal(f16, torch.stack([reference(im, 224) for im in imgs]).half())
     u8 = clipfast.preprocess_batch(imgs, 224, dtype=torch.uint8)
     for i, im in enumerate(imgs):
-        rgb = transforms.CenterCrop(224)(transforms.Resize(224)(im)).convert("RGB")
+        resized = clip.clip.CenterCrop(224)(clip.clip.Resize(224, interpolation=clip.clip.BICUBIC)(im))
+        rgb = clip.clip._convert_image_to_rgb(resized)
         assert torch.equal(u8[i], torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
     with pytest.raises(ValueError):
         clipfast.preprocess_batch(imgs, dtype=torch.float64)
+
+
+def test_batch_mean_and_std_are_normalize_s() -> None:
+    """preprocess_batch(mean=, std=): clip's pipeline with that Normalize, for float32 and float16."""
+    imgs = [synthetic(400, 300, "RGB", seed=5), synthetic(250, 260, "L", seed=6)]
+    for mean, std in [((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.1, 0.2, 0.3), (3.0, 1e-3, 0.7))]:
+        pipeline = clip.clip.Compose(
+            [*clip.clip._transform(224).transforms[:-1], clip.clip.Normalize(mean, std)]
+        )
+        expected = torch.stack([pipeline(im) for im in imgs])
+        got = clipfast.preprocess_batch(imgs, 224, mean=mean, std=std)
+        assert torch.equal(got, expected)
+        assert torch.equal(
+            clipfast.preprocess_batch(imgs, 224, mean=mean, std=std, dtype=torch.float16), expected.half()
+        )
+
+
+@pytest.mark.parametrize("kind", ["bool", "uint16", "int32", "float32", "HW1", "HW2", "HW4", "HW", "HW3"])
+def test_batch_numpy_arrays_are_read_as_image_fromarray(kind: str) -> None:
+    """Every array kind docs/preprocess.md lists gives clip's result on Image.fromarray(array)."""
+    rng = np.random.default_rng(len(kind))
+    h, w = 181, 263
+    arrays = {
+        "bool": rng.integers(0, 2, (h, w)).astype(bool),
+        "uint16": rng.integers(0, 65536, (h, w)).astype(np.uint16),
+        "int32": rng.integers(-1000, 70000, (h, w)).astype(np.int32),
+        "float32": (rng.standard_normal((h, w)) * 200).astype(np.float32),
+        "HW1": rng.integers(0, 256, (h, w, 1), dtype=np.uint8),
+        "HW2": rng.integers(0, 256, (h, w, 2), dtype=np.uint8),
+        "HW4": rng.integers(0, 256, (h, w, 4), dtype=np.uint8),
+        "HW": rng.integers(0, 256, (h, w), dtype=np.uint8),
+        "HW3": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+    }
+    arr = arrays[kind]
+    as_image = arr[:, :, 0] if kind == "HW1" else arr
+    expected = reference(Image.fromarray(as_image), 224)
+    assert torch.equal(clipfast.preprocess_batch([arr], 224)[0], expected), kind
 
 
 def test_batch_bad_inputs_name_the_index() -> None:
@@ -612,15 +703,46 @@ def test_preprocess_object_rejects_zero_size_image() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only")
-def test_default_threads_follow_torch() -> None:
-    imgs = [synthetic(300, 200, "RGB", seed=i) for i in range(3)]
+def test_default_threads_follow_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """threads=None uses torch.get_num_threads() workers: the native call's thread count (one
+    call for the whole batch) and the pool's size (item by item) are recorded."""
+    seen: list[tuple[str, int]] = []
+    native = transforms._native.preprocess_into
+
+    def recording(
+        items: Any, n_px: int, lut: Any, addr: int, length: int, kind: str, threads: int, *rest: Any
+    ) -> Any:
+        seen.append(("native", threads))
+        return native(items, n_px, lut, addr, length, kind, threads, *rest)
+
+    pools = []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, max_workers: int) -> None:
+            pools.append(max_workers)
+            super().__init__(max_workers=max_workers)
+
+    monkeypatch.setattr(transforms._native, "preprocess_into", recording)
+    monkeypatch.setattr(transforms, "ThreadPoolExecutor", Pool)
+    imgs = [synthetic(300, 200, "RGB", seed=i) for i in range(5)]
+    jpegs = [encode(im, "JPEG") for im in imgs]
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        one = clipfast.preprocess_batch(imgs)
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            seen.clear()
+            pools.clear()
+            decoded = clipfast.preprocess_batch(imgs)
+            assert seen == [("native", count)], (count, seen)
+            # A BMP (decoded by Pillow) makes the batch run item by item on a pool.
+            items = [*jpegs, encode(imgs[0], "BMP")]
+            mixed = clipfast.preprocess_batch(items)
+            assert pools == ([min(count, len(items))] if count > 1 else []), (count, pools)
+            assert torch.equal(decoded, torch.stack([reference(im, 224) for im in imgs]))
+            expected = torch.stack([reference(Image.open(io.BytesIO(b)), 224) for b in items])
+            assert torch.equal(mixed, expected)
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(one, clipfast.preprocess_batch(imgs, threads=3))
 
 
 # --- fast decode mode -----------------------------------------------------------------------------

@@ -72,6 +72,7 @@ def fetch(
     backoff: float = 1.0,
     max_backoff: float = 30.0,
     tick_interval: float = 0.1,
+    min_rate: int = 1024,
 ) -> FetchReport: ...
 
 @final

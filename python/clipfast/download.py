@@ -12,6 +12,8 @@ Environment:
     CLIPFAST_READ_TIMEOUT     seconds of silence before a try fails (default 60)
     CLIPFAST_RETRIES          tries after the first (default 5)
     CLIPFAST_BACKOFF          first wait between tries, in seconds, doubling (default 1)
+    CLIPFAST_MIN_RATE         bytes/s below which a transfer, over a whole read timeout, counts as
+                              stalled and is retried (slow-loris; default 1024, 0 disables)
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def _fetch_options() -> dict[str, Any]:
         "read_timeout": _env_number("CLIPFAST_READ_TIMEOUT", 60.0),
         "retries": _env_number("CLIPFAST_RETRIES", 5, int),
         "backoff": _env_number("CLIPFAST_BACKOFF", 1.0),
+        "min_rate": _env_number("CLIPFAST_MIN_RATE", 1024, int),
     }
 
 

@@ -40,6 +40,10 @@ pub struct Options {
     pub expected_size: Option<u64>,
     /// How often the observer is called while the download runs.
     pub tick_interval: Duration,
+    /// Bytes per second below which a transfer, measured over a whole `read_timeout`, counts as
+    /// stalled and is retried (a server that trickles bytes just often enough to defeat the read
+    /// timeout: slow-loris); 0 disables it.
+    pub min_rate: u64,
 }
 
 impl Default for Options {
@@ -52,6 +56,7 @@ impl Default for Options {
             max_backoff: Duration::from_secs(30),
             expected_size: None,
             tick_interval: Duration::from_millis(100),
+            min_rate: 1024,
         }
     }
 }
@@ -348,11 +353,27 @@ fn receive_body(
     observer: &mut dyn Observer,
 ) -> Result<(), Stop> {
     let mut last_tick = Instant::now();
+    // The low-speed window: when it started and how many bytes had arrived then.
+    let mut window = (Instant::now(), state.have);
     loop {
         match next_event(events, state, options, observer, &mut last_tick)? {
             Some(Event::Chunk(bytes)) => {
                 let len = bytes.len() as u64;
                 after_chunk(state.have, len, state.total).map_err(Stop::Restart)?;
+                let elapsed = window.0.elapsed();
+                if elapsed >= options.read_timeout {
+                    let received = state.have.saturating_sub(window.1);
+                    if let Some(msg) =
+                        too_slow(received, elapsed, options.read_timeout, options.min_rate)
+                    {
+                        // Keep what came (it resumes), and try again.
+                        return Err(Stop::Retry {
+                            msg,
+                            retry_after: None,
+                        });
+                    }
+                    window = (Instant::now(), state.have);
+                }
                 writer
                     .write_all(&bytes)
                     .map_err(|e| Error::io(&state.partial.part, e))?;
@@ -507,6 +528,26 @@ pub(crate) fn after_chunk(have: u64, len: u64, total: Option<u64>) -> Result<u64
     }
 }
 
+/// Why a transfer that received `received` bytes in the last `elapsed` (at least one whole
+/// `window`) is too slow to go on, or None: less than `min_rate` bytes per second over it.
+pub(crate) fn too_slow(
+    received: u64,
+    elapsed: Duration,
+    window: Duration,
+    min_rate: u64,
+) -> Option<String> {
+    if min_rate == 0 || window.is_zero() || elapsed < window {
+        return None;
+    }
+    let wanted = (min_rate as f64 * elapsed.as_secs_f64()) as u64;
+    (received < wanted).then(|| {
+        format!(
+            "the server sent {received} bytes in {:.0} s, slower than {min_rate} bytes/s",
+            elapsed.as_secs_f64()
+        )
+    })
+}
+
 /// Whether a body that ended cleanly after `have` bytes is the whole file.
 pub(crate) fn at_end(have: u64, total: Option<u64>) -> Result<(), String> {
     match total {
@@ -635,6 +676,15 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trickle_over_a_whole_window_is_too_slow() {
+        let minute = Duration::from_secs(60);
+        assert!(too_slow(10, minute, minute, 1024).is_some());
+        assert!(too_slow(61_440, minute, minute, 1024).is_none());
+        assert!(too_slow(10, Duration::from_secs(59), minute, 1024).is_none());
+        assert!(too_slow(0, minute, minute, 0).is_none());
+    }
 
     #[test]
     fn content_range_forms() {
