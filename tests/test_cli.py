@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,9 @@ def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CLIPFAST_RETRIES", "0")
     monkeypatch.delenv("CLIPFAST_OFFLINE", raising=False)
     monkeypatch.delenv("CLIPFAST_MIRROR", raising=False)
+    # As the download tests do: a proxy from the environment must not intercept the local server.
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -127,7 +131,51 @@ def test_download_command(
     assert server.stats(rn50).requests == 1
 
 
+def test_download_command_fetches_verifies_and_reverifies(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Success (the path printed, the verified file), a second run that trusts the verified-cache
+    record (no request), and --verify, which re-hashes and replaces a file damaged in place even
+    when its size and mtime still match the record."""
+    data = b"stand-in RN50 weights " * 5000
+    sha = hashlib.sha256(data).hexdigest()
+    route = f"/clip/models/{sha}/RN50.pt"
+    monkeypatch.setitem(MODELS, "RN50", server.add(route, Resource(data=data)))
+    root = tmp_path / "models"
+    status, out, _ = run(capsys, "download", "RN50", "--root", str(root))
+    assert status == 0 and out.strip() == str(root / "RN50.pt")
+    assert (root / "RN50.pt").read_bytes() == data and server.stats(route).requests == 1
+    assert cache.is_verified(str(root / "RN50.pt"), sha)
+    # Damaged in place, size and mtime kept: the record still vouches for it.
+    stat = os.stat(root / "RN50.pt")
+    (root / "RN50.pt").write_bytes(b"X" + data[1:])
+    os.utime(root / "RN50.pt", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert run(capsys, "download", "RN50", "--root", str(root))[0] == 0
+    assert server.stats(route).requests == 1  # trusted, not re-read
+    status, out, err = run(capsys, "download", "RN50", "--root", str(root), "--verify")
+    assert status == 0 and out.strip() == str(root / "RN50.pt"), err
+    assert (root / "RN50.pt").read_bytes() == data and server.stats(route).requests == 2
+
+
 # --- inspect -------------------------------------------------------------------------------
+
+
+def test_inspect_tensors_lists_every_tensor_as_torch_has_it(
+    openai_archive: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = openai_archive("ViT-B/32")
+    status, out, _ = run(capsys, "inspect", str(path), "--tensors")
+    assert status == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    listed = [line.strip() for line in out.splitlines() if line.startswith("  ") and ": " in line]
+    expected = [f"{k}: {str(v.dtype).removeprefix('torch.')} {list(v.shape)}" for k, v in state.items()]
+    assert [line for line in listed if line in expected] == expected
+    status, out, _ = run(capsys, "inspect", str(path), "--json")
+    assert [(t["name"], t["shape"]) for t in json.loads(out)["tensors"]] == [
+        (k, list(v.shape)) for k, v in state.items()
+    ]
 
 
 @pytest.mark.parametrize("name", ["ViT-B/32", "RN50"])
