@@ -262,3 +262,20 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         cli.main(["verify"])
     assert stop.value.code == 2
+
+
+def test_verify_and_inspect_never_run_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every attack file (each runs its command under torch.load(weights_only=False), see
+    test_checkpoint.test_attacks_are_real): `verify` hashes it (a mismatch, exit 1), `inspect`
+    refuses it (exit 2, the global named), and nothing runs."""
+    from attacks.malicious import ATTACKS
+
+    for name, write in ATTACKS.items():
+        marker = tmp_path / f"ran-{name}"
+        path = write(tmp_path / f"{name}.pt", marker)
+        status, out, _ = run(capsys, "verify", str(path), "--sha256", "0" * 64, "--json")
+        assert status == 1 and json.loads(out)["match"] is False, name
+        status, _, err = run(capsys, "inspect", str(path))
+        global_name = name.rsplit("-", 1)[1]  # e.g. os.system
+        assert status == 2 and global_name in err and "never imports or calls it" in err, (name, err)
+        assert not marker.exists(), name
