@@ -384,8 +384,12 @@ def main() -> int:
     parser.add_argument("--keep", type=int, default=64, help="corpus files kept per differential target")
     parser.add_argument("--no-readme", action="store_true")
     parser.add_argument("--no-sweeps", action="store_true")
+    parser.add_argument("--readme-only", action="store_true", help="write the README table from results.json")
     parser.add_argument("--sweep-stride", type=int, default=16, help="every n-th prefix (all near the ends)")
     args = parser.parse_args()
+    if args.readme_only:
+        write_readme(json.loads((HERE / "results.json").read_text()))
+        return 0
     results: dict = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
