@@ -31,6 +31,16 @@ def _same_models(a: Any, b: Any) -> None:
         assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
 
 
+def _clip_load(path: Any) -> Any:
+    """openai/CLIP's own load of an archive, on the CPU (fp32)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import clip
+
+        model, _ = clip.load(str(path), device="cpu", jit=False)
+    return model
+
+
 def _loaded(path: Any, **kwargs: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a converted file needs no guess
@@ -49,6 +59,8 @@ def test_openai_archive(name: str, openai_archive: Callable[[str], Path], tmp_pa
     reference, reference_pre = clipfast.load(str(source), device="cpu")
     _same_models(model, reference)
     assert repr(preprocess) == repr(reference_pre)
+    # And the model is openai/CLIP's own load of the source (not only clipfast's).
+    _same_models(model, _clip_load(source))
     # Every tensor as stored (dtype too), readable by safetensors itself; the archive-only buffers dropped.
     stored = read_state_dict(source)
     written = load_file(out)
@@ -75,6 +87,15 @@ def test_dtypes(dtype: str, openai_archive: Callable[[str], Path], tmp_path: Pat
     written = load_file(out)
     for key, tensor in reference.state_dict().items():
         assert written[key].dtype == tensor.dtype and torch.equal(written[key], tensor), key
+    # openai/CLIP's model (fp32 on the CPU), and its convert_weights layout for fp16.
+    import clip.model
+
+    theirs = _clip_load(source)
+    if dtype == "fp16":
+        clip.model.convert_weights(theirs)
+    for key, tensor in theirs.state_dict().items():
+        if key in written:
+            assert written[key].dtype == tensor.dtype and torch.equal(written[key], tensor), key
 
 
 def test_open_clip_folder_gelu_and_wide_heads(tmp_path: Path) -> None:
