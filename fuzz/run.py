@@ -213,6 +213,21 @@ def minimise(binary: Path, target: str, sources: list[Path], max_len: int, env: 
     return sum(1 for _ in corpus.iterdir())
 
 
+def working_dirs(target: str) -> tuple[Path, Path]:
+    """A fresh working corpus for ``target`` (a copy of its committed one, which the fuzzer grows)
+    and the folder its findings go to."""
+    work = HERE / "work" / target
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    committed = HERE / "corpus" / target
+    if committed.exists():
+        for path in committed.iterdir():
+            shutil.copy(path, work / path.name)
+    artifacts = HERE / "artifacts" / target
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return work, artifacts
+
+
 def fuzz_rust(args: argparse.Namespace, results: dict) -> bool:
     ensure_cargo_fuzz()
     fuzz, sanitizer = toolchain()
@@ -223,15 +238,7 @@ def fuzz_rust(args: argparse.Namespace, results: dict) -> bool:
     for target, max_len in TARGETS.items():
         if args.targets and target not in args.targets:
             continue
-        work = HERE / "work" / target
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        committed = HERE / "corpus" / target
-        if committed.exists():
-            for path in committed.iterdir():
-                shutil.copy(path, work / path.name)
-        artifacts = HERE / "artifacts" / target
-        artifacts.mkdir(parents=True, exist_ok=True)
+        work, artifacts = working_dirs(target)
         binary = bindir / target
         cmd = [
             str(binary),
@@ -262,15 +269,7 @@ def fuzz_atheris(args: argparse.Namespace, results: dict) -> bool:
     for target, (script, seed_folder, max_len) in ATHERIS.items():
         if args.targets and target not in args.targets:
             continue
-        work = HERE / "work" / target
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        committed = HERE / "corpus" / target
-        if committed.exists():
-            for path in committed.iterdir():
-                shutil.copy(path, work / path.name)
-        artifacts = HERE / "artifacts" / target
-        artifacts.mkdir(parents=True, exist_ok=True)
+        work, artifacts = working_dirs(target)
         seeds = HERE / "seeds" / seed_folder
         cmd = [
             PY,

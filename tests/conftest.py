@@ -55,6 +55,21 @@ def state_dict_file(checkpoint_dir: Path) -> Callable[[str], Path]:
     return _cached_writer(checkpoint_dir, "sd", _testing.write_state_dict)
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def local_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, read_timeout: str = "2") -> None:
+    """Downloads from the local fault server only: short timeouts and back-off, no proxy from the
+    environment, no offline mode or mirror, verified-cache fallback records under ``tmp_path``."""
+    monkeypatch.setenv("CLIPFAST_CONNECT_TIMEOUT", "2")
+    monkeypatch.setenv("CLIPFAST_READ_TIMEOUT", read_timeout)
+    monkeypatch.setenv("CLIPFAST_RETRIES", "2")
+    monkeypatch.setenv("CLIPFAST_BACKOFF", "0.01")
+    for var in ("CLIPFAST_OFFLINE", "CLIPFAST_MIRROR", "CLIPFAST_MIN_RATE", *PROXY_VARIABLES):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
 @pytest.fixture
 def server() -> Iterator[FaultServer]:
     """A fault-injecting HTTP server on 127.0.0.1, stopped after the test."""

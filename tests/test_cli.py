@@ -20,6 +20,7 @@ from clipfast.arch import infer_architecture
 from clipfast.registry import MODELS, available_models, sha256_of_url
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import PROXY_VARIABLES
 from http_fault_server import FaultServer, Resource
 
 
@@ -30,7 +31,7 @@ def private_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CLIPFAST_OFFLINE", raising=False)
     monkeypatch.delenv("CLIPFAST_MIRROR", raising=False)
     # As the download tests do: a proxy from the environment must not intercept the local server.
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    for var in PROXY_VARIABLES:
         monkeypatch.delenv(var, raising=False)
 
 

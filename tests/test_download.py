@@ -21,6 +21,7 @@ from clipfast import _native, cache
 from clipfast import download as dl
 from clipfast.errors import ChecksumError, DownloadError, ModelNotFoundError
 from clipfast.registry import MODELS, sha256_of_url
+from conftest import local_network
 from http_fault_server import ConnectProxy, FaultServer, Resource
 
 PYTHON_DIR = str(Path(clipfast.__file__).resolve().parent.parent)
@@ -38,16 +39,7 @@ CHILD_PRELUDE = (
 
 @pytest.fixture(autouse=True)
 def fast_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CLIPFAST_CONNECT_TIMEOUT", "2")
-    monkeypatch.setenv("CLIPFAST_READ_TIMEOUT", "2")
-    monkeypatch.setenv("CLIPFAST_RETRIES", "2")
-    monkeypatch.setenv("CLIPFAST_BACKOFF", "0.01")
-    monkeypatch.delenv("CLIPFAST_OFFLINE", raising=False)
-    monkeypatch.delenv("CLIPFAST_MIRROR", raising=False)
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    # Fallback records (read-only folders) go here, not to the user's cache.
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    local_network(monkeypatch, tmp_path)
 
 
 def payload(size: int, seed: int = 0) -> bytes:

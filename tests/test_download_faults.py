@@ -18,6 +18,7 @@ import clipfast
 import pytest
 from clipfast import _native
 from clipfast.errors import ChecksumError, DownloadError
+from conftest import local_network
 from http_fault_server import FaultServer, Resource
 
 DATA = hashlib.shake_256(b"faults").digest(300_000)
@@ -25,15 +26,7 @@ DATA = hashlib.shake_256(b"faults").digest(300_000)
 
 @pytest.fixture(autouse=True)
 def quick(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("CLIPFAST_CONNECT_TIMEOUT", "2")
-    monkeypatch.setenv("CLIPFAST_READ_TIMEOUT", "1")
-    monkeypatch.setenv("CLIPFAST_RETRIES", "2")
-    monkeypatch.setenv("CLIPFAST_BACKOFF", "0.01")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    for var in ("CLIPFAST_OFFLINE", "CLIPFAST_MIRROR", "CLIPFAST_MIN_RATE"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
+    local_network(monkeypatch, tmp_path, read_timeout="1")
 
 
 @dataclass

@@ -209,11 +209,10 @@ def test_clip_clip_download_behaves_as_clips(tmp_path: Path, monkeypatch: pytest
     that do not match the SHA-256 in the URL (clip re-checks; clipfast raises ChecksumError)."""
     import hashlib
 
+    from conftest import local_network
     from http_fault_server import FaultServer, Resource
 
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    local_network(monkeypatch, tmp_path)
     data = b"stand-in weights " * 4096
     sha = hashlib.sha256(data).hexdigest()
     server = FaultServer()
