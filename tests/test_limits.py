@@ -57,7 +57,7 @@ for name, path in json.loads(PATHS).items():
         clipfast.load(path, device="cpu")
         results[name] = "ok"
     except Exception as err:
-        results[name] = type(err).__name__ + ": " + str(err)[:300]
+        results[name] = type(err).__name__ + ": " + str(err)[:1000]
 print(json.dumps(results))
 """
 
