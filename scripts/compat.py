@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
             print(probe.stderr, file=sys.stderr)
             versions = ["?"] * len(COLUMNS)
         print(f"\n== {name}: " + ", ".join(f"{c} {v}" for c, v in zip(COLUMNS, versions)), flush=True)
-        run_env = dict(env)
+        run_env = {**env, "CLIPFAST_COMPAT": "1"}  # tests skip checks of the development environment
         if subprocess.run([str(python), "-c", HALF_CONV], capture_output=True).returncode != 0:
             run_env["CLIPFAST_ARCHIVE_PYTHON"] = sys.executable
             print(

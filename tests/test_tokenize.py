@@ -6,6 +6,7 @@ is int32.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -290,6 +291,10 @@ def test_extended_fast_path_is_enabled_here() -> None:
     assert clipfast.tokenizer.native_tokenizer().extended_fast_path == (
         versions == _native.clip_fast_path_versions()
     )
+    if os.environ.get("CLIPFAST_COMPAT"):
+        # make compat: another Python's Unicode or another ftfy turns the extended fast path off (checked
+        # just above); the table is generated for the development environment, checked there.
+        return
     assert _native.clip_fast_path_versions() == versions, "regenerate rust/tokenizer/char_classes.rs"
 
 
