@@ -229,6 +229,8 @@ def working_dirs(target: str) -> tuple[Path, Path]:
 
 
 def fuzz_rust(args: argparse.Namespace, results: dict) -> bool:
+    if args.targets and not set(args.targets) & set(TARGETS):
+        return True  # only Python targets asked for: nothing to build
     ensure_cargo_fuzz()
     fuzz, sanitizer = toolchain()
     results["sanitizer"] = sanitizer
@@ -257,6 +259,9 @@ def fuzz_rust(args: argparse.Namespace, results: dict) -> bool:
         result["findings"] = collect_findings(target, artifacts)
         result["corpus_files"] = minimise(binary, target, [work, HERE / "seeds" / target], max_len, env)
         result["max_len"] = max_len
+        result["budget"] = args.budget
+        result["plateau"] = args.plateau
+        result["date"] = results["date"]
         results["targets"][target] = result
         print(f"  {json.dumps(result)}", flush=True)
         ok = ok and not result["findings"]
@@ -298,6 +303,9 @@ def fuzz_atheris(args: argparse.Namespace, results: dict) -> bool:
                 (corpus / digest(data)[:16]).write_bytes(data)
         result["corpus_files"] = sum(1 for _ in corpus.iterdir())
         result["max_len"] = max_len
+        result["budget"] = args.budget
+        result["plateau"] = args.plateau
+        result["date"] = results["date"]
         results["targets"][target] = result
         print(f"  {json.dumps(result)}", flush=True)
         ok = ok and not result["findings"]
@@ -334,15 +342,23 @@ def write_readme(results: dict) -> None:
         "|---|---:|---:|---|---:|---:|---|",
     ]
     for name, r in results["targets"].items():
-        findings = ", ".join(r["findings"]) or "none"
+        # A finding stays a regression input (fuzz/regressions/), replayed by make test, which
+        # passes only once it is fixed.
+        findings = ", ".join(f"{f} (fixed, replayed)" for f in r["findings"]) or "none"
         rows.append(
             f"| {name} | {r['executions']:,} | {r['coverage_edges']:,} / {r['features']:,} | "
             f"{r['stopped_by']} | {r['seconds']:.0f} s | {r['corpus_files']} | {findings} |"
         )
     sanitizer = results.get("sanitizer", "n/a")
+    # Targets rerun alone (--targets) keep their own budget; the others keep the earlier run's.
+    budgets = sorted({r.get("budget", results["budget"]) for r in results["targets"].values()})
+    budget = " / ".join(f"{b:.0f}" for b in budgets)
+    plateaus = sorted({r.get("plateau", results["plateau"]) for r in results["targets"].values()})
+    plateau = " / ".join(f"{p:.0f}" for p in plateaus)
+    dates = sorted({r.get("date", results["date"]) for r in results["targets"].values()})
     intro = (
-        f"`make fuzz` on {results['machine']}, {results['date']}: budget {results['budget']:.0f} s "
-        f"per target, stopped after {results['plateau']:.0f} s without new coverage; sanitizer: "
+        f"`make fuzz` on {results['machine']}, {' and '.join(dates)}: budget {budget} s "
+        f"per target, stopped after {plateau} s without new coverage; sanitizer: "
         f"{sanitizer} (the Rust targets; the differential targets run under atheris with coverage of "
         "the Python side, the extension and libjpeg uninstrumented)."
     )
@@ -398,7 +414,14 @@ def main() -> int:
     }
     previous = HERE / "results.json"
     if args.targets and previous.exists():
-        results["targets"] = json.loads(previous.read_text()).get("targets", {})
+        earlier = json.loads(previous.read_text())
+        for r in earlier.get("targets", {}).values():
+            r.setdefault("budget", earlier.get("budget"))
+            r.setdefault("plateau", earlier.get("plateau"))
+            r.setdefault("date", earlier.get("date"))
+        results["targets"] = earlier.get("targets", {})
+        if "sanitizer" in earlier:
+            results["sanitizer"] = earlier["sanitizer"]
     ok = fuzz_rust(args, results)
     if not args.no_atheris:
         ok = fuzz_atheris(args, results) and ok
