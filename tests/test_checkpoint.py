@@ -319,6 +319,45 @@ def test_mmap_is_copy_on_write_and_copy_owns_memory(tmp_path: Path) -> None:
     assert torch.equal(copied, torch.zeros(1000))
 
 
+def test_large_copies_own_their_memory_one_storage_each(tmp_path: Path) -> None:
+    """Above checkpoint._ARENA_MIN_BYTES the copies are carved out of one huge-page region: each
+    still has a storage of its own size (saving one saves only it), stays valid after the file is
+    truncated and after the other tensors are freed, and converts to the same values."""
+    from clipfast import checkpoint
+
+    path = tmp_path / "big.pt"
+    generator = torch.Generator().manual_seed(0)
+    ref = {
+        "a": torch.randn(1537, 1031, generator=generator).half(),  # odd sizes: alignment of the next
+        "b": torch.randn(3, 5, generator=generator),
+        "c": torch.randn(2048, 1024, generator=generator),
+        "i": torch.arange(7),
+    }
+    torch.save(ref, path)
+    assert os.path.getsize(path) > checkpoint._ARENA_MIN_BYTES
+    got = read_state_dict(path, mmap=False, dtype=torch.float32)
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    for name, tensor in got.items():
+        expected = ref[name].float() if ref[name].is_floating_point() else ref[name]
+        assert torch.equal(tensor, expected), name
+        assert tensor.is_contiguous() and tensor.data_ptr() % 64 == 0, name
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
+    pointers = sorted((t.data_ptr(), t.data_ptr() + t.untyped_storage().nbytes()) for t in got.values())
+    assert all(end <= start for (_, end), (start, _) in zip(pointers, pointers[1:]))  # disjoint
+    one = tmp_path / "one.pt"
+    torch.save(got["b"], one)
+    assert os.path.getsize(one) < 4096
+    b = got.pop("b")
+    del got
+    assert torch.equal(b, ref["b"])
+    shapes = [((0,), torch.float32), ((), torch.float64), ((3, 0, 2), torch.float16)]
+    shapes.append(((4096, 600), torch.float32))
+    made = checkpoint.allocate(shapes)
+    assert [(tuple(t.shape), t.dtype) for t in made] == shapes
+    assert all(t.is_contiguous() for t in made)
+
+
 def test_path_like_and_str(tmp_path: Path) -> None:
     path = tmp_path / "p.pt"
     torch.save({"w": torch.ones(2)}, path)

@@ -18,7 +18,10 @@ the file. This module turns that layout into ``torch.Tensor`` objects:
 
 from __future__ import annotations
 
+import math
+import mmap as mmap_module
 import os
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,9 +216,11 @@ def _plan_read(path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg) -> 
     bases: dict[tuple[int, str], torch.UntypedStorage] = {}
     jobs: list[tuple[int, int, str, torch.Tensor]] = []
     mapped: torch.UntypedStorage | None = None
+    wanted: list[tuple[tuple[int, str], int, int, str, int]] = []
+    planned: set[tuple[int, str]] = set()
     for row, target in zip(rows, targets):
         key = (row[4], target)
-        if key in bases:
+        if key in bases or key in planned:
             continue
         _, stored, start, end = storages[row[4]]
         itemsize = getattr(torch, stored).itemsize
@@ -227,11 +232,67 @@ def _plan_read(path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg) -> 
                 mapped = _map_file(file, reader.file_size)
             bases[key] = mapped[start:end]
         else:
-            buffer = torch.empty((end - start) // itemsize, dtype=getattr(torch, target))
-            if buffer.numel():
-                jobs.append((start, end, stored, buffer))
-            bases[key] = buffer.untyped_storage()
+            planned.add(key)
+            wanted.append((key, start, end, stored, (end - start) // itemsize))
+    buffers = allocate([((count,), getattr(torch, key[1])) for key, _, _, _, count in wanted])
+    for (key, start, end, stored, _), buffer in zip(wanted, buffers):
+        if buffer.numel():
+            jobs.append((start, end, stored, buffer))
+        bases[key] = buffer.untyped_storage()
     return _PendingRead(reader, rows, targets, bases, jobs)
+
+
+#: Below this many bytes in all, destinations are plain ``torch.empty`` tensors.
+_ARENA_MIN_BYTES = 8 << 20
+_HUGE_PAGE = 2 << 20
+#: Each tensor's data starts on this boundary, as torch's CPU allocator aligns them.
+_ALIGN = 64
+
+
+def allocate(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
+    """Uninitialised CPU tensors of the given shapes and dtypes, for the reader to fill.
+
+    A model's weights are hundreds of MB of fresh memory, and with 4 KiB pages the kernel's cost
+    of handing them over (one page fault per page) is most of a CPU load. So, on Linux, the tensors
+    are carved out of one anonymous region advised ``MADV_HUGEPAGE`` (2 MiB pages where the kernel
+    has transparent huge pages for ``madvise`` regions; plain pages otherwise). Each tensor has its
+    own storage (a slice of the region, as the tensors of ``mmap=True`` loads are slices of the
+    file's map): saving one saves only its bytes, and the memory is the process's own, so it does
+    not depend on the file. The region is unmapped when the last of its tensors is freed."""
+    import torch
+
+    sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in specs]
+    total = sum(-(-n // _ALIGN) * _ALIGN for n in sizes)
+    huge = getattr(mmap_module, "MADV_HUGEPAGE", None)
+    if total < _ARENA_MIN_BYTES or huge is None or sys.platform != "linux":
+        return [torch.empty(shape, dtype=dtype) for shape, dtype in specs]
+    region = mmap_module.mmap(
+        -1, total + _HUGE_PAGE, flags=mmap_module.MAP_PRIVATE | mmap_module.MAP_ANONYMOUS
+    )
+    storage = torch.frombuffer(region, dtype=torch.uint8).untyped_storage()
+    head = -storage.data_ptr() % _HUGE_PAGE  # a multiple of the page size: the map is page-aligned
+    try:
+        region.madvise(huge, head, total)
+    except OSError:  # advice only (a kernel without THP): plain pages
+        pass
+    out = []
+    at = head
+    for (shape, dtype), nbytes in zip(specs, sizes):
+        tensor = torch.empty(0, dtype=dtype).set_(
+            storage[at : at + nbytes], 0, shape, _contiguous_strides(shape)
+        )
+        out.append(tensor)
+        at += -(-nbytes // _ALIGN) * _ALIGN
+    return out
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = []
+    step = 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def _inflated(reader: Any, storage: int, stored: str, target: str) -> torch.Tensor:

@@ -578,7 +578,7 @@ class HuggingFaceSource(ModelSource):
         whose dtype does not change and needs no joining stays a view of the mapped file."""
         import torch
 
-        from ..checkpoint import read_state_dict
+        from ..checkpoint import allocate, read_state_dict
 
         readers = self.readers()
         where: dict[str, tuple[Any, Any, Any]] = {}  # transformers' key -> (reader, row, storage)
@@ -593,6 +593,8 @@ class HuggingFaceSource(ModelSource):
                 views.update({key: mapped[key] for key in found})
         jobs: dict[int, tuple[Any, list[tuple[int, int, str, torch.Tensor]]]] = {}
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # name -> (its sources, transposed, shape as stored, dtype) for the tensors that are filled
+        filled: dict[str, tuple[list[tuple[Any, Any, Any]], bool, tuple[int, ...], torch.dtype]] = {}
         for name, (keys, transpose, shape) in self.key_map().items():
             sources = [where[k] for k in keys]
             stored = sources[0][1][1]
@@ -600,7 +602,11 @@ class HuggingFaceSource(ModelSource):
             if len(keys) == 1 and not transpose and mmap and str(target) == f"torch.{stored}":
                 out[name] = views[keys[0]]
                 continue
-            full = torch.empty(shape if not transpose else tuple(reversed(shape)), dtype=target)
+            out[name] = torch.empty(0)  # keeps the key order; replaced below
+            filled[name] = (sources, transpose, shape if not transpose else tuple(reversed(shape)), target)
+        # One allocation for all (huge pages where the kernel has them: see checkpoint.allocate).
+        buffers = allocate([(shape, target) for _, _, shape, target in filled.values()])
+        for (name, (sources, transpose, _, _)), full in zip(filled.items(), buffers):
             rows = full.shape[0] // len(sources) if full.ndim else 0
             for i, (reader, row, storage) in enumerate(sources):
                 destination = full[i * rows : (i + 1) * rows] if len(sources) > 1 else full
