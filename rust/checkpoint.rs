@@ -199,8 +199,9 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
     }
 }
 
-/// Opens and maps `path` read-only, with errors that name it.
-pub fn map_file(path: &Path) -> Result<Mmap> {
+/// Opens and maps `path` read-only, with errors that name it; the open file is returned too
+/// (copies of same-dtype tensors read it with `pread` rather than through the map).
+pub fn map_file(path: &Path) -> Result<(File, Mmap)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
@@ -221,13 +222,15 @@ pub fn map_file(path: &Path) -> Result<Mmap> {
     // SAFETY: a read-only map; the file may change under us (truncation -> SIGBUS, as with
     // torch.load(mmap=True)), which the documentation states. Every access is bounds-checked
     // against the length the map had when it was made.
-    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    Ok((file, map))
 }
 
 /// A checkpoint opened for reading: its map and its parsed layout.
 #[pyclass(frozen, module = "clipfast._native")]
 pub struct CheckpointReader {
     path: PathBuf,
+    file: File,
     map: Mmap,
     contents: Contents,
 }
@@ -255,13 +258,14 @@ impl CheckpointReader {
     /// Maps and parses the checkpoint at `path` (the GIL is released meanwhile).
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let (map, contents) = py.detach(|| -> Result<_> {
-            let map = map_file(&path)?;
+        let (file, map, contents) = py.detach(|| -> Result<_> {
+            let (file, map) = map_file(&path)?;
             let contents = read(&path, &map)?;
-            Ok((map, contents))
+            Ok((file, map, contents))
         })?;
         Ok(CheckpointReader {
             path,
+            file,
             map,
             contents,
         })
@@ -355,7 +359,7 @@ impl CheckpointReader {
             return Err(Error::checkpoint(&self.path, "conversion destinations overlap").into());
         }
         // `jobs` keeps every destination tensor alive until the conversion has returned.
-        py.detach(|| convert::run(&self.path, &self.map, &parsed))?;
+        py.detach(|| convert::run(&self.path, &self.file, &self.map, &parsed))?;
         drop(jobs);
         Ok(())
     }

@@ -17,6 +17,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
+use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -150,7 +151,8 @@ struct Piece {
     elems: Range<usize>,
 }
 
-pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
+/// Fills every job's destination from `map` (the map of `file`).
+pub fn run(path: &Path, file: &File, map: &Mmap, jobs: &[Job]) -> Result<()> {
     let fail = |msg: String| Error::checkpoint(path, msg);
     let mut pieces = Vec::new();
     for (index, job) in jobs.iter().enumerate() {
@@ -205,11 +207,12 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
         .sort_by_key(|p| jobs[p.job].src.start + p.elems.start * jobs[p.job].src_dtype.itemsize());
     let spans = source_spans(jobs, &pieces);
     let failed = AtomicBool::new(false);
+    let unreadable = AtomicBool::new(false);
     let frontier = Frontier::default();
     std::thread::scope(|scope| {
         scope.spawn(|| read_ahead(map, &spans, &frontier));
         crate::parallel::for_each(pieces, |piece| {
-            if failed.load(Ordering::Relaxed) {
+            if failed.load(Ordering::Relaxed) || unreadable.load(Ordering::Relaxed) {
                 return;
             }
             let job = &jobs[piece.job];
@@ -217,7 +220,6 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
             let src_range =
                 job.src.start + piece.elems.start * si..job.src.start + piece.elems.end * si;
             frontier.reached(src_range.end);
-            let src = &map[src_range.clone()];
             // SAFETY: `dst_address` is the data pointer of a contiguous CPU tensor of `dst_len`
             // bytes that CheckpointReader.convert holds a reference to until this returns;
             // destinations were checked not to overlap, and the pieces of one job cover disjoint
@@ -229,6 +231,16 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
                 )
             };
             prefault(dst);
+            if job.src_dtype == job.dst_dtype {
+                // A plain copy: pread() from the page cache straight into the destination, which
+                // spares mapping (and unmapping) the source pages; a file cut short since it
+                // was opened is an error here, not a SIGBUS.
+                if copy_from_file(file, src_range.start, dst).is_err() {
+                    unreadable.store(true, Ordering::Relaxed);
+                }
+                return;
+            }
+            let src = &map[src_range.clone()];
             let ok = convert_slice(src, job.src_dtype, dst, job.dst_dtype);
             release(map, &src_range);
             if !ok {
@@ -241,6 +253,33 @@ pub fn run(path: &Path, map: &Mmap, jobs: &[Job]) -> Result<()> {
         return Err(fail(
             "dtype conversion failed (misaligned destination)".into(),
         ));
+    }
+    if unreadable.into_inner() {
+        return Err(fail(
+            "could not read the tensor data (was the file truncated while loading?)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `dst.len()` bytes of `file` at `offset` into `dst`.
+#[cfg(unix)]
+fn copy_from_file(file: &File, offset: usize, dst: &mut [u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(dst, offset as u64)
+}
+
+#[cfg(windows)]
+fn copy_from_file(file: &File, mut offset: usize, mut dst: &mut [u8]) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !dst.is_empty() {
+        match file.seek_read(dst, offset as u64)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                dst = &mut dst[n..];
+                offset += n;
+            }
+        }
     }
     Ok(())
 }
@@ -473,11 +512,53 @@ mod tests {
             dst_len: 4 * count,
             dst_dtype: Dtype::F32,
         }];
-        let result = run(&path, &map, &jobs);
+        let result = run(&path, &file, &map, &jobs);
         std::fs::remove_file(&path).unwrap();
         result.unwrap();
         let expected: Vec<f32> = values.iter().map(|v| f16::from_f32(*v).to_f32()).collect();
         assert!(out == expected);
+    }
+
+    /// Same-dtype copies read the file with pread: exact bytes, and a file cut short since it was
+    /// mapped gives an error instead of a SIGBUS.
+    #[cfg(unix)]
+    #[test]
+    fn same_dtype_copy_reads_the_file_and_reports_truncation() {
+        use std::io::Write;
+        let values: Vec<f32> = (0..(3 * CHUNK_BYTES / 4 + 3))
+            .map(|i| i as f32 * 0.5)
+            .collect();
+        let bytes = encode(&values, Dtype::F32);
+        let path = std::env::temp_dir().join(format!("clipfast-copy-{}.bin", std::process::id()));
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&[7u8; 12]).unwrap();
+        file.write_all(&bytes).unwrap();
+        drop(file);
+        let file = File::open(&path).unwrap();
+        // SAFETY: a read-only map of a file this test owns; it is truncated only after the map's
+        // last use below (the copy reads through the file, never the map, once truncated).
+        let map = unsafe { Mmap::map(&file) }.unwrap();
+        let mut out = vec![0f32; values.len()];
+        let job = |out: &mut Vec<f32>| Job {
+            src: 12..12 + bytes.len(),
+            src_dtype: Dtype::F32,
+            dst_address: out.as_mut_ptr() as usize,
+            dst_len: 4 * out.len(),
+            dst_dtype: Dtype::F32,
+        };
+        let jobs = [job(&mut out)];
+        run(&path, &file, &map, &jobs).unwrap();
+        assert!(out == values);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let jobs = [job(&mut out)];
+        let result = run(&path, &file, &map, &jobs);
+        std::fs::remove_file(&path).unwrap();
+        assert!(result.unwrap_err().to_string().contains("truncated"));
     }
 
     fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
