@@ -2,7 +2,8 @@
 ``preprocessor_config.json``, sharded ``*.index.json``, and open_clip's
 ``open_clip_config.json``. Whatever the bytes, each parser gives settings or a typed error
 (``CheckpointError`` / ``ArchitectureError``, both ``ValueError``s naming the file); a shard index
-never names a file outside its folder.
+never names a file outside its folder. Also ``clipfast embed``'s WebDataset tar listing (samples,
+member ranges that read back their bytes).
 
     .venv/bin/python fuzz/configs.py hf_config CORPUS_DIR SEEDS_DIR -max_total_time=60
 
@@ -89,10 +90,41 @@ def check_openclip_config(data: bytes) -> None:
             assert where in str(err), f"error without the file: {err}"
 
 
+def check_webdataset_tar(data: bytes) -> None:
+    """``clipfast embed``'s WebDataset listing of a tar (embedding/sources.py): whatever the bytes,
+    samples (a damaged archive is reported as a sample's error, not raised), each member range
+    inside the file, and their bytes read back in place without error."""
+    from clipfast.embedding import sources
+
+    path = _setup()["file"] + ".tar"
+    with open(path, "wb") as f:
+        f.write(data)
+    samples, _ = sources.list_samples([path], input_format="tar")
+    handles: dict[str, int] = {}
+    try:
+        for sample in samples:
+            for src in (sample.image, sample.caption_source):
+                if src is None or src.offset < 0:
+                    continue
+                assert src.path == path and 0 <= src.offset and 0 <= src.size, src
+                if src.offset + src.size <= len(data):
+                    assert sources.read_source(src, handles) == data[src.offset : src.offset + src.size]
+                else:  # a member cut short by the file's end: an error naming the file when read
+                    try:
+                        sources.read_source(src, handles)
+                    except OSError as err:
+                        assert path in str(err), err
+                    else:
+                        raise AssertionError(f"{src}: read past the end of a {len(data)}-byte file")
+    finally:
+        sources.close_handles(handles)
+
+
 CHECKS: dict[str, Callable[[bytes], None]] = {
     "hf_config": check_hf_config,
     "hf_index": check_hf_index,
     "openclip_config": check_openclip_config,
+    "webdataset_tar": check_webdataset_tar,
 }
 
 
@@ -104,8 +136,10 @@ def main() -> None:
     import atheris
 
     run = CHECKS[sys.argv[1]]
-    with atheris.instrument_imports(include=["clipfast", "json"]):
+    with atheris.instrument_imports(include=["clipfast", "json", "tarfile"]):
         _setup()
+        if sys.argv[1] == "webdataset_tar":
+            import clipfast.embedding.sources  # noqa: F401  (imported here to be instrumented)
     atheris.Setup([sys.argv[0], *sys.argv[2:]], run)
     atheris.Fuzz()
 

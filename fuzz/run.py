@@ -62,6 +62,7 @@ ATHERIS = {
     "hf_config": ("configs.py", "hf_config", 8192),
     "hf_index": ("configs.py", "hf_index", 4096),
     "openclip_config": ("configs.py", "openclip_config", 8192),
+    "webdataset_tar": ("configs.py", "webdataset_tar", 16384),
 }
 PROGRESS = re.compile(r"^#(\d+)\s+(?:NEW|REDUCE|pulse|INITED|DONE)\b.*?cov: (\d+) ft: (\d+)")
 
@@ -336,6 +337,10 @@ def run_sweeps(args: argparse.Namespace, results: dict) -> bool:
     return bool(report.get("ok"))
 
 
+def _every(n: int) -> str:
+    return "every" if n == 1 else f"every {n}th"
+
+
 def write_readme(results: dict) -> None:
     rows = [
         "| target | executions | coverage (edges / features) | stopped by | time | corpus files | findings |",
@@ -371,7 +376,9 @@ def write_readme(results: dict) -> None:
             outcome.update(counts)
         lines += [
             "",
-            f"Sweeps (fuzz/sweeps.py, {sweeps.get('seconds', 0):.0f} s): "
+            f"Sweeps (fuzz/sweeps.py, {sweeps.get('seconds', 0):.0f} s; every "
+            f"{sweeps.get('stride', 16)}th prefix and every length near the ends, a flip in "
+            f"{_every(sweeps.get('flip_stride', 1))} header byte): "
             f"{sweeps.get('truncation_total', 0):,} truncation points of "
             f"{len(sweeps.get('truncation_points', {}))} files (5 checkpoint formats, 9 image formats), "
             f"{sweeps.get('bit_flip_total', 0):,} single bit flips across zip headers, pickles and "
