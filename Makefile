@@ -87,7 +87,7 @@ dist: build-dev
 	rm -rf dist
 	mkdir -p dist
 	cp $(WHEEL_DIR)/*.whl dist/
-	$(VENV)/bin/maturin sdist --out dist -q
+	$(VENV)/bin/maturin sdist --out dist
 	CLIPFAST_WHEEL="$$(ls dist/*.whl)" CLIPFAST_SDIST="$$(ls dist/*.tar.gz)" \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_wheel.py
 	ls -l dist

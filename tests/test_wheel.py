@@ -33,7 +33,7 @@ import pytest
 from test_package import ROOT, cargo_version
 
 WHEEL = os.environ.get("CLIPFAST_WHEEL") or ""
-SDIST = os.environ.get("CLIPFAST_SDIST") or ""
+SDIST = os.path.abspath(os.environ["CLIPFAST_SDIST"]) if os.environ.get("CLIPFAST_SDIST") else ""
 pytestmark = pytest.mark.skipif(
     not WHEEL, reason="CLIPFAST_WHEEL names the wheel to check (make test, make dist)"
 )
