@@ -337,6 +337,15 @@ def run_sweeps(args: argparse.Namespace, results: dict) -> bool:
     return bool(report.get("ok"))
 
 
+# fuzz/sweeps.py's outcomes of a bit flip, as the README says them.
+_OUTCOMES = {
+    "error": "typed errors",
+    "same": "the original tensors",
+    "one": "one tensor's bytes differ",
+    "same model": "read differently, the same model",
+}
+
+
 def _every(n: int) -> str:
     return "every" if n == 1 else f"every {n}th"
 
@@ -374,6 +383,7 @@ def write_readme(results: dict) -> None:
         outcome = Counter()
         for counts in flips.values():
             outcome.update(counts)
+        flips_text = ", ".join(f"{v:,} {_OUTCOMES.get(k, k)}" for k, v in sorted(outcome.items()))
         lines += [
             "",
             f"Sweeps (fuzz/sweeps.py, {sweeps.get('seconds', 0):.0f} s; every "
@@ -382,7 +392,7 @@ def write_readme(results: dict) -> None:
             f"{sweeps.get('truncation_total', 0):,} truncation points of "
             f"{len(sweeps.get('truncation_points', {}))} files (5 checkpoint formats, 9 image formats), "
             f"{sweeps.get('bit_flip_total', 0):,} single bit flips across zip headers, pickles and "
-            f"safetensors headers ({', '.join(f'{v:,} {k}' for k, v in sorted(outcome.items()))}); "
+            f"safetensors headers ({flips_text}); "
             f"{'all as required' if sweeps.get('ok') else 'FAILED: ' + str(sweeps.get('failure'))}.",
         ]
     text = "\n".join(lines)
