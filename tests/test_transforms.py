@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -87,7 +88,12 @@ def synthetic(w: int, h: int, mode: str, seed: int = 0) -> Image.Image:
 
 
 def assert_exact(img: Image.Image, n_px: int) -> None:
-    expected = reference(img, n_px)
+    try:
+        expected = reference(img, n_px)
+    except ValueError as e:  # Pillow < 11 cannot resize I;16 images: clip fails, and so must clipfast
+        with pytest.raises(ValueError, match=re.escape(str(e))):
+            transforms.for_resolution(n_px)(img)
+        return
     got = transforms.for_resolution(n_px)(img)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert torch.equal(got, expected), f"max diff {(got - expected).abs().max()} for {img.mode} {img.size}"
@@ -166,6 +172,8 @@ def test_random_images_property(w: int, h: int, n_px: int, mode: str, seed: int)
 @pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "CMYK", "I;16", "I", "F"])
 def test_resize_crop_equals_pillow_in_native_mode(mode: str) -> None:
     """The Rust resize alone, against Pillow's resize + crop (both pass orders, SIMD and scalar)."""
+    if mode == "I;16" and mode not in transforms._RESIZED_MODES:
+        pytest.skip("the Rust I;16 resize reproduces Pillow >= 12.3; clipfast lets older Pillow resize I;16")
     for w, h in [(97, 61), (61, 700), (700, 61), (3, 5), (64, 64)]:
         img = synthetic(w, h, mode, seed=w)
         tw, th = transforms.resized_size(w, h, 32)
@@ -174,7 +182,8 @@ def test_resize_crop_equals_pillow_in_native_mode(mode: str) -> None:
         expected = resized.crop((left, top, left + 32, top + 32)).tobytes()
         for simd in (True, False):
             assert _native.resize_crop(img.tobytes(), w, h, mode, 32, simd) == expected
-            assert _native.resize_crop(img.getim(), w, h, mode, 32, simd) == expected
+            # Pillow's rows in place where clipfast recognises this Pillow's image struct, as it does.
+            assert _native.resize_crop(transforms._pixels(img), w, h, mode, 32, simd) == expected
 
 
 def test_simd_and_scalar_paths_agree() -> None:
@@ -184,7 +193,7 @@ def test_simd_and_scalar_paths_agree() -> None:
         synthetic(w, h, m, seed=w + h)
         for (w, h), m in [((1000, 700), "RGB"), ((300, 2000), "RGBA"), ((999, 333), "L"), ((500, 501), "LA")]
     ]
-    items = [(im.getim(), *im.size, im.mode) for im in imgs]
+    items = [(transforms._pixels(im), *im.size, im.mode) for im in imgs]
     outs = []
     for simd in (True, False):
         out = torch.empty((len(items), 3, n, n))
@@ -259,7 +268,7 @@ def test_arithmetic_normalisation_equals_the_table(mean: tuple[float, ...], std:
     assert norm.mean_std is not None
     imgs = [synthetic(90, 61, m, seed=i) for i, m in enumerate(["RGB", "RGBA", "L", "LA"])]
     imgs.append(Image.fromarray(np.arange(256 * 3, dtype=np.uint8).reshape(16, 16, 3)).resize((n, n)))
-    items = [(im.getim(), *im.size, im.mode) for im in imgs]
+    items = [(transforms._pixels(im), *im.size, im.mode) for im in imgs]
     wrong = ((mean[0] + 0.25, mean[1], mean[2]), norm.mean_std[1])
     outs = []
     for mean_std in (None, norm.mean_std, wrong):
@@ -779,6 +788,9 @@ def test_fast_decode_is_pillow_draft_then_exact(n_px: int) -> None:
 
 def test_fast_decode_reduces_mpo_first_frames() -> None:
     """Phones save MPO files (a JPEG plus more frames): Pillow's first frame, reduced like a JPEG."""
+    Image.init()
+    if "MPO" not in Image.SAVE:
+        pytest.skip("Pillow < 9.3 cannot write the MPO file this test makes")
     first, second = synthetic(2000, 1500, "RGB", seed=7), synthetic(2000, 1500, "RGB", seed=8)
     data = encode(first, "MPO", save_all=True, append_images=[second])
     img = Image.open(io.BytesIO(data))

@@ -19,10 +19,14 @@ __all__ = [
     "clip_fast_clean",
     "clip_fast_path_versions",
     "clip_pretokenize",
+    "clip_pretokenizer_classes",
+    "clip_pretokenizer_classes_replaced",
+    "clip_set_pretokenizer_classes",
     "fetch",
     "free_disk_bytes",
     "preprocess_into",
     "resize_crop",
+    "set_pillow_vertical_first",
     "sha256_file",
     "simd_level",
     "use_pillow_libjpeg",
@@ -153,6 +157,10 @@ def simd_level() -> str:
     """ "avx2+avxvnni", "avx2+avx512vnni", "avx2" or "none": the SIMD paths this CPU runs
     (``CLIPFAST_SIMD=avx2`` keeps to plain AVX2)."""
 
+def set_pillow_vertical_first(enabled: bool) -> None:
+    """Resize tall images in the pass order of Pillow >= 13 (True, the default) or of older Pillow
+    (horizontal pass first); ``clipfast.transforms`` sets it from the installed Pillow."""
+
 def use_pillow_libjpeg(path: str) -> str | None:
     """Decode JPEGs (item modes "jpeg" and "jpeg-fast") with the libjpeg that ``path`` (Pillow's
     ``_imaging`` extension) was linked with. None when in use, else why not."""
@@ -181,3 +189,14 @@ class ClipTokenizer:
 def clip_pretokenize(text: str) -> list[str]: ...
 def clip_fast_clean(text: str, extended: bool = False) -> str | None: ...
 def clip_fast_path_versions() -> tuple[str, str]: ...
+def clip_pretokenizer_classes() -> tuple[
+    str, list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]
+]:
+    """The regex version the generated classes were read from, and their ranges (letter, number, other)."""
+
+def clip_set_pretokenizer_classes(
+    letter: list[tuple[int, int]], number: list[tuple[int, int]], other: list[tuple[int, int]]
+) -> bool:
+    """Pre-tokenize with these classes (from the installed regex) from now on; False if already set."""
+
+def clip_pretokenizer_classes_replaced() -> bool: ...

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 
@@ -39,6 +40,18 @@ __all__ = [
     "for_resolution",
     "preprocess_batch",
 ]
+
+
+def _pillow_version() -> tuple[int, ...]:
+    """The installed Pillow's (major, minor)."""
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in PIL.__version__.split(".")[:2]]
+    return tuple(parts)
+
+
+_PILLOW = _pillow_version()
+# Pillow 13 resizes tall images with the vertical pass first (python-pillow/Pillow#9549), older
+# Pillow horizontal first; the rounding between the passes makes the order visible in the pixels.
+_native.set_pillow_vertical_first(_PILLOW >= (13,))
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -278,8 +291,11 @@ def for_config(config: PreprocessConfig, n_px: int | None = None) -> Compose:
 
 #: Modes the Rust code resizes and converts itself, reading Pillow's rows in place.
 _DIRECT_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
-#: Modes Rust resizes exactly; Pillow converts the small n x n result to RGB.
-_RESIZED_MODES = frozenset({"CMYK", "I", "F", "I;16"})
+#: Modes Rust resizes exactly; Pillow converts the small n x n result to RGB. I;16 only from
+#: Pillow 12.3, whose rounding the Rust code reproduces: 11.0-12.2 round upscaled I;16 pixels
+#: otherwise, and Pillow < 11 cannot resize I;16 with BICUBIC at all (clip raises there, and so
+#: does clipfast, by running Pillow's own steps).
+_RESIZED_MODES = frozenset({"CMYK", "I", "F"} | ({"I;16"} if _PILLOW >= (12, 3) else set()))
 _OUTPUT_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
 _SIMD = os.environ.get("CLIPFAST_SCALAR", "") in ("", "0")
 #: Item modes whose pixels are encoded bytes that Rust decodes (Pillow takes over on failure).

@@ -228,8 +228,16 @@ fn simd_level() -> &'static str {
     resample_simd::level()
 }
 
+/// Resize tall images in the pass order of Pillow >= 13 (`true`, the default) or of older Pillow
+/// (`false`): `clipfast.transforms` sets it from the installed Pillow's version.
+#[pyfunction]
+fn set_pillow_vertical_first(enabled: bool) {
+    resample::set_vertical_first(enabled);
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resize_crop, m)?)?;
+    m.add_function(wrap_pyfunction!(set_pillow_vertical_first, m)?)?;
     m.add_function(wrap_pyfunction!(preprocess_into, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(use_pillow_libjpeg, m)?)?;

@@ -4,6 +4,8 @@
 //! pass order; `PassOrder::choose` reproduces the order of the Pillow version we test against.
 //! Each pass reads rows of interleaved pixels and computes only the outputs the crop keeps.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::coeffs::{Axis, PRECISION_BITS};
 use super::resample_simd;
 
@@ -18,10 +20,38 @@ pub enum PassOrder {
     VerticalFirst,
 }
 
+/// Whether the Pillow clipfast reproduces runs the vertical pass first on tall images (Pillow >= 13,
+/// python-pillow/Pillow#9549); older versions always go horizontal first, and the intermediate
+/// rounding makes the order visible. Set once by `clipfast.transforms` from the installed Pillow.
+static VERTICAL_FIRST: AtomicBool = AtomicBool::new(true);
+
+/// Follow the pass order of Pillow >= 13 (`true`, the default) or of older Pillow (`false`).
+pub fn set_vertical_first(enabled: bool) {
+    VERTICAL_FIRST.store(enabled, Ordering::Relaxed);
+}
+
 impl PassOrder {
     /// Pillow 13 runs the vertical pass first when the height shrinks by more than twice what the
-    /// width shrinks (`(H - h) > 2 (W - w)`); older versions always go horizontal first.
+    /// width shrinks (`(H - h) > 2 (W - w)`); older versions always go horizontal first
+    /// (`set_vertical_first(false)`).
     pub fn choose(src_w: usize, src_h: usize, out_w: usize, out_h: usize) -> PassOrder {
+        Self::choose_for(
+            VERTICAL_FIRST.load(Ordering::Relaxed),
+            src_w,
+            src_h,
+            out_w,
+            out_h,
+        )
+    }
+
+    /// `choose` for Pillow >= 13 (`vertical_first`) or older Pillow.
+    pub fn choose_for(
+        vertical_first: bool,
+        src_w: usize,
+        src_h: usize,
+        out_w: usize,
+        out_h: usize,
+    ) -> PassOrder {
         match (out_w != src_w, out_h != src_h) {
             (false, false) => PassOrder::Copy,
             (true, false) => PassOrder::HorizontalOnly,
@@ -29,7 +59,7 @@ impl PassOrder {
             (true, true) => {
                 let dh = src_h as i64 - out_h as i64;
                 let dw = src_w as i64 - out_w as i64;
-                if out_h < src_h && dh > 2 * dw {
+                if vertical_first && out_h < src_h && dh > 2 * dw {
                     PassOrder::VerticalFirst
                 } else {
                     PassOrder::HorizontalFirst
@@ -264,6 +294,18 @@ pub fn vertical_wide<T: WideSample>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pass_order_before_pillow_13_is_horizontal_first() {
+        assert_eq!(
+            PassOrder::choose_for(false, 300, 3000, 224, 2240),
+            PassOrder::HorizontalFirst
+        );
+        assert_eq!(
+            PassOrder::choose_for(false, 224, 300, 224, 200),
+            PassOrder::VerticalOnly
+        );
+    }
 
     #[test]
     fn pass_order_rule() {
