@@ -9,6 +9,7 @@ pub(crate) mod pretokenize;
 pub(crate) mod vocab;
 
 use bpe::Bpe;
+use pretokenize::Table;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList, PyString};
@@ -263,6 +264,39 @@ fn clip_fast_clean(text: &str, extended: bool) -> Option<String> {
     cleanup::is_fast(text, extended).then(|| cleanup::clean_fast(text))
 }
 
+/// The generated pre-tokenizer classes: the `regex` version they were read from, and the
+/// ranges of `[\p{L}]`, `[\p{N}]` and `[^\s\p{L}\p{N}]` (IGNORECASE).
+#[pyfunction]
+fn clip_pretokenizer_classes() -> (&'static str, Table, Table, Table) {
+    (
+        char_classes::REGEX_VERSION,
+        char_classes::LETTER.to_vec(),
+        char_classes::NUMBER.to_vec(),
+        char_classes::OTHER.to_vec(),
+    )
+}
+
+/// Pre-tokenize with these classes (read from the installed `regex`) instead of the generated
+/// ones, for the rest of the process. Returns false if classes were already set.
+#[pyfunction]
+fn clip_set_pretokenizer_classes(letter: Table, number: Table, other: Table) -> PyResult<bool> {
+    for table in [&letter, &number, &other] {
+        let sorted = table.windows(2).all(|w| w[0].1 < w[1].0);
+        if !sorted || table.iter().any(|&(a, b)| a > b || b > 0x10FFFF) {
+            return Err(PyValueError::new_err(
+                "classes must be sorted, disjoint, inclusive code point ranges",
+            ));
+        }
+    }
+    Ok(pretokenize::set_classes(letter, number, other))
+}
+
+/// Whether the pre-tokenizer uses classes read from the installed `regex` package.
+#[pyfunction]
+fn clip_pretokenizer_classes_replaced() -> bool {
+    pretokenize::classes_replaced()
+}
+
 /// The ftfy and Unicode versions the extended fast path was proven for.
 #[pyfunction]
 fn clip_fast_path_versions() -> (&'static str, &'static str) {
@@ -274,5 +308,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(clip_pretokenize, m)?)?;
     m.add_function(wrap_pyfunction!(clip_fast_clean, m)?)?;
     m.add_function(wrap_pyfunction!(clip_fast_path_versions, m)?)?;
+    m.add_function(wrap_pyfunction!(clip_pretokenizer_classes, m)?)?;
+    m.add_function(wrap_pyfunction!(clip_set_pretokenizer_classes, m)?)?;
+    m.add_function(wrap_pyfunction!(clip_pretokenizer_classes_replaced, m)?)?;
     Ok(())
 }

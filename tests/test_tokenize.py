@@ -336,13 +336,31 @@ def test_extended_fast_path_random_texts(text: str) -> None:
 
 def test_pretokenizer_matches_clips_regex_on_every_code_point() -> None:
     # Every character alone between a letter and a digit, doubled, and after an apostrophe: the
-    # Rust classes are generated from the regex package and checked against it here.
+    # Rust classes are generated from the regex package and checked against it here. The tokenizer
+    # replaces them with the installed regex's where that release's Unicode tables differ.
+    clipfast.tokenizer.native_tokenizer()
     pattern = REFERENCE.pat
     step = 0x8000
     for start in range(0, MAX_CHAR + 1, step):
         chars = [chr(c) for c in range(start, min(start + step, MAX_CHAR + 1)) if not 0xD800 <= c <= 0xDFFF]
         text = "".join(f"a{c}1{c}{c} '{c} " for c in chars)
         assert _native.clip_pretokenize(text) == pattern.findall(text), hex(start)
+
+
+def test_pretokenizer_classes_follow_the_installed_regex() -> None:
+    import regex
+
+    clipfast.tokenizer.native_tokenizer()
+    version, *generated = _native.clip_pretokenizer_classes()
+    installed = list(clipfast.tokenizer._regex_classes())
+    assert _native.clip_pretokenizer_classes_replaced() == (installed != generated)
+    if regex.__version__ == version:
+        assert installed == generated
+    if not _native.clip_pretokenizer_classes_replaced():  # then installed == generated: no change
+        assert _native.clip_set_pretokenizer_classes(*installed) is True
+    assert _native.clip_set_pretokenizer_classes(*installed) is False  # once per process
+    with pytest.raises(ValueError, match="sorted"):
+        _native.clip_set_pretokenizer_classes([(5, 4)], [], [])
 
 
 def test_pretokenizer_literals_fold_case_like_the_regex_package() -> None:
@@ -461,7 +479,9 @@ def test_fallback_where_ftfy_or_unicode_versions_differ(monkeypatch: pytest.Monk
             texts = [t for t in CORPUS if not t.isascii()] + ["naïve café ’s “quoted” ﬁne ｗｉｄｅ"]
             _same_as_clip(texts)
             _same_as_clip(texts, truncate=True, context_length=8)
-    assert clipfast.tokenizer.native_tokenizer().extended_fast_path is True
+    # Restored: on again where the versions are those of the tables (the development environment).
+    proven = (ftfy.__version__, unicodedata.unidata_version) == _native.clip_fast_path_versions()
+    assert clipfast.tokenizer.native_tokenizer().extended_fast_path is proven
 
 
 def test_simple_tokenizer_with_another_merges_file(tmp_path: pytest.TempPathFactory) -> None:

@@ -13,13 +13,16 @@ byte-level BPE (with a word cache) run in Rust over the whole batch in parallel,
 
 from __future__ import annotations
 
+import array
 import gzip
 import html
+import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from . import _native
 from ._native import ClipTokenizer
 
 if TYPE_CHECKING:
@@ -53,8 +56,37 @@ def native_tokenizer(bpe_path: Union[str, Path, None] = None) -> ClipTokenizer:
                     merges = f.read().decode("utf-8")
                 # Non-ASCII text skips ftfy only where the proof was made (same ftfy, same Unicode).
                 tokenizer = ClipTokenizer(merges, ftfy.__version__, unicodedata.unidata_version)
+                _follow_installed_regex()
                 _tokenizers[key] = tokenizer
     return tokenizer
+
+
+def _regex_classes() -> tuple[list[tuple[int, int]], ...]:
+    """The ranges of clip's three character classes in the installed ``regex`` package, read in one
+    pass over a string of every code point (about 0.1 s)."""
+    import regex
+
+    codes = array.array("I", range(0x110000))
+    if sys.byteorder == "big":
+        codes.byteswap()
+    every = codes.tobytes().decode("utf-32-le", "surrogatepass")
+    patterns = (r"[\p{L}]+", r"[\p{N}]+", r"[^\s\p{L}\p{N}]+")
+    return tuple(
+        [(m.start(), m.end() - 1) for m in regex.finditer(p, every, regex.IGNORECASE)] for p in patterns
+    )
+
+
+def _follow_installed_regex() -> None:
+    """Pre-tokenize with the installed ``regex`` package's classes where they are not the generated
+    ones: each ``regex`` release carries its own Unicode tables, and clip's tokens follow them."""
+    import regex
+
+    version, *generated = _native.clip_pretokenizer_classes()
+    if regex.__version__ == version or _native.clip_pretokenizer_classes_replaced():
+        return
+    installed = _regex_classes()
+    if list(installed) != generated:
+        _native.clip_set_pretokenizer_classes(*installed)
 
 
 def clean_text(text: str) -> str:

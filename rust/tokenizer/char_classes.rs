@@ -7,6 +7,7 @@
 //! FTFY_STABLE: non-ASCII characters clip's cleaning leaves alone (see the generator), valid
 //! for the ftfy and Unicode versions below only.
 
+pub const REGEX_VERSION: &str = "2026.11.19";
 pub const FTFY_VERSION: &str = "6.3.1";
 pub const UNICODE_VERSION: &str = "14.0.0";
 

@@ -228,6 +228,7 @@ def main() -> None:
         "//! FTFY_STABLE: non-ASCII characters clip's cleaning leaves alone (see the generator), valid",
         "//! for the ftfy and Unicode versions below only.",
         "",
+        f'pub const REGEX_VERSION: &str = "{regex.__version__}";',
         f'pub const FTFY_VERSION: &str = "{ftfy.__version__}";',
         f'pub const UNICODE_VERSION: &str = "{unicodedata.unidata_version}";',
         "",

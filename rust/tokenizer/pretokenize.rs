@@ -6,7 +6,29 @@
 //! case-insensitive), a run of letters, one number character, a run of other characters;
 //! a character that starts none of these (whitespace) is skipped.
 
+use std::sync::OnceLock;
+
 use super::char_classes::{LETTER, NUMBER, OTHER};
+
+/// A class table: sorted, inclusive code point ranges.
+pub type Table = Vec<(u32, u32)>;
+
+/// The classes `[\p{L}]`, `[\p{N}]`, `[^\s\p{L}\p{N}]` read from the installed `regex` package,
+/// where its Unicode tables are not those the generated ones came from (each `regex` release
+/// carries its own Unicode version: 2026.1.15, the last for Python 3.9, assigns fewer code points
+/// than 2026.11.19). Set once per process by `clipfast.tokenizer`; clip's tokens follow the
+/// installed `regex`, so these replace the generated tables.
+static INSTALLED: OnceLock<[Table; 3]> = OnceLock::new();
+
+/// Use these classes instead of the generated ones; false if classes were already set.
+pub fn set_classes(letter: Table, number: Table, other: Table) -> bool {
+    INSTALLED.set([letter, number, other]).is_ok()
+}
+
+/// Whether `set_classes` replaced the generated tables.
+pub fn classes_replaced() -> bool {
+    INSTALLED.get().is_some()
+}
 
 /// The literal alternatives of the pattern, in the pattern's order.
 const LITERALS: [&str; 9] = [
@@ -59,11 +81,15 @@ fn class_of(c: char) -> Class {
 
 /// The class of `c` from the generated tables alone (no ASCII shortcut).
 fn class_from_tables(c: char) -> Class {
-    if in_table(LETTER, c) {
+    let (letter, number, other) = match INSTALLED.get() {
+        Some([l, n, o]) => (&l[..], &n[..], &o[..]),
+        None => (LETTER, NUMBER, OTHER),
+    };
+    if in_table(letter, c) {
         Class::Letter
-    } else if in_table(NUMBER, c) {
+    } else if in_table(number, c) {
         Class::Number
-    } else if in_table(OTHER, c) {
+    } else if in_table(other, c) {
         Class::Other
     } else {
         Class::Skipped
