@@ -490,7 +490,12 @@ def test_batch_numpy_arrays_are_read_as_image_fromarray(kind: str) -> None:
     }
     arr = arrays[kind]
     as_image = arr[:, :, 0] if kind == "HW1" else arr
-    expected = reference(Image.fromarray(as_image), 224)
+    try:
+        expected = reference(Image.fromarray(as_image), 224)
+    except ValueError as e:  # Pillow < 11 cannot resize I;16 (uint16): clip fails, and so must clipfast
+        with pytest.raises(ImageError, match=f"item 0: ValueError: {re.escape(str(e))}"):
+            clipfast.preprocess_batch([arr], 224)
+        return
     assert torch.equal(clipfast.preprocess_batch([arr], 224)[0], expected), kind
 
 
@@ -789,7 +794,7 @@ def test_fast_decode_is_pillow_draft_then_exact(n_px: int) -> None:
 def test_fast_decode_reduces_mpo_first_frames() -> None:
     """Phones save MPO files (a JPEG plus more frames): Pillow's first frame, reduced like a JPEG."""
     Image.init()
-    if "MPO" not in Image.SAVE:
+    if "MPO" not in Image.SAVE_ALL:
         pytest.skip("Pillow < 9.3 cannot write the MPO file this test makes")
     first, second = synthetic(2000, 1500, "RGB", seed=7), synthetic(2000, 1500, "RGB", seed=8)
     data = encode(first, "MPO", save_all=True, append_images=[second])
