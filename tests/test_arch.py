@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import OrderedDict
 from dataclasses import asdict
 from typing import Any
@@ -179,6 +180,10 @@ def test_testing_table_is_open_clips_configs_of_the_nine_models() -> None:
     import json
     from pathlib import Path
 
+    if os.environ.get("CLIPFAST_COMPAT"):
+        # make compat installs no open_clip (its tests, and its floors, are not in the compat subset);
+        # the table is the same on every version and is checked in the development environment.
+        pytest.skip("open_clip is not part of make compat's environments")
     import open_clip
 
     configs = Path(open_clip.__file__).parent / "model_configs"
