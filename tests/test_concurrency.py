@@ -157,6 +157,35 @@ def test_ctrl_c_during_loads_leaves_a_usable_interpreter(openai_archive: Callabl
     assert lines == ["interrupted", "same"]
 
 
+def test_ctrl_c_while_the_meta_model_is_built_arrives_after_torch_modes_are_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Building the meta model runs under two torch function modes that torch pushes and pops in
+    Python; a KeyboardInterrupt between those steps unbalanced the mode stack (the load above then
+    failed with 'trying to pop from empty mode stack'). A Ctrl-C arriving while the model is built is
+    delivered once the block is left: the construction finished, no mode is left active, and the
+    KeyboardInterrupt still reaches the caller."""
+    from clipfast import model as model_module
+    from clipfast._testing import build_reference_model, tiny
+
+    built = []
+    original = model_module.CLIP.__init__
+
+    def interrupted_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C in the middle of the construction
+        original(self, *args, **kwargs)
+        built.append(True)
+
+    monkeypatch.setattr(model_module.CLIP, "__init__", interrupted_init)
+    arch = model_module.infer_architecture(build_reference_model(tiny("RN50")).state_dict())
+    with pytest.raises(KeyboardInterrupt):
+        model_module.construct_on_meta(arch)
+    assert built == [True]
+    assert torch._C._len_torch_function_stack() == 0
+    assert torch.empty(1).device.type == "cpu"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("mixed", [False, True], ids=["one native call", "item by item"])
 def test_ctrl_c_stops_a_long_preprocess_batch_promptly(mixed: bool) -> None:
     """A batch of 400 large JPEGs takes tens of seconds; Ctrl-C stops it within about an item's

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Optional, TypeVar, Union
@@ -586,8 +588,36 @@ _INITIALISERS = frozenset(
 
 def construct_on_meta(arch: Architecture) -> CLIP:
     """An uninitialised CLIP of this architecture whose parameters take no memory (``meta`` device)."""
-    with torch.device("meta"), _SkipInitOnMeta():
+    with _sigint_deferred(), torch.device("meta"), _SkipInitOnMeta():
         return CLIP(**arch.model_arguments())
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Holds a Ctrl-C back until the block is left, then delivers it to the handler it was meant for.
+
+    The meta device and ``_SkipInitOnMeta`` are torch function modes: torch pushes and pops them, and
+    pops one for the length of each ``__torch_function__`` call, in Python. A KeyboardInterrupt raised
+    between those steps left the mode stack unbalanced (``RuntimeError: trying to pop from empty mode
+    stack`` instead of the KeyboardInterrupt, or a mode left active), seen in 1 of 3 runs of the
+    Ctrl-C test. Building the meta model takes tens of milliseconds, so the delay is not felt. Only
+    the main thread receives signals (and may set handlers); elsewhere, or where SIGINT is ignored
+    or not handled by Python, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield
+        return
+    received: list[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            previous(signal.SIGINT, received[0])
 
 
 def _state_slots(model: nn.Module) -> Iterator[tuple[dict[str, Any], str, str, torch.Tensor, bool]]:
