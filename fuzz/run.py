@@ -259,14 +259,19 @@ def fuzz_rust(args: argparse.Namespace, results: dict) -> bool:
         result = run_one(cmd, args.budget, args.plateau, HERE / "work" / f"{target}.log", env)
         result["findings"] = collect_findings(target, artifacts)
         result["corpus_files"] = minimise(binary, target, [work, HERE / "seeds" / target], max_len, env)
-        result["max_len"] = max_len
-        result["budget"] = args.budget
-        result["plateau"] = args.plateau
-        result["date"] = results["date"]
-        results["targets"][target] = result
-        print(f"  {json.dumps(result)}", flush=True)
-        ok = ok and not result["findings"]
+        ok = record(results, target, result, args, max_len) and ok
     return ok
+
+
+def record(results: dict, target: str, result: dict, args: argparse.Namespace, max_len: int) -> bool:
+    """Puts one target's run (with the settings it ran under) into the report; True without findings."""
+    result["max_len"] = max_len
+    result["budget"] = args.budget
+    result["plateau"] = args.plateau
+    result["date"] = results["date"]
+    results["targets"][target] = result
+    print(f"  {json.dumps(result)}", flush=True)
+    return not result["findings"]
 
 
 def fuzz_atheris(args: argparse.Namespace, results: dict) -> bool:
@@ -303,13 +308,7 @@ def fuzz_atheris(args: argparse.Namespace, results: dict) -> bool:
             if digest(data) not in seed_digests:
                 (corpus / digest(data)[:16]).write_bytes(data)
         result["corpus_files"] = sum(1 for _ in corpus.iterdir())
-        result["max_len"] = max_len
-        result["budget"] = args.budget
-        result["plateau"] = args.plateau
-        result["date"] = results["date"]
-        results["targets"][target] = result
-        print(f"  {json.dumps(result)}", flush=True)
-        ok = ok and not result["findings"]
+        ok = record(results, target, result, args, max_len) and ok
     return ok
 
 
