@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from _machine import machine
+from bench_load import child_env as load_child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benches" / ".cache"
@@ -123,8 +124,7 @@ print(json.dumps({"load_s": load_s, "first_s": first_s, "import_s": import_s, "c
 
 
 def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "python"), env.get("PYTHONPATH")]))
+    env = load_child_env()  # clipfast from python/, its modules byte-compiled as an install's are
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on a loaded VM
     return env

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from _machine import machine
+from bench_load import child_env  # clipfast from python/, its modules byte-compiled as installed
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benches" / ".cache" / "open_clip"
@@ -75,12 +76,6 @@ load_s = time.perf_counter() - t0
 check = float(model.visual.proj.double().sum())  # the weights arrived (same file, same sum)
 print(json.dumps({"load_s": load_s, "import_s": import_s, "check": check}))
 """
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "python"), env.get("PYTHONPATH")]))
-    return env
 
 
 def ensure_files() -> None:

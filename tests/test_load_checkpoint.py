@@ -258,6 +258,42 @@ def test_load_hooks_see_the_file_values(tmp_path: Path) -> None:
     assert torch.equal(model.visual.proj, open_clip_model("gelu_h80", seed=1).visual.proj * 2)
 
 
+def test_load_post_hooks_run_as_with_open_clip(tmp_path: Path) -> None:
+    """Where every tensor is filled from the file, clipfast skips load_state_dict's copies; a model
+    with a hook that runs after loading still gets its call, with the same incompatible keys."""
+    path = save(tmp_path / "w.safetensors", open_clip_model("gelu_h80", seed=1).state_dict())
+    calls: list[tuple[list[str], list[str]]] = []
+
+    def make() -> torch.nn.Module:
+        model = open_clip_model("gelu_h80", seed=2)
+
+        def record(module: torch.nn.Module, keys: Any) -> None:
+            calls.append((list(keys.missing_keys), list(keys.unexpected_keys)))
+
+        model.register_load_state_dict_post_hook(record)
+        return model
+
+    compare(make, path)
+    # compare() copies the reference into its twin first; then open_clip's load, then clipfast's
+    assert calls == [([], [])] * 3
+
+
+def test_shared_weights_load_as_with_open_clip(tmp_path: Path) -> None:
+    """A tensor shared under two names (tied weights) is written once, and the result is open_clip's."""
+    path = save(tmp_path / "w.safetensors", open_clip_model("gelu_h80", seed=1).state_dict())
+
+    def make() -> torch.nn.Module:
+        model = open_clip_model("gelu_h80", seed=2)
+        model.register_buffer("tied_proj", model.visual.proj)  # the same tensor, a second name
+        return model
+
+    with pytest.raises(RuntimeError, match="tied_proj"):  # strict: the file lacks the second name
+        clipfast.load_checkpoint(make(), path)
+    result, model = compare(make, path, strict=False)
+    assert result.missing_keys == ["tied_proj"]
+    assert torch.equal(model.tied_proj, open_clip_model("gelu_h80", seed=1).visual.proj)
+
+
 @pytest.mark.parametrize("fastvit", [True, False])
 def test_mobileclip_conversion_is_open_clips(fastvit: bool) -> None:
     """open_clip's one third-party conversion (Apple's MobileCLIP checkpoints): the same state dict

@@ -374,12 +374,15 @@ fn resident(_map: &Mmap, _range: Range<usize>) -> bool {
 
 /// Faults the whole pages of a fresh destination in with one call rather than one trap per
 /// page (a third less kernel time here); a no-op where the kernel lacks it (Linux < 5.14).
+/// Destinations already in memory (the parameters of a model that exists, as `load_checkpoint`
+/// fills) are left alone: populating present pages still walks them one by one (get_user_pages),
+/// 20 ms for ViT-B-32's 600 MB, a quarter of that load.
 #[cfg(target_os = "linux")]
 fn prefault(dst: &mut [u8]) {
     let base = dst.as_mut_ptr() as usize;
     let start = base.div_ceil(PAGE) * PAGE;
     let end = ((base + dst.len()) / PAGE) * PAGE;
-    if end > start {
+    if end > start && !(page_present(start) && page_present(end - PAGE)) {
         // SAFETY: the range lies inside `dst`, memory we may write; MADV_POPULATE_WRITE only
         // makes its pages present and writable, it never changes their contents.
         let _ = unsafe {
@@ -394,6 +397,16 @@ fn prefault(dst: &mut [u8]) {
 
 #[cfg(not(target_os = "linux"))]
 fn prefault(_dst: &mut [u8]) {}
+
+/// Whether the page at `address` (page-aligned, inside memory this process may write) is in
+/// memory: a destination is touched as a whole or not at all, so its first and last pages tell.
+#[cfg(target_os = "linux")]
+fn page_present(address: usize) -> bool {
+    let mut status = 0u8;
+    // SAFETY: one page-aligned page of a live allocation; mincore writes one byte into `status`.
+    let rc = unsafe { libc::mincore(address as *mut libc::c_void, PAGE, &mut status) };
+    rc == 0 && status & 1 == 1
+}
 
 /// Drops the whole pages inside `range` from the map: they are read again from the page cache
 /// if anyone touches them later.
