@@ -11,7 +11,7 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, TypeVar, Union
 
 import torch
 
@@ -165,13 +165,13 @@ def load(
         dtype_plan(device, dtype, frozenset())  # a wrong dtype fails before any download or read
     source = _resolve(name, download_root, verify)
     path = source.path
-    from .transforms import for_config, for_resolution
 
     if jit:
         from .formats.openai import is_torchscript
 
         if is_torchscript(path):
             from .jit import load_jit
+            from .transforms import for_resolution
 
             scripted = load_jit(
                 path, device if isinstance(device, (str, torch.device)) else torch.device(device)
@@ -181,6 +181,8 @@ def load(
 
     hints = _Hints(vision_heads, transformer_heads, quick_gelu, source)
     model, arch = _load_eager(source, device, dtype, mmap, hints, weights_only)
+    from .transforms import for_config, for_resolution  # (imported already where reads overlap)
+
     warn_assumptions(arch, path, stacklevel=2)
     n_px = model.visual.input_resolution
     return model, (for_config(source.preprocess, n_px) if source.preprocess else for_resolution(n_px))
@@ -212,8 +214,15 @@ def _load_eager(
         tensors = _torch_loaded_state_dict(path)
         model, arch = _build(tensors, path, heads)
         plan = dtype_plan(target, dtype, half_precision_names(model))
+    elif not source.direct and on_cpu and uniform is not None:
+        # A layout with other key names (Hugging Face): the source maps them while it reads, on a
+        # second thread (its conversion is Rust, GIL released), while this one builds the model.
+        shapes = source.declared_shapes()
+        limits.check(path, limits.declared_bytes(shapes), "the tensors it declares (as float32)")
+        tensors, (model, arch) = _beside(
+            lambda: source.read(mmap=mmap, dtype=uniform), _build, shapes, path, heads
+        )
     elif not source.direct:
-        # A layout with other key names (Hugging Face): the source maps them while reading.
         model, arch = _build(source.declared_shapes(), path, heads)
         plan = dtype_plan(target, dtype, half_precision_names(model))
         tensors = source.read(mmap=mmap or not on_cpu, dtype=plan if on_cpu else None)
@@ -350,25 +359,39 @@ def _read_while_building(
     tensors need the GIL and stay on this thread, so the two never wait for each other's GIL.
     Errors of either propagate; a file that is not a readable checkpoint fails in the parse before
     any work starts, one that is not a CLIP model fails in the build (reported first)."""
-    import threading
-
     from .checkpoint import _plan_read
 
     pending = _plan_read(path, mmap=mmap, dtype=dtype)
-    outcome: dict[str, BaseException] = {}
+    _, (model, arch) = _beside(pending.convert, _build, pending.declared_shapes(), path, heads)
+    return pending.finish(), model, arch
 
-    def convert() -> None:
+
+_T = TypeVar("_T")
+
+
+def _beside(
+    work: Callable[[], _T], build: Callable[..., tuple[CLIP, Architecture]], *args: Any
+) -> tuple[_T, tuple[CLIP, Architecture]]:
+    """``work()`` on a second thread while this one runs ``build(*args)`` and then imports what the
+    preprocess needs (Pillow, numpy: ~30 ms of a 0.2 s load, otherwise paid after the weights are
+    in). Errors of either propagate, the build's first."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
         try:
-            pending.convert()
+            outcome["result"] = work()
         except BaseException as error:  # handed over to the calling thread
             outcome["error"] = error
 
-    worker = threading.Thread(target=convert, name="clipfast-convert", daemon=True)
+    worker = threading.Thread(target=run, name="clipfast-convert", daemon=True)
     worker.start()
     try:
-        model, arch = _build(pending.declared_shapes(), path, heads)
+        built = build(*args)
+        from . import transforms  # noqa: F401
     finally:
         worker.join()
     if "error" in outcome:
         raise outcome["error"]
-    return pending.finish(), model, arch
+    return outcome["result"], built

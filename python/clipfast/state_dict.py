@@ -331,9 +331,7 @@ def fit_to_model(model: torch.nn.Module, state: MutableMapping[str, torch.Tensor
         moved = [(("text." + k) if k.startswith(CUSTOM_TEXT_KEYS) else k, v) for k, v in state.items()]
         state.clear()
         state.update(moved)
-    elif (
-        _is_clipfast_clip(model) and "text.text_projection" in state and "text_projection" not in state
-    ):
+    elif _is_clipfast_clip(model) and "text.text_projection" in state and "text_projection" not in state:
         moved = [
             (k[5:] if k.startswith("text.") and k[5:].startswith(CUSTOM_TEXT_KEYS) else k, v)
             for k, v in state.items()
