@@ -143,12 +143,18 @@ impl<'a> Archive<'a> {
                 "central directory claims {count} entries but has room for {max_entries} (damaged zip)"
             ));
         }
-        let mut entries = Vec::with_capacity(count as usize);
-        let mut by_name = HashMap::with_capacity(count as usize);
+        let mut records = Vec::with_capacity(count as usize);
         let mut at = cd.start;
         for _ in 0..count {
-            let (entry, next) = read_central_entry(bytes, at, cd.end)?;
+            let (record, next) = read_central_entry(bytes, at, cd.end)?;
             at = next;
+            records.push(record);
+        }
+        prefetch_local_headers(bytes, &records);
+        let mut entries = Vec::with_capacity(records.len());
+        let mut by_name = HashMap::with_capacity(records.len());
+        for record in records {
+            let entry = resolve_local_header(bytes, record)?;
             by_name.insert(entry.name.clone(), entries.len());
             entries.push(entry);
         }
@@ -260,9 +266,19 @@ fn find_eocd(bytes: &[u8]) -> Result<usize> {
     err("end of central directory record not found (truncated or not a zip archive)")
 }
 
+/// What the central directory says of an entry; where its data starts needs its local header.
+struct CentralRecord {
+    name: String,
+    method: Method,
+    compressed: u64,
+    uncompressed: u64,
+    crc32: u32,
+    local: usize,
+}
+
 /// Reads one central-directory entry at `at` (which must end before `end`); returns it and the
 /// offset of the next one.
-fn read_central_entry(bytes: &[u8], at: usize, end: usize) -> Result<(Entry, usize)> {
+fn read_central_entry(bytes: &[u8], at: usize, end: usize) -> Result<(CentralRecord, usize)> {
     if at + CENTRAL_LEN > end || read_u32(bytes, at)? != CENTRAL_SIG {
         return err(format!("central directory entry at byte {at} is damaged"));
     }
@@ -315,6 +331,57 @@ fn read_central_entry(bytes: &[u8], at: usize, end: usize) -> Result<(Entry, usi
         return err(format!("entry {name}: stored entry with differing sizes"));
     }
     let local = to_usize(local, "local header offset")?;
+    let record = CentralRecord {
+        name,
+        method,
+        compressed,
+        uncompressed,
+        crc32,
+        local,
+    };
+    Ok((record, next))
+}
+
+/// Asks the kernel to read, all at once, the page of every entry's local header: `bytes` is a map
+/// of the file, and on a cold page cache reading each header as the parse reaches it is one
+/// synchronous disk read per entry (hundreds in a checkpoint: 0.2 s of a 0.4 s ViT-B/32 load).
+#[cfg(unix)]
+fn prefetch_local_headers(bytes: &[u8], records: &[CentralRecord]) {
+    const PAGE: usize = 4096;
+    let base = bytes.as_ptr() as usize;
+    let mut last_page = usize::MAX;
+    for record in records {
+        if record.local >= bytes.len() {
+            continue; // refused when the header is read
+        }
+        let page = (base + record.local) / PAGE * PAGE;
+        if page == last_page {
+            continue;
+        }
+        last_page = page;
+        let len = (base + bytes.len()).min(page + 2 * PAGE) - page; // the header may cross a page
+                                                                    // SAFETY: [page, page + len) holds only pages that contain bytes of `bytes` (the page of
+                                                                    // one of its bytes, and the next one only where `bytes` continues into it), all mapped.
+                                                                    // MADV_WILLNEED is advice: it changes no contents and cannot fail in a way that matters.
+        unsafe {
+            libc::madvise(page as *mut libc::c_void, len, libc::MADV_WILLNEED);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn prefetch_local_headers(_bytes: &[u8], _records: &[CentralRecord]) {}
+
+/// The entry of `record`, once its local header confirms where the data starts.
+fn resolve_local_header(bytes: &[u8], record: CentralRecord) -> Result<Entry> {
+    let CentralRecord {
+        name,
+        method,
+        compressed,
+        uncompressed,
+        crc32,
+        local,
+    } = record;
     if read_u32(bytes, local).ok() != Some(LOCAL_SIG) {
         return err(format!(
             "entry {name}: local header at byte {local} is missing (truncated or damaged zip)"
@@ -329,17 +396,14 @@ fn read_central_entry(bytes: &[u8], at: usize, end: usize) -> Result<(Entry, usi
         bytes.len(),
         &format!("entry {name}"),
     )?;
-    Ok((
-        Entry {
-            name,
-            method,
-            data,
-            uncompressed_size: uncompressed,
-            crc32,
-            local,
-        },
-        next,
-    ))
+    Ok(Entry {
+        name,
+        method,
+        data,
+        uncompressed_size: uncompressed,
+        crc32,
+        local,
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //!
 //! When the file is not in the page cache (the first load after a download or a reboot), a
 //! reader thread keeps the disk busy ahead of the converters: it asks the kernel to read the
-//! next `READ_AHEAD` bytes (`MADV_WILLNEED`, asynchronous, in `READ_STEP` pieces) so that the
+//! next `READ_AHEAD` bytes (`MADV_WILLNEED`, asynchronous, in small `READ_STEP` pieces) so that the
 //! converters find their pages read instead of each waiting on the faults of its own chunk, and
 //! reading overlaps with converting (and with faulting in the fresh destination pages).
 use super::Dtype;
@@ -33,8 +33,11 @@ const PAGE: usize = 4096;
 /// queue full, bounded so that pages read ahead are not evicted before use under memory pressure.
 const READ_AHEAD: usize = 128 << 20;
 
-/// The reader's unit of work: one `MADV_WILLNEED` call.
-const READ_STEP: usize = 16 << 20;
+/// The reader's unit of work: one `MADV_WILLNEED` call. Small, because the kernel reads at most
+/// max(read_ahead_kb, max_sectors_kb) of each call's range (force_page_cache_ra) and drops the
+/// rest: with 16 MiB steps only the first 8 MiB of each were read here (read_ahead_kb 8192) and a
+/// cold load cost the read plus the warm load; 128 KiB is the smallest default of either.
+const READ_STEP: usize = 128 << 10;
 
 /// One storage to fill.
 #[derive(Debug, Clone)]
@@ -497,7 +500,7 @@ mod tests {
     #[test]
     fn cold_file_converts_exactly() {
         use std::io::Write;
-        let count = (3 * READ_STEP) / 2 + 12_345; // f16 elements: 1.5 steps of bytes, and a tail
+        let count = (3 * CHUNK_BYTES.max(READ_STEP)) / 2 + 12_345; // f16: 3 chunks of bytes, a tail
         let values: Vec<f32> = (0..count)
             .map(|i| ((i % 4093) as f32) * 0.25 - 500.0)
             .collect();
