@@ -39,6 +39,9 @@ const READ_AHEAD: usize = 128 << 20;
 /// cold load cost the read plus the warm load; 128 KiB is the smallest default of either.
 const READ_STEP: usize = 128 << 10;
 
+/// How much the reader checks with one `mincore` before advising it (a warm file needs nothing).
+const RESIDENT_STEP: usize = 16 << 20;
+
 /// One storage to fill.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -336,9 +339,11 @@ fn read_ahead(map: &Mmap, spans: &[Range<usize>], frontier: &Frontier) {
                 }
                 std::thread::sleep(Duration::from_micros(500));
             }
-            let end = (at + READ_STEP).min(span.end);
+            let end = (at + RESIDENT_STEP).min(span.end);
             if !resident(map, at..end) {
-                will_need(map, at..end);
+                for step in (at..end).step_by(READ_STEP) {
+                    will_need(map, step..(step + READ_STEP).min(end));
+                }
             }
             at = end;
         }
