@@ -359,10 +359,11 @@ fn prefetch_local_headers(bytes: &[u8], records: &[CentralRecord]) {
             continue;
         }
         last_page = page;
-        let len = (base + bytes.len()).min(page + 2 * PAGE) - page; // the header may cross a page
-                                                                    // SAFETY: [page, page + len) holds only pages that contain bytes of `bytes` (the page of
-                                                                    // one of its bytes, and the next one only where `bytes` continues into it), all mapped.
-                                                                    // MADV_WILLNEED is advice: it changes no contents and cannot fail in a way that matters.
+        // The header may cross into the next page, where `bytes` continues into it.
+        let len = (base + bytes.len()).min(page + 2 * PAGE) - page;
+        // SAFETY: [page, page + len) holds only pages that contain bytes of `bytes` (the page of
+        // one of its bytes, and the next one only where `bytes` continues into it), all mapped.
+        // MADV_WILLNEED is advice: it changes no contents and cannot fail in a way that matters.
         unsafe {
             libc::madvise(page as *mut libc::c_void, len, libc::MADV_WILLNEED);
         }
@@ -374,14 +375,7 @@ fn prefetch_local_headers(_bytes: &[u8], _records: &[CentralRecord]) {}
 
 /// The entry of `record`, once its local header confirms where the data starts.
 fn resolve_local_header(bytes: &[u8], record: CentralRecord) -> Result<Entry> {
-    let CentralRecord {
-        name,
-        method,
-        compressed,
-        uncompressed,
-        crc32,
-        local,
-    } = record;
+    let (name, local) = (record.name, record.local);
     if read_u32(bytes, local).ok() != Some(LOCAL_SIG) {
         return err(format!(
             "entry {name}: local header at byte {local} is missing (truncated or damaged zip)"
@@ -392,16 +386,16 @@ fn resolve_local_header(bytes: &[u8], record: CentralRecord) -> Result<Entry> {
     let data_start = (local + LOCAL_LEN + local_name + local_extra) as u64;
     let data = checked_range(
         data_start,
-        compressed,
+        record.compressed,
         bytes.len(),
         &format!("entry {name}"),
     )?;
     Ok(Entry {
         name,
-        method,
+        method: record.method,
         data,
-        uncompressed_size: uncompressed,
-        crc32,
+        uncompressed_size: record.uncompressed,
+        crc32: record.crc32,
         local,
     })
 }

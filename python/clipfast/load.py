@@ -217,10 +217,11 @@ def _load_eager(
     elif not source.direct and on_cpu and uniform is not None:
         # A layout with other key names (Hugging Face): the source maps them while it reads, on a
         # second thread (its conversion is Rust, GIL released), while this one builds the model.
+        # The read allocates before _build's own check of the declared shapes runs: check first.
         shapes = source.declared_shapes()
         limits.check(path, limits.declared_bytes(shapes), "the tensors it declares (as float32)")
-        tensors, (model, arch) = _beside(
-            lambda: source.read(mmap=mmap, dtype=uniform), _build, shapes, path, heads
+        tensors, (model, arch) = _build_beside(
+            lambda: source.read(mmap=mmap, dtype=uniform), shapes, path, heads
         )
     elif not source.direct:
         model, arch = _build(source.declared_shapes(), path, heads)
@@ -362,19 +363,19 @@ def _read_while_building(
     from .checkpoint import _plan_read
 
     pending = _plan_read(path, mmap=mmap, dtype=dtype)
-    _, (model, arch) = _beside(pending.convert, _build, pending.declared_shapes(), path, heads)
+    _, (model, arch) = _build_beside(pending.convert, pending.declared_shapes(), path, heads)
     return pending.finish(), model, arch
 
 
 _T = TypeVar("_T")
 
 
-def _beside(
-    work: Callable[[], _T], build: Callable[..., tuple[CLIP, Architecture]], *args: Any
+def _build_beside(
+    work: Callable[[], _T], shapes: Mapping[str, Any], path: str, heads: _Hints
 ) -> tuple[_T, tuple[CLIP, Architecture]]:
-    """``work()`` on a second thread while this one runs ``build(*args)`` and then imports what the
-    preprocess needs (Pillow, numpy: ~30 ms of a 0.2 s load, otherwise paid after the weights are
-    in). Errors of either propagate, the build's first."""
+    """``work()`` on a second thread while this one runs ``_build(shapes, path, heads)`` and then
+    imports what the preprocess needs (Pillow, numpy: ~30 ms of a 0.2 s load, otherwise paid after
+    the weights are in). Errors of either propagate, the build's first."""
     import threading
 
     outcome: dict[str, Any] = {}
@@ -388,7 +389,7 @@ def _beside(
     worker = threading.Thread(target=run, name="clipfast-convert", daemon=True)
     worker.start()
     try:
-        built = build(*args)
+        built = _build(shapes, path, heads)
         from . import transforms  # noqa: F401
     finally:
         worker.join()

@@ -364,12 +364,21 @@ fn will_need(_map: &Mmap, _range: Range<usize>) {}
 #[cfg(target_os = "linux")]
 fn resident(map: &Mmap, range: Range<usize>) -> bool {
     let base = map.as_ptr() as usize;
-    let start = (base + range.start) / PAGE * PAGE;
-    let end = (base + range.end).div_ceil(PAGE) * PAGE;
+    // [start, end) lies within the map's pages: the range lies within the map, which is
+    // page-aligned and covers whole pages.
+    pages_present(
+        (base + range.start) / PAGE * PAGE,
+        (base + range.end).div_ceil(PAGE) * PAGE,
+    )
+}
+
+/// Whether every page of [start, end) (page-aligned addresses of memory this process has mapped)
+/// is in memory, by `mincore`: the page cache for a file map, RAM for an anonymous one.
+#[cfg(target_os = "linux")]
+fn pages_present(start: usize, end: usize) -> bool {
     let mut pages = vec![0u8; (end - start) / PAGE];
-    // SAFETY: [start, end) lies within the map's pages (the range lies within the map, which is
-    // page-aligned and covers whole pages); mincore writes one byte per page into `pages`, which
-    // holds exactly that many.
+    // SAFETY: callers pass whole pages of a live mapping; mincore writes one byte per page into
+    // `pages`, which holds exactly that many.
     let status =
         unsafe { libc::mincore(start as *mut libc::c_void, end - start, pages.as_mut_ptr()) };
     status == 0 && pages.iter().all(|p| p & 1 == 1)
@@ -390,7 +399,8 @@ fn prefault(dst: &mut [u8]) {
     let base = dst.as_mut_ptr() as usize;
     let start = base.div_ceil(PAGE) * PAGE;
     let end = ((base + dst.len()) / PAGE) * PAGE;
-    if end > start && !(page_present(start) && page_present(end - PAGE)) {
+    // A destination is touched as a whole or not at all: its first and last pages tell.
+    if end > start && !(pages_present(start, start + PAGE) && pages_present(end - PAGE, end)) {
         // SAFETY: the range lies inside `dst`, memory we may write; MADV_POPULATE_WRITE only
         // makes its pages present and writable, it never changes their contents.
         let _ = unsafe {
@@ -405,16 +415,6 @@ fn prefault(dst: &mut [u8]) {
 
 #[cfg(not(target_os = "linux"))]
 fn prefault(_dst: &mut [u8]) {}
-
-/// Whether the page at `address` (page-aligned, inside memory this process may write) is in
-/// memory: a destination is touched as a whole or not at all, so its first and last pages tell.
-#[cfg(target_os = "linux")]
-fn page_present(address: usize) -> bool {
-    let mut status = 0u8;
-    // SAFETY: one page-aligned page of a live allocation; mincore writes one byte into `status`.
-    let rc = unsafe { libc::mincore(address as *mut libc::c_void, PAGE, &mut status) };
-    rc == 0 && status & 1 == 1
-}
 
 /// Drops the whole pages inside `range` from the map: they are read again from the page cache
 /// if anyone touches them later.
