@@ -5,8 +5,9 @@ Every case runs in a fresh interpreter and is timed from its first line (before 
 to the end: imports, model load, reading, preprocessing, the model, writing the embeddings.
 
 - clipfast: ``clipfast.embed(folder, model, out, batch_size=B, device="cpu")`` (clip-retrieval's
-  layout, L2-normalised fp16), with its reader thread overlapping ``preprocess_batch`` with the
-  model; it reports how long the model waited for data.
+  layout, L2-normalised fp16), fed as it feeds a CPU model whose threads fill the cores:
+  ``preprocess_batch`` on all cores in turns with the forward passes; it reports how long the
+  model waited for data.
 - clip + DataLoader: ``clip.load`` (clip-anytorch) and a ``torch.utils.data.DataLoader`` of
   ``preprocess(Image.open(p))`` with one worker process per core, the same batch size, the same
   normalisation and fp16 output, saved with ``np.save`` (what clip-retrieval's ``clip_inference``

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -341,7 +342,15 @@ def test_webdataset_key_rules(tmp_path: Path) -> None:
 # --- failures ------------------------------------------------------------------------------------
 
 
-def test_broken_files_go_to_the_errors_file(tmp_path: Path, model_path: Path, reference: Any) -> None:
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-turns", "ahead"])
+def test_broken_files_go_to_the_errors_file(
+    tmp_path: Path, model_path: Path, reference: Any, overlap: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both ways of feeding the model: in turns with it (the CPU's default) and a reader thread ahead
+    # of it (a GPU's, or where torch leaves cores free).
+    from clipfast.embedding import pipeline
+
+    monkeypatch.setattr(pipeline, "overlaps", lambda encoder, workers: overlap)
     paths = write_folder(tmp_path / "data", captions=False)
     good = paths[:5]
     jpeg = (PHOTOS / "coffee.jpg").read_bytes()
@@ -384,6 +393,46 @@ def test_broken_files_go_to_the_errors_file(tmp_path: Path, model_path: Path, re
     # which would shift its pairing of .npy and .parquet files), only its stats and errors.
     shard1_errors = json.loads((tmp_path / "out" / "stats" / "00001.json").read_text())
     assert shard1_errors["sample_count"] == 1 and shard1_errors["error_count"] == 3
+
+
+def test_reader_beside_the_model_only_where_cores_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipfast.embedding import pipeline
+
+    class Encoder:
+        on_gpu = False
+
+    monkeypatch.setattr(pipeline, "_cores", lambda: 8)
+    for torch_threads, workers, beside in [(8, 8, False), (8, 1, False), (4, 4, True), (4, 5, False)]:
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=torch_threads: n)
+        assert pipeline.overlaps(Encoder(), workers) is beside  # type: ignore[arg-type]
+    Encoder.on_gpu = True
+    assert pipeline.overlaps(Encoder(), 8) is True  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-turns", "ahead"])
+def test_a_failing_reader_stops_the_job(
+    tmp_path: Path, model_path: Path, overlap: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An error that is not a sample's (here: the preprocessing itself) ends the job with that error,
+    # and no reader thread is left behind.
+    from clipfast.embedding import pipeline
+
+    write_folder(tmp_path / "data", captions=False)
+    monkeypatch.setattr(pipeline, "overlaps", lambda encoder, workers: overlap)
+    calls = []
+    real = pipeline.prepare_batch
+
+    def prepare_batch(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("no room for the batch")
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "prepare_batch", prepare_batch)
+    with pytest.raises(MemoryError, match="no room"):
+        embed(tmp_path / "data", model_path, tmp_path / "out", batch_size=2, shard_size=2, progress=False)
+    assert not [t for t in threading.enumerate() if t.name == "clipfast-embed-reader"]
+    assert (tmp_path / "out" / "stats" / "00000.json").exists()  # the shard done before is kept
 
 
 def test_input_errors_are_typed(tmp_path: Path, model_path: Path) -> None:
