@@ -78,6 +78,15 @@ impl<T: Pooled> Scratch<T> {
         s
     }
 
+    /// `len` zeroed elements starting on an `align`-byte boundary (a power of two), for SIMD
+    /// loads that must not cross cache lines: the buffer, and the index where they start in it.
+    pub fn zeroed_aligned(len: usize, align: usize) -> (Scratch<T>, usize) {
+        let extra = align.div_ceil(std::mem::size_of::<T>().max(1));
+        let s: Scratch<T> = Scratch::zeroed(len + extra);
+        let at = s.as_ptr().align_offset(align).min(extra);
+        (s, at)
+    }
+
     /// The buffer, taken out of the pool for good (it is then freed as any `Vec`).
     pub fn into_vec(mut self) -> Vec<T> {
         std::mem::take(&mut self.data)
