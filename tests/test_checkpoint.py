@@ -359,6 +359,39 @@ def test_large_copies_own_their_memory_one_storage_each(tmp_path: Path) -> None:
     assert all(t.is_contiguous() for t in made)
 
 
+@pytest.mark.skipif(
+    not os.path.isdir("/sys/kernel/mm/transparent_hugepage"),
+    reason="needs Linux with transparent huge pages (/proc/self/smaps marks MADV_HUGEPAGE)",
+)
+@pytest.mark.parametrize("free", [True, False], ids=["memory-free", "memory-short"])
+def test_huge_pages_are_asked_for_only_where_memory_is_free(
+    free: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With little free memory each huge page costs a direct compaction: the region is then left
+    to plain pages (its VmFlags in /proc/self/smaps lack ``hg``, MADV_HUGEPAGE's mark)."""
+    from clipfast import checkpoint
+
+    meminfo = tmp_path / "meminfo"
+    free_kb = (64 << 30 if free else 1 << 20) // 1024
+    meminfo.write_text(f"MemTotal:       99999999 kB\nMemFree:        {free_kb} kB\n")
+    monkeypatch.setattr(checkpoint, "_MEMINFO", str(meminfo))
+    made = checkpoint.allocate([((4096, 1024), torch.float32)])
+    address = made[0].data_ptr()
+    flags = None
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and line.startswith("VmFlags:"):
+                flags = line.split()[1:]
+                break
+    assert flags is not None
+    assert ("hg" in flags) == free
+
+
 def test_path_like_and_str(tmp_path: Path) -> None:
     path = tmp_path / "p.pt"
     torch.save({"w": torch.ones(2)}, path)

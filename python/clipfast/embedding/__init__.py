@@ -11,7 +11,8 @@ The same job runs from the command line (``clipfast embed INPUT... --model M --o
 
 Modules: ``sources`` (inputs -> samples in a fixed order), ``encoder`` (preprocessing and the
 model), ``pipeline`` (the local model loop, fed by a reader thread ahead of it or in turns with
-it), ``output`` (the folder: layout, shards, resumption), ``ray_pipeline`` (the Ray Data job and its datasink).
+it), ``output`` (the folder: layout, shards, resumption), ``ray_pipeline`` (the Ray Data job and
+its datasink).
 """
 
 from __future__ import annotations
