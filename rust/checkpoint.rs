@@ -12,6 +12,7 @@ pub mod npz;
 pub(crate) mod safetensors;
 mod torch_pickle;
 mod torchscript;
+mod widen_simd;
 
 pub use dtype::Dtype;
 

@@ -152,6 +152,30 @@ def test_archive_dtype_conversion(openai_archive: Callable[[str], Path], target:
         assert torch.equal(raw(got[name]), raw(expected)), name
 
 
+@pytest.mark.parametrize("stored", [torch.float16, torch.bfloat16])
+def test_every_16_bit_pattern_widens_as_torch_does(tmp_path: Path, stored: torch.dtype) -> None:
+    """fp16 / bf16 -> fp32 (clipfast's vector loop, its unaligned head and its tail) against torch's
+    own conversion, for every bit pattern: bf16 bit for bit (torch keeps NaN payloads as they are);
+    fp16 bit for bit except NaNs, which torch itself widens differently in its scalar and vector
+    paths (even their signs; clipfast's follow F16C, checked in Rust against the half crate)."""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    path = tmp_path / "patterns.pt"
+    whole = bits.view(stored)
+    sd = {"all": whole, "odd_start": whole[3:-5], "copy": whole[7:].clone()}
+    torch.save(sd, path)
+    got = read_state_dict(path, mmap=False, dtype=torch.float32)
+    for name, tensor in sd.items():
+        want = tensor.to(torch.float32)
+        out = got[name]
+        assert out.dtype == torch.float32 and out.shape == want.shape
+        if stored == torch.bfloat16:
+            assert torch.equal(out.view(torch.int32), want.view(torch.int32)), name
+        else:
+            nan = want.isnan()
+            assert torch.equal(out.isnan(), nan), name
+            assert torch.equal(out[~nan].view(torch.int32), want[~nan].view(torch.int32)), name
+
+
 # --- torch.save files made here: every dtype, views, sharing, parameters, wrappers ---
 
 
