@@ -66,16 +66,6 @@ unsafe impl Plain for bf16 {}
 unsafe impl Plain for f32 {}
 // SAFETY: as above.
 unsafe impl Plain for f64 {}
-// SAFETY: integers accept every bit pattern and have no padding.
-unsafe impl Plain for u16 {}
-
-/// 16-bit patterns viewed as the `half` type they encode (same size and alignment).
-fn bytemuck_u16<T: Plain>(bits: &[u16]) -> &[T] {
-    const { assert!(std::mem::size_of::<T>() == 2 && std::mem::align_of::<T>() <= 2) };
-    // SAFETY: T is a 2-byte Plain type (checked above; f16 or bf16, transparent over u16), so
-    // every u16 is a valid T and the layouts match element for element.
-    unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<T>(), bits.len()) }
-}
 
 /// `bytes` as a slice of `T`, borrowed when aligned, copied otherwise.
 fn typed<T: Plain>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]> {
@@ -123,17 +113,17 @@ pub(super) fn convert_slice(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) 
         }};
     }
     match (from, to) {
-        (Dtype::F16, Dtype::F32) => pair!(u16, f32, |s, d| {
-            if !widen_simd::f16_to_f32(&s, d) {
-                let halves: &[f16] = bytemuck_u16(&s);
-                halves.convert_to_f32_slice(d)
+        (Dtype::F16, Dtype::F32) => pair!(f16, f32, |s, d| {
+            if !widen_simd::f16_to_f32(s.reinterpret_cast(), d) {
+                s.convert_to_f32_slice(d)
             }
         }),
-        (Dtype::BF16, Dtype::F32) => pair!(u16, f32, |s, d| {
-            if !widen_simd::bf16_to_f32(&s, d) {
+        (Dtype::BF16, Dtype::F32) => pair!(bf16, f32, |s, d| {
+            let bits: &[u16] = s.reinterpret_cast();
+            if !widen_simd::bf16_to_f32(bits, d) {
                 d.iter_mut()
-                    .zip(s.iter())
-                    .for_each(|(d, s)| *d = widen_simd::bf16_bits_to_f32(*s))
+                    .zip(bits)
+                    .for_each(|(d, b)| *d = widen_simd::bf16_bits_to_f32(*b))
             }
         }),
         (Dtype::F32, Dtype::F16) => pair!(f32, f16, |s, d| d.convert_from_f32_slice(&s)),

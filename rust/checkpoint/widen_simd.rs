@@ -74,10 +74,49 @@ mod x86 {
     /// The CPU must support AVX and F16C; `src.len() == dst.len()`.
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+        // SAFETY: the caller's guarantees; each load reads 8 values at `at`, inside `src`.
+        unsafe {
+            widen(
+                src,
+                dst,
+                |b| half::f16::from_bits(b).to_f32(),
+                |at| _mm256_cvtph_ps(_mm_loadu_si128(at.cast())),
+            )
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2; `src.len() == dst.len()`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn bf16_to_f32(src: &[u16], dst: &mut [f32]) {
+        // SAFETY: as in f16_to_f32. A bf16 value is the upper half of its f32: widen each 16-bit
+        // lane to 32 bits and shift it up, exact for every pattern (NaNs included).
+        unsafe {
+            widen(src, dst, super::bf16_bits_to_f32, |at| {
+                let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(at.cast()));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+            })
+        }
+    }
+
+    /// The loop both conversions share: `scalar` for the unaligned head and the tail, `eight`
+    /// (eight values read at a pointer, widened in one register) for the 32-byte aligned body.
+    /// Inlined into each caller, so it is compiled with that caller's target features.
+    ///
+    /// # Safety
+    /// `src.len() == dst.len()`; `eight` may read 8 values at any pointer it is given inside
+    /// `src`, and needs at most AVX plus the caller's features, which the CPU must support.
+    #[inline(always)]
+    unsafe fn widen(
+        src: &[u16],
+        dst: &mut [f32],
+        scalar: impl Fn(u16) -> f32,
+        eight: impl Fn(*const u16) -> __m256,
+    ) {
         let stream = dst.len() * 4 >= STREAM_MIN_BYTES;
         let head = head_to_align(dst);
         for i in 0..head {
-            dst[i] = half::f16::from_bits(src[i]).to_f32();
+            dst[i] = scalar(src[i]);
         }
         let body = (dst.len() - head) / STEP * STEP;
         let (s, d) = (src[head..].as_ptr(), dst[head..].as_mut_ptr());
@@ -86,55 +125,23 @@ mod x86 {
             // SAFETY: i + STEP <= body <= len - head, so the four 8-value loads and stores stay
             // inside both slices; `d` is 32-byte aligned (head_to_align) for the aligned stores.
             unsafe {
-                let a = _mm256_cvtph_ps(_mm_loadu_si128(s.add(i).cast()));
-                let b = _mm256_cvtph_ps(_mm_loadu_si128(s.add(i + 8).cast()));
-                let c = _mm256_cvtph_ps(_mm_loadu_si128(s.add(i + 16).cast()));
-                let e = _mm256_cvtph_ps(_mm_loadu_si128(s.add(i + 24).cast()));
-                store4(d.add(i), [a, b, c, e], stream);
+                let v = [
+                    eight(s.add(i)),
+                    eight(s.add(i + 8)),
+                    eight(s.add(i + 16)),
+                    eight(s.add(i + 24)),
+                ];
+                store4(d.add(i), v, stream);
             }
             i += STEP;
         }
         if stream {
-            _mm_sfence(); // streaming stores are weakly ordered: publish them before returning
+            // SAFETY: SSE is part of x86_64. Streaming stores are weakly ordered: publish them
+            // before returning.
+            unsafe { _mm_sfence() };
         }
         for j in head + body..dst.len() {
-            dst[j] = half::f16::from_bits(src[j]).to_f32();
-        }
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2; `src.len() == dst.len()`.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn bf16_to_f32(src: &[u16], dst: &mut [f32]) {
-        let stream = dst.len() * 4 >= STREAM_MIN_BYTES;
-        let head = head_to_align(dst);
-        for i in 0..head {
-            dst[i] = super::bf16_bits_to_f32(src[i]);
-        }
-        let body = (dst.len() - head) / STEP * STEP;
-        let (s, d) = (src[head..].as_ptr(), dst[head..].as_mut_ptr());
-        let mut i = 0;
-        while i < body {
-            // SAFETY: as in f16_to_f32. A bf16 value is the upper half of its f32: widen each
-            // 16-bit lane to 32 bits and shift it up, exact for every pattern (NaNs included).
-            unsafe {
-                let widen = |at: usize| {
-                    let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(s.add(at).cast()));
-                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
-                };
-                store4(
-                    d.add(i),
-                    [widen(i), widen(i + 8), widen(i + 16), widen(i + 24)],
-                    stream,
-                );
-            }
-            i += STEP;
-        }
-        if stream {
-            _mm_sfence();
-        }
-        for j in head + body..dst.len() {
-            dst[j] = super::bf16_bits_to_f32(src[j]);
+            dst[j] = scalar(src[j]);
         }
     }
 
