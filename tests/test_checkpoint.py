@@ -387,11 +387,21 @@ def test_large_copies_own_their_memory_one_storage_each(tmp_path: Path) -> None:
     not os.path.isdir("/sys/kernel/mm/transparent_hugepage"),
     reason="needs Linux with transparent huge pages (/proc/self/smaps marks MADV_HUGEPAGE)",
 )
-@pytest.mark.parametrize("free", [True, False], ids=["memory-free", "memory-short"])
-def test_huge_pages_are_asked_for_only_where_memory_is_free(
-    free: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("free", "balloon", "huge"),
+    [
+        (True, None, True),
+        (False, None, False),
+        (True, "0110010100", False),  # a balloon that reports free pages (feature bit 5)
+        (True, "0110000100", True),  # a balloon without free page reporting
+    ],
+    ids=["memory-free", "memory-short", "free-pages-reported", "balloon-without-reporting"],
+)
+def test_huge_pages_are_asked_for_only_where_they_come_cheap(
+    free: bool, balloon: str | None, huge: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With little free memory each huge page costs a direct compaction: the region is then left
+    """With little free memory each huge page costs a direct compaction, and in a VM whose balloon
+    reports free pages to the host each one is a block the host took back: the region is then left
     to plain pages (its VmFlags in /proc/self/smaps lack ``hg``, MADV_HUGEPAGE's mark)."""
     from clipfast import checkpoint
 
@@ -399,6 +409,13 @@ def test_huge_pages_are_asked_for_only_where_memory_is_free(
     free_kb = (64 << 30 if free else 1 << 20) // 1024
     meminfo.write_text(f"MemTotal:       99999999 kB\nMemFree:        {free_kb} kB\n")
     monkeypatch.setattr(checkpoint, "_MEMINFO", str(meminfo))
+    devices = tmp_path / "virtio"
+    for name, device, features in [("virtio0", "0x0002", "1" * 64), ("virtio1", "0x0005", balloon)]:
+        if features is not None:
+            (devices / name).mkdir(parents=True)
+            (devices / name / "device").write_text(device + "\n")
+            (devices / name / "features").write_text(features + "0" * 54 + "\n")
+    monkeypatch.setattr(checkpoint, "_VIRTIO_DEVICES", str(devices))
     made = checkpoint.allocate([((4096, 1024), torch.float32)])
     address = made[0].data_ptr()
     flags = None
@@ -413,7 +430,7 @@ def test_huge_pages_are_asked_for_only_where_memory_is_free(
                 flags = line.split()[1:]
                 break
     assert flags is not None
-    assert ("hg" in flags) == free
+    assert ("hg" in flags) == huge
 
 
 def test_path_like_and_str(tmp_path: Path) -> None:
