@@ -307,6 +307,40 @@ def test_preprocess_object_is_picklable_and_keeps_its_shape() -> None:
     assert torch.equal(clone(img), reference(img, 224))
 
 
+def test_load_leaves_pil_image_for_the_first_image(openai_archive: Callable[[str], Path]) -> None:
+    """clipfast.load does not import PIL.Image (imported under the conversion it cost ~30 ms); the
+    preprocess it returns imports it on first use and gives clip's pixels, with Pillow's filters
+    in its attributes as before."""
+    code = textwrap.dedent(
+        """
+        import sys, pickle
+        import clipfast, torch
+        from clipfast import transforms
+        model, pre = clipfast.load(sys.argv[1], device="cpu")
+        bilinear = transforms.for_config(transforms.PreprocessConfig(size=32, interpolation="bilinear"))
+        copy = pickle.loads(pickle.dumps(pre))
+        assert "PIL.Image" not in sys.modules, "PIL.Image imported by load"
+        from PIL import Image
+        img = Image.new("RGB", (57, 41), (200, 30, 90))
+        img.putpixel((20, 20), (0, 255, 0))
+        out = pre(img)
+        steps = [transforms.Resize(224, Image.Resampling.BICUBIC), transforms.CenterCrop(224),
+                 transforms.ConvertToRGB(), transforms.ToTensor(),
+                 transforms.Normalize(transforms.MEAN, transforms.STD)]
+        eager = img
+        for step in steps:
+            eager = step(eager)
+        assert torch.equal(out, eager) and torch.equal(copy(img), eager)
+        assert pre.transforms[0].interpolation is Image.Resampling.BICUBIC
+        assert copy.transforms[0].interpolation is Image.Resampling.BICUBIC
+        assert bilinear.transforms[0].interpolation is Image.Resampling.BILINEAR
+        assert "interpolation=bilinear" in repr(bilinear)
+        """
+    )
+    archive = openai_archive("ViT-B/32")
+    subprocess.run([sys.executable, "-c", code, str(archive)], check=True, timeout=300)
+
+
 def test_steps_expose_torchvisions_attributes() -> None:
     """Code that reads the steps' attributes (say, the crop size) sees what clip's Compose holds."""
     ours, theirs = transforms.for_resolution(336), clip.clip._transform(336)

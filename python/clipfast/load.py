@@ -181,7 +181,7 @@ def load(
 
     hints = _Hints(vision_heads, transformer_heads, quick_gelu, source)
     model, arch = _load_eager(source, device, dtype, mmap, hints, weights_only)
-    from .transforms import for_config, for_resolution  # (imported already where reads overlap)
+    from .transforms import for_config, for_resolution
 
     warn_assumptions(arch, path, stacklevel=2)
     n_px = model.visual.input_resolution
@@ -373,10 +373,14 @@ _T = TypeVar("_T")
 def _build_beside(
     work: Callable[[], _T], shapes: Mapping[str, Any], path: str, heads: _Hints
 ) -> tuple[_T, tuple[CLIP, Architecture]]:
-    """``work()`` on a second thread while this one runs ``_build(shapes, path, heads)`` and then
-    imports what the preprocess needs (Pillow, numpy: ~30 ms of a 0.2 s load, otherwise paid after
-    the weights are in). Errors of either propagate, the build's first."""
+    """``work()`` on a second thread while this one runs ``_build(shapes, path, heads)``. Errors of
+    either propagate, the build's first.
+
+    What the load imports is imported before the work starts: an import (file reads, maps,
+    allocations) slowed by the work's page faults took several times its own time."""
     import threading
+
+    from . import transforms  # noqa: F401  (the preprocess returned; PIL.Image waits for an image)
 
     outcome: dict[str, Any] = {}
 
@@ -390,7 +394,6 @@ def _build_beside(
     worker.start()
     try:
         built = _build(shapes, path, heads)
-        from . import transforms  # noqa: F401
     finally:
         worker.join()
     if "error" in outcome:

@@ -10,16 +10,17 @@ step is swapped, it runs the steps one by one, as torchvision's Compose does.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, NamedTuple
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
-import PIL
+import PIL  # only the package (its version); PIL.Image is imported when first used
 import torch
-from PIL import Image
 
 from . import _native
 from .errors import ImageError
@@ -40,6 +41,31 @@ __all__ = [
     "for_resolution",
     "preprocess_batch",
 ]
+
+
+class _ImportedOnFirstUse:
+    """Stands for a module until an attribute of it is first read, then imports it and puts the
+    module itself in its place.
+
+    ``PIL.Image`` costs ~8 ms of imports (its Exif and TIFF tag tables), which ``clipfast.load``
+    would otherwise pay for the preprocess it returns, in the middle of the weights' conversion,
+    whose page faults slow it to about three times that (on two cores, 2026-12-07). Nothing
+    needs it until an image arrives, and a caller holding a PIL image has imported it already."""
+
+    def __init__(self, name: str, alias: str) -> None:
+        self._name = name
+        self._alias = alias
+
+    def __getattr__(self, attribute: str) -> Any:
+        module = importlib.import_module(self._name)
+        globals()[self._alias] = module
+        return getattr(module, attribute)
+
+
+if TYPE_CHECKING:
+    from PIL import Image
+else:
+    Image: ModuleType = _ImportedOnFirstUse("PIL.Image", "Image")
 
 
 def _pillow_version() -> tuple[int, ...]:
@@ -64,12 +90,43 @@ def resized_size(width: int, height: int, n_px: int) -> tuple[int, int]:
     return int(n_px * width / height), n_px
 
 
+class _PillowFilter(NamedTuple):
+    """Pillow's resampling filter of this name (``Image.Resampling[name]``), looked up when the
+    attribute holding it is first read, so that building a preprocess imports no ``PIL.Image``."""
+
+    name: str
+
+
+class _Interpolation:
+    """The ``interpolation`` attribute of the resize steps: the value given, where a
+    ``_PillowFilter`` stands for Pillow's constant until it is read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._key = f"_{name}"
+
+    def __get__(self, step: Any, owner: type | None = None) -> Any:
+        if step is None:
+            return self
+        value = step.__dict__[self._key]
+        if isinstance(value, _PillowFilter):
+            value = step.__dict__[self._key] = Image.Resampling[value.name]
+        return value
+
+    def __set__(self, step: Any, value: Any) -> None:
+        step.__dict__[self._key] = value
+
+
+_BICUBIC = _PillowFilter("BICUBIC")
+
+
 class Resize:
     """Resize with Pillow's bicubic filter, as torchvision's Resize on a PIL image: an int (or a
     one-element sequence) is the shorter side (no-op when it already matches), ``(h, w)`` is the
     exact size."""
 
-    def __init__(self, size: int | Sequence[int], interpolation: Any = Image.Resampling.BICUBIC) -> None:
+    interpolation = _Interpolation()
+
+    def __init__(self, size: int | Sequence[int], interpolation: Any = _BICUBIC) -> None:
         self.size = size
         self.interpolation = interpolation
 
@@ -105,8 +162,10 @@ class ResizeKeepRatio:
     """open_clip's resize for ``resize_mode="longest"``: scale so that the longer side fits ``size``
     (``longest=1``; 0 is the shorter side), keeping the aspect ratio; the new sides are rounded."""
 
+    interpolation = _Interpolation()
+
     def __init__(
-        self, size: int | Sequence[int], interpolation: Any = Image.Resampling.BICUBIC, longest: float = 1.0
+        self, size: int | Sequence[int], interpolation: Any = _BICUBIC, longest: float = 1.0
     ) -> None:
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.interpolation = interpolation
@@ -272,9 +331,7 @@ def for_config(config: PreprocessConfig, n_px: int | None = None) -> Compose:
     size = n_px if n_px is not None else config.size
     if size is None:
         raise ValueError("for_config needs n_px where the configuration has no size")
-    interpolation = (
-        Image.Resampling.BILINEAR if config.interpolation == "bilinear" else Image.Resampling.BICUBIC
-    )
+    interpolation = _PillowFilter("BILINEAR") if config.interpolation == "bilinear" else _BICUBIC
     tail = [ConvertToRGB(), ToTensor(), Normalize(config.mean, config.std)]
     if config.resize_mode == "squash":
         return Compose([Resize((size, size), interpolation), *tail])
