@@ -698,3 +698,49 @@ def test_no_env_or_cwd_dependence(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     torch.save({"w": torch.ones(2)}, path)
     monkeypatch.chdir(tmp_path)
     assert list(read_state_dict(os.path.basename(path))) == ["w"]
+
+
+def test_parse_ahead_hands_over_only_the_same_unchanged_file(tmp_path: Path) -> None:
+    """clipfast.load starts the parse of a checkpoint file on a thread while it locates the source;
+    the parse is used only where the file is still the one parsed, else the file is parsed again,
+    and the errors are those of a plain parse."""
+    from clipfast.checkpoint import ParseAhead, _plan_read
+
+    first = {"a": torch.arange(6, dtype=torch.float16).reshape(2, 3)}
+    second = {"b": torch.full((4,), 7.0, dtype=torch.float16)}
+    path = tmp_path / "weights.pt"
+    torch.save(first, path)
+
+    ahead = ParseAhead.start(str(path))
+    assert ahead is not None
+    got = _plan_read(path, mmap=False, dtype=torch.float32, ahead=ahead)
+    got.convert()
+    assert torch.equal(got.finish()["a"], first["a"].float())
+
+    # Replaced (a new file renamed over it) after the parse started: the new file is read.
+    ahead = ParseAhead.start(str(path))
+    assert ahead is not None
+    replacement = tmp_path / "new.pt"
+    torch.save(second, replacement)
+    os.replace(replacement, path)
+    got = _plan_read(path, mmap=False, dtype=torch.float32, ahead=ahead)
+    got.convert()
+    assert list(got.finish()) == ["b"]
+
+    # A damaged file: the parse ahead fails quietly, the read reports it as a plain parse does.
+    path.write_bytes(b"PK\x03\x04 not a checkpoint")
+    ahead = ParseAhead.start(str(path))
+    assert ahead is not None
+    with pytest.raises(CheckpointError, match=r"weights\.pt"):
+        _plan_read(path, mmap=False, dtype=torch.float32, ahead=ahead)
+
+    # A safetensors file named .pt is refused whichever parse reads it.
+    from safetensors.torch import save_file
+
+    save_file(first, str(path))
+    with pytest.raises(CheckpointError, match="rename it to what it is"):
+        _plan_read(path, mmap=False, dtype=torch.float32, ahead=ParseAhead.start(str(path)))
+
+    # Not a regular file: nothing is started.
+    assert ParseAhead.start(str(tmp_path)) is None
+    assert ParseAhead.start(str(tmp_path / "missing.pt")) is None

@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import mmap as mmap_module
 import os
+import stat
 import sys
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +107,53 @@ _EXTENSION_FORMATS = {
 
 def _open(file: str) -> Any:
     """The native reader of ``file``; CheckpointError where its extension promises another format."""
-    reader = _native.CheckpointReader(file)
+    return _named_as_it_is(file, _native.CheckpointReader(file))
+
+
+class ParseAhead:
+    """The parse of a checkpoint file, started on a thread while the caller goes on (the Rust
+    parser releases the GIL): ``clipfast.load`` resolves the source and imports what the build
+    needs meanwhile, ~3 ms of a 5 ms RN50 parse that would otherwise wait for each other."""
+
+    def __init__(self, file: str, identity: tuple[int, ...]) -> None:
+        self._identity = identity
+        self._parsed: list[Any] = []
+        self._thread = threading.Thread(target=self._parse, args=(file,), name="clipfast-parse", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(cls, file: str) -> ParseAhead | None:
+        """The parse of ``file`` started, where it is a regular file; else None."""
+        try:
+            status = os.stat(file)
+        except (OSError, ValueError):
+            return None
+        return cls(file, _identity(status)) if stat.S_ISREG(status.st_mode) else None
+
+    def _parse(self, file: str) -> None:
+        try:
+            self._parsed.append(_native.CheckpointReader(file))
+        except Exception:  # not a checkpoint, or damaged: the reader() call parses it again and says so
+            pass
+
+    def reader(self, file: str) -> Any:
+        """The native reader of ``file``: the one parsed ahead where ``file`` is that file, unchanged."""
+        self._thread.join()
+        try:
+            same = _identity(os.stat(file)) == self._identity
+        except OSError:
+            same = False
+        if same and self._parsed:
+            return _named_as_it_is(file, self._parsed.pop())
+        return _open(file)
+
+
+def _identity(status: os.stat_result) -> tuple[int, ...]:
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _named_as_it_is(file: str, reader: Any) -> Any:
+    """``reader``; CheckpointError where the extension of ``file`` promises another format."""
     expected = _EXTENSION_FORMATS.get(os.path.splitext(file)[1].lower())
     if expected is not None and reader.format not in expected:
         from .errors import CheckpointError
@@ -203,12 +251,15 @@ class _PendingRead:
         return out
 
 
-def _plan_read(path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg) -> _PendingRead:
-    """Parse the checkpoint and allocate every tensor that is converted or copied (see read_state_dict)."""
+def _plan_read(
+    path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg, ahead: ParseAhead | None = None
+) -> _PendingRead:
+    """Parse the checkpoint (or take the parse ``ahead`` started) and allocate every tensor that is
+    converted or copied (see read_state_dict)."""
     import torch
 
     file = os.fspath(path)
-    reader = _open(file)
+    reader = ahead.reader(file) if ahead is not None else _open(file)
     storages = reader.storages
     rows = reader.tensors
     targets = [_target(dtype, row[0], row[1]) for row in rows]

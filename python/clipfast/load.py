@@ -17,6 +17,7 @@ import torch
 
 from . import limits
 from .arch import CUSTOM_TEXT_KEYS, WRAPPER_PREFIX, Architecture, warn_assumptions, without_wrapper_prefix
+from .checkpoint import ParseAhead
 from .formats import ModelSource, locate
 from .registry import MODELS
 
@@ -32,14 +33,15 @@ DeviceLike = Union[str, torch.device, int]
 DtypeLike = Union[torch.dtype, DtypePlan, None]
 
 
-def _resolve(name: Union[str, os.PathLike[str]], download_root: Optional[str], verify: bool) -> ModelSource:
-    """The model ``name`` names: an official model (downloaded once), or what ``formats.locate``
-    finds (a checkpoint file, an open_clip or Hugging Face folder, ``local-dir:``, ``hf-hub:``)."""
+def _local_path(name: Union[str, os.PathLike[str]], download_root: Optional[str], verify: bool) -> str:
+    """The file (downloaded and verified) of an official model's name, else ``name`` as a path, for
+    ``formats.locate`` to find what it holds (a checkpoint file, an open_clip or Hugging Face
+    folder, ``local-dir:``, ``hf-hub:``)."""
     if isinstance(name, str) and name in MODELS:
         from .download import resolve_model
 
-        return locate(resolve_model(name, download_root, verify=verify))
-    return locate(os.fspath(name))
+        return resolve_model(name, download_root, verify=verify)
+    return os.fspath(name)
 
 
 class _Hints(NamedTuple):
@@ -163,7 +165,10 @@ def load(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is not None:
         dtype_plan(device, dtype, frozenset())  # a wrong dtype fails before any download or read
-    source = _resolve(name, download_root, verify)
+    local = _local_path(name, download_root, verify)
+    # A checkpoint file's parse starts now, beside locating the source and the imports below.
+    ahead = None if jit else ParseAhead.start(local)
+    source = locate(local)
     path = source.path
 
     if jit:
@@ -180,7 +185,7 @@ def load(
         warnings.warn(f"File {path} is not a JIT archive. Loading as a state dict instead", stacklevel=2)
 
     hints = _Hints(vision_heads, transformer_heads, quick_gelu, source)
-    model, arch = _load_eager(source, device, dtype, mmap, hints, weights_only)
+    model, arch = _load_eager(source, device, dtype, mmap, hints, weights_only, ahead)
     from .transforms import for_config, for_resolution
 
     warn_assumptions(arch, path, stacklevel=2)
@@ -195,6 +200,7 @@ def _load_eager(
     mmap: bool,
     heads: _Hints,
     weights_only: bool,
+    ahead: Optional[ParseAhead] = None,
 ) -> tuple[CLIP, Architecture]:
     from .checkpoint import read_state_dict
     from .model import assign_state_dict, half_precision_names
@@ -230,7 +236,7 @@ def _load_eager(
     elif on_cpu and direct is not None:
         # The common case: one read, converted once in Rust (GIL released) while this thread
         # builds the meta model from the shapes the file declares.
-        tensors, model, arch = _read_while_building(path, mmap, direct, heads)
+        tensors, model, arch = _read_while_building(path, mmap, direct, heads, ahead)
     elif on_cpu:
         # The plan depends on which tensors are conv/linear/attention weights: build the model
         # from the declared shapes first, then read once, converting as planned.
@@ -352,7 +358,7 @@ def _build_from_declared_shapes(path: str, heads: _Hints) -> tuple[CLIP, Archite
 
 
 def _read_while_building(
-    path: str, mmap: bool, dtype: Union[torch.dtype, DtypePlan], heads: _Hints
+    path: str, mmap: bool, dtype: Union[torch.dtype, DtypePlan], heads: _Hints, ahead: Optional[ParseAhead]
 ) -> tuple[OrderedDict[str, torch.Tensor], CLIP, Architecture]:
     """Convert the file's tensors on a second thread while this one builds the meta model.
 
@@ -362,7 +368,7 @@ def _read_while_building(
     any work starts, one that is not a CLIP model fails in the build (reported first)."""
     from .checkpoint import _plan_read
 
-    pending = _plan_read(path, mmap=mmap, dtype=dtype)
+    pending = _plan_read(path, mmap=mmap, dtype=dtype, ahead=ahead)
     _, (model, arch) = _build_beside(pending.convert, pending.declared_shapes(), path, heads)
     return pending.finish(), model, arch
 
