@@ -168,3 +168,13 @@ def verify_file(path: PathLike, sha256: str, *, force: bool = False) -> bool:
     if unchanged:  # a file that changed while it was read is not what was hashed
         write_record(path, sha256, before)
     return True
+
+
+def file_identity(path: str) -> Optional[tuple[int, int, int]]:
+    """(size, mtime_ns, inode) of the file at ``path``, None where it cannot be stat'ed: equal
+    identities mean the same file, unchanged (a file renamed over the path, or rewritten, differs)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)

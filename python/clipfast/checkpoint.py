@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import mmap as mmap_module
 import os
-import stat
 import sys
 import threading
 from collections import Counter, OrderedDict
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from . import _native
+from .cache import file_identity
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +115,7 @@ class ParseAhead:
     parser releases the GIL): ``clipfast.load`` resolves the source and imports what the build
     needs meanwhile, ~3 ms of a 5 ms RN50 parse that would otherwise wait for each other."""
 
-    def __init__(self, file: str, identity: tuple[int, ...]) -> None:
+    def __init__(self, file: str, identity: tuple[int, int, int]) -> None:
         self._identity = identity
         self._parsed: list[Any] = []
         self._thread = threading.Thread(target=self._parse, args=(file,), name="clipfast-parse", daemon=True)
@@ -124,11 +124,8 @@ class ParseAhead:
     @classmethod
     def start(cls, file: str) -> ParseAhead | None:
         """The parse of ``file`` started, where it is a regular file; else None."""
-        try:
-            status = os.stat(file)
-        except (OSError, ValueError):
-            return None
-        return cls(file, _identity(status)) if stat.S_ISREG(status.st_mode) else None
+        identity = file_identity(file) if os.path.isfile(file) else None
+        return cls(file, identity) if identity is not None else None
 
     def _parse(self, file: str) -> None:
         try:
@@ -139,17 +136,9 @@ class ParseAhead:
     def reader(self, file: str) -> Any:
         """The native reader of ``file``: the one parsed ahead where ``file`` is that file, unchanged."""
         self._thread.join()
-        try:
-            same = _identity(os.stat(file)) == self._identity
-        except OSError:
-            same = False
-        if same and self._parsed:
+        if self._parsed and file_identity(file) == self._identity:
             return _named_as_it_is(file, self._parsed.pop())
         return _open(file)
-
-
-def _identity(status: os.stat_result) -> tuple[int, ...]:
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def _named_as_it_is(file: str, reader: Any) -> Any:

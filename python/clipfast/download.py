@@ -149,14 +149,6 @@ def _expected_hash(url: str, sha256: Union[str, bool, None]) -> Optional[str]:
     return text
 
 
-def _stat_key(path: str) -> Optional[tuple[int, int, int]]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
 def _remove_stale_partials(target: str) -> None:
     """Under the file's lock no one else writes them: what is there is a dead process's leftover."""
     for leftover in (target + ".part", target + ".part.meta"):
@@ -174,7 +166,7 @@ def _ensure(url: str, target: str, expected: Optional[str], progress: Progress, 
     if os.path.isfile(target):
         if expected is None or cache.verify_file(target, expected, force=verify):
             return target
-        known_bad = _stat_key(target)
+        known_bad = cache.file_identity(target)
         warnings.warn(
             f"{target} exists, but the SHA256 checksum does not match; re-downloading the file",
             stacklevel=3,
@@ -194,12 +186,12 @@ def _ensure(url: str, target: str, expected: Optional[str], progress: Progress, 
     with lock:
         # Another process may have finished (or replaced the bad file) while this one waited.
         if os.path.isfile(target):
-            now = _stat_key(target)
+            now = cache.file_identity(target)
             if expected is None or (now != known_bad and cache.verify_file(target, expected)):
                 _remove_stale_partials(target)
                 return target
         cache.forget(target)
-        if known_bad is not None and _stat_key(target) == known_bad:
+        if known_bad is not None and cache.file_identity(target) == known_bad:
             # Known to be bad: it must not outlive a failed re-download at the final path.
             try:
                 os.unlink(target)

@@ -166,8 +166,10 @@ def load(
     if dtype is not None:
         dtype_plan(device, dtype, frozenset())  # a wrong dtype fails before any download or read
     local = _local_path(name, download_root, verify)
-    # A checkpoint file's parse starts now, beside locating the source and the imports below.
-    ahead = None if jit else ParseAhead.start(local)
+    # A checkpoint file's parse starts now, beside locating the source and the imports below, where
+    # clipfast's own reader will read it on the CPU (not for jit=True, torch.load or a GPU load).
+    reads_on_cpu = not jit and weights_only and torch.device(device).type == "cpu"
+    ahead = ParseAhead.start(local) if reads_on_cpu else None
     source = locate(local)
     path = source.path
 
