@@ -168,6 +168,33 @@ def test_fp16_on_cpu_equals_clip_build_model(openai_archive: Callable[[str], Pat
     assert_same_state(model.state_dict(), reference.state_dict())
 
 
+def test_fp16_on_cpu_parses_the_file_once(
+    openai_archive: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp16 on the CPU (a plan that depends on which tensors are conv/linear weights) builds the
+    model and reads the tensors from one parse of the file, not one for the shapes and another
+    for the read (plus the unused one started ahead), and gives clip's half layout."""
+    import clip.model
+    import clipfast._native as native
+
+    real = native.CheckpointReader
+    parsed: list[str] = []
+
+    def counting(file: str) -> object:
+        parsed.append(file)
+        return real(file)
+
+    monkeypatch.setattr(native, "CheckpointReader", counting)
+    path = openai_archive("RN50")
+    model, _ = clipfast.load(path, device="cpu", dtype=torch.float16)
+    assert parsed == [str(path)]
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = clip.model.build_model(torch.jit.load(str(path), map_location="cpu").state_dict())
+    assert_same_state(model.state_dict(), reference.state_dict())
+
+
 def test_dtype_callable_and_fp64(openai_archive: Callable[[str], Path]) -> None:
     """Values, not only dtypes: each tensor is the stored one converted by torch's rounding."""
     path = openai_archive("RN101")

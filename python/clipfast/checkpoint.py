@@ -219,7 +219,7 @@ class _PendingRead:
 
     def declared_shapes(self) -> dict[str, TensorEntry]:
         """Each tensor's name, stored dtype and shape, as the file declares them (no data read)."""
-        return {row[0]: _entry(row) for row in self.rows}
+        return _declared_shapes(self.rows)
 
     def finish(self) -> OrderedDict[str, torch.Tensor]:
         """The state dict, once ``convert`` has returned."""
@@ -240,15 +240,32 @@ class _PendingRead:
         return out
 
 
+def _parsed(path: str | os.PathLike[str], ahead: ParseAhead | None = None) -> Any:
+    """The native reader of ``path``: the parse ``ahead`` started where there is one, else a new one."""
+    file = os.fspath(path)
+    return ahead.reader(file) if ahead is not None else _open(file)
+
+
+def _declared_shapes(rows: list[Any]) -> dict[str, TensorEntry]:
+    """Each tensor's name, stored dtype and shape, from a reader's rows (no data read)."""
+    return {row[0]: _entry(row) for row in rows}
+
+
 def _plan_read(
-    path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg, ahead: ParseAhead | None = None
+    path: str | os.PathLike[str],
+    *,
+    mmap: bool,
+    dtype: DtypeArg,
+    ahead: ParseAhead | None = None,
+    reader: Any = None,
 ) -> _PendingRead:
-    """Parse the checkpoint (or take the parse ``ahead`` started) and allocate every tensor that is
-    converted or copied (see read_state_dict)."""
+    """Parse the checkpoint (or take the parse ``ahead`` started, or the ``reader`` of ``path``
+    already parsed) and allocate every tensor that is converted or copied (see read_state_dict)."""
     import torch
 
     file = os.fspath(path)
-    reader = ahead.reader(file) if ahead is not None else _open(file)
+    if reader is None:
+        reader = _parsed(file, ahead)
     storages = reader.storages
     rows = reader.tensors
     targets = [_target(dtype, row[0], row[1]) for row in rows]

@@ -241,11 +241,16 @@ def _load_eager(
         tensors, model, arch = _read_while_building(path, mmap, direct, heads, ahead)
     elif on_cpu:
         # The plan depends on which tensors are conv/linear/attention weights: build the model
-        # from the declared shapes first, then read once, converting as planned.
-        model, arch = _build_from_declared_shapes(path, heads)
-        tensors = read_state_dict(
-            path, mmap=mmap, dtype=_model_names(dtype_plan(target, dtype, half_precision_names(model)))
-        )
+        # from the declared shapes first, then read once, converting as planned (one parse serves
+        # both: the one started ahead where there is one).
+        from .checkpoint import _declared_shapes, _parsed, _plan_read
+
+        reader = _parsed(path, ahead)
+        model, arch = _build(_declared_shapes(reader.tensors), path, heads)
+        names = _model_names(dtype_plan(target, dtype, half_precision_names(model)))
+        pending = _plan_read(path, mmap=mmap, dtype=names, reader=reader)
+        pending.convert()
+        tensors = pending.finish()
     else:
         # Each tensor is copied once, from a map of the file to the device, and converted there.
         tensors = read_state_dict(path, mmap=True)
@@ -351,12 +356,6 @@ def _meta_bytes(model: torch.nn.Module) -> int:
     """The float32 size of a model built on ``meta`` (its parameters and buffers)."""
     tensors = [*model.parameters(), *model.buffers()]
     return 4 * sum(t.numel() for t in tensors)
-
-
-def _build_from_declared_shapes(path: str, heads: _Hints) -> tuple[CLIP, Architecture]:
-    from .checkpoint import inspect_checkpoint
-
-    return _build({entry.name: entry for entry in inspect_checkpoint(path).tensors}, path, heads)
 
 
 def _read_while_building(
