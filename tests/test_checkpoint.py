@@ -704,7 +704,7 @@ def test_parse_ahead_hands_over_only_the_same_unchanged_file(tmp_path: Path) -> 
     """clipfast.load starts the parse of a checkpoint file on a thread while it locates the source;
     the parse is used only where the file is still the one parsed, else the file is parsed again,
     and the errors are those of a plain parse."""
-    from clipfast.checkpoint import ParseAhead, _plan_read
+    from clipfast.checkpoint import ParseAhead, _parsed, _plan_read
 
     first = {"a": torch.arange(6, dtype=torch.float16).reshape(2, 3)}
     second = {"b": torch.full((4,), 7.0, dtype=torch.float16)}
@@ -713,7 +713,7 @@ def test_parse_ahead_hands_over_only_the_same_unchanged_file(tmp_path: Path) -> 
 
     ahead = ParseAhead.start(str(path))
     assert ahead is not None
-    got = _plan_read(path, mmap=False, dtype=torch.float32, ahead=ahead)
+    got = _plan_read(path, mmap=False, dtype=torch.float32, reader=ahead.reader(str(path)))
     got.convert()
     assert torch.equal(got.finish()["a"], first["a"].float())
 
@@ -723,7 +723,7 @@ def test_parse_ahead_hands_over_only_the_same_unchanged_file(tmp_path: Path) -> 
     replacement = tmp_path / "new.pt"
     torch.save(second, replacement)
     os.replace(replacement, path)
-    got = _plan_read(path, mmap=False, dtype=torch.float32, ahead=ahead)
+    got = _plan_read(path, mmap=False, dtype=torch.float32, reader=ahead.reader(str(path)))
     got.convert()
     assert list(got.finish()) == ["b"]
 
@@ -732,14 +732,14 @@ def test_parse_ahead_hands_over_only_the_same_unchanged_file(tmp_path: Path) -> 
     ahead = ParseAhead.start(str(path))
     assert ahead is not None
     with pytest.raises(CheckpointError, match=r"weights\.pt"):
-        _plan_read(path, mmap=False, dtype=torch.float32, ahead=ahead)
+        _plan_read(path, mmap=False, dtype=torch.float32, reader=ahead.reader(str(path)))
 
     # A safetensors file named .pt is refused whichever parse reads it.
     from safetensors.torch import save_file
 
     save_file(first, str(path))
     with pytest.raises(CheckpointError, match="rename it to what it is"):
-        _plan_read(path, mmap=False, dtype=torch.float32, ahead=ParseAhead.start(str(path)))
+        _plan_read(path, mmap=False, dtype=torch.float32, reader=_parsed(path, ParseAhead.start(str(path))))
 
     # Not a regular file: nothing is started.
     assert ParseAhead.start(str(tmp_path)) is None

@@ -252,20 +252,15 @@ def _declared_shapes(rows: list[Any]) -> dict[str, TensorEntry]:
 
 
 def _plan_read(
-    path: str | os.PathLike[str],
-    *,
-    mmap: bool,
-    dtype: DtypeArg,
-    ahead: ParseAhead | None = None,
-    reader: Any = None,
+    path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg, reader: Any = None
 ) -> _PendingRead:
-    """Parse the checkpoint (or take the parse ``ahead`` started, or the ``reader`` of ``path``
-    already parsed) and allocate every tensor that is converted or copied (see read_state_dict)."""
+    """Parse the checkpoint (or take ``reader``, its parse already done: see ``_parsed``) and
+    allocate every tensor that is converted or copied (see read_state_dict)."""
     import torch
 
     file = os.fspath(path)
     if reader is None:
-        reader = _parsed(file, ahead)
+        reader = _open(file)
     storages = reader.storages
     rows = reader.tensors
     targets = [_target(dtype, row[0], row[1]) for row in rows]

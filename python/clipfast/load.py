@@ -367,9 +367,9 @@ def _read_while_building(
     tensors need the GIL and stay on this thread, so the two never wait for each other's GIL.
     Errors of either propagate; a file that is not a readable checkpoint fails in the parse before
     any work starts, one that is not a CLIP model fails in the build (reported first)."""
-    from .checkpoint import _plan_read
+    from .checkpoint import _parsed, _plan_read
 
-    pending = _plan_read(path, mmap=mmap, dtype=dtype, ahead=ahead)
+    pending = _plan_read(path, mmap=mmap, dtype=dtype, reader=_parsed(path, ahead))
     _, (model, arch) = _build_beside(pending.convert, pending.declared_shapes(), path, heads)
     return pending.finish(), model, arch
 
