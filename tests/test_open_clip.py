@@ -436,6 +436,28 @@ def test_published_configurations_clipfast_cannot_build_are_refused(name: str, t
         clipfast.load(folder, device="cpu")
 
 
+def test_every_setting_spelled_out_at_open_clips_defaults(tmp_path: Path) -> None:
+    """An open_clip_config.json may spell out every CLIPVisionCfg / CLIPTextCfg field (a dump of
+    the dataclasses) at open_clip's defaults, vision_cfg.pool_type = "tok" among them: that is the
+    model open_clip builds, not a setting to refuse."""
+    from dataclasses import asdict
+
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    small = CONFIGS["gelu_h80"]
+    cfg = {
+        **copy.deepcopy(small),
+        "vision_cfg": {**asdict(CLIPVisionCfg()), **small["vision_cfg"]},
+        "text_cfg": {**asdict(CLIPTextCfg()), **small["text_cfg"]},
+    }
+    assert cfg["vision_cfg"]["pool_type"] == "tok" and cfg["text_cfg"]["pool_type"] == "argmax"
+    folder = write_folder(tmp_path / "spelled_out", cfg, open_clip_model("gelu_h80").state_dict())
+    reference, _ = reference_load(folder)
+    ours, _ = load_quietly(folder)
+    assert_same_outputs(ours, reference)
+    assert first_block(ours).attn.num_heads == first_block(reference).attn.num_heads
+
+
 def test_config_that_disagrees_with_the_weights(tmp_path: Path) -> None:
     cfg = copy.deepcopy(CONFIGS["gelu_h80"])
     cfg["vision_cfg"]["width"] = 192

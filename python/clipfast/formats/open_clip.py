@@ -208,7 +208,7 @@ def check_buildable(model_cfg: Mapping[str, Any], where: str) -> None:
     text = model_cfg.get("text_cfg")
     if not isinstance(vision, Mapping) or not isinstance(text, Mapping) or "embed_dim" not in model_cfg:
         raise ArchitectureError(f"{where}: model_cfg needs embed_dim, vision_cfg and text_cfg")
-    _check_tower(vision, where, "vision_cfg", set(_VISION_DEFAULTS), _VISION_INERT)
+    _check_tower(vision, where, "vision_cfg", set(_VISION_DEFAULTS), _VISION_INERT | {"pool_type"})
     if vision.get("pool_type", "tok") != "tok":
         raise _refuse(
             where, "vision_cfg.pool_type", vision["pool_type"], "pooling other than the class token"
