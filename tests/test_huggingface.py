@@ -294,6 +294,27 @@ def test_bare_safetensors_with_transformers_names(
     _assert_same_features(model, hf_model("quickgelu"), SPECS["quickgelu"])
 
 
+@pytest.mark.parametrize("weights", ["pytorch_model.bin", "model.safetensors"])
+def test_a_lone_file_with_transformers_names_says_what_it_needs(
+    weights: str, hf_folder: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A transformers file taken out of its folder: the error says the config.json is what is
+    missing (a .bin file, or one tower alone, is not read as bare transformers weights)."""
+    source = hf_folder("quickgelu", weights="bin" if weights.endswith(".bin") else "safetensors")
+    lone = tmp_path / weights
+    if weights.endswith(".bin"):
+        shutil.copy(source / weights, lone)
+    else:  # one tower: the text tower's tensors only
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(source / weights))
+        save_file({k: v for k, v in tensors.items() if k.startswith("text_model.")}, str(lone))
+    with pytest.raises(
+        ArchitectureError, match=rf"{weights}: tensors named as in transformers'.*config.json"
+    ):
+        clipfast.load(str(lone), device="cpu")
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 

@@ -338,6 +338,13 @@ def infer_architecture(
     shapes = _Shapes(state_dict, os.fspath(source) if source is not None else None)
     decided = dict(decided or {})
     if not any(key.startswith("visual.") for key in state_dict):
+        if any(key.startswith(("vision_model.", "text_model.")) for key in state_dict):
+            raise shapes.error(
+                "tensors named as in transformers' CLIP models (vision_model.* / text_model.*), not "
+                "OpenAI's layout: load the Hugging Face folder, with the config.json that "
+                "from_pretrained reads beside the weights (a lone .safetensors file with both towers "
+                "is read as bare transformers weights)"
+            )
         raise shapes.error("no visual.* tensors; not a CLIP checkpoint in OpenAI's layout")
 
     embed_width, embed_dim = shapes.shape("text_projection", 2)
