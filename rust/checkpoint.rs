@@ -202,8 +202,18 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
 
 /// Opens and maps `path` read-only, with errors that name it; the open file is returned too
 /// (copies of same-dtype tensors read it with `pread` rather than through the map).
+///
+/// The file is opened with `O_NONBLOCK`: opening a FIFO (a named pipe put where a checkpoint is
+/// expected) for reading otherwise blocks until some process opens it for writing, which may be
+/// never; with it the open returns at once and the FIFO is refused as not a regular file.
+/// `O_NONBLOCK` changes nothing for a regular file (its reads and its map never block on it).
 pub fn map_file(path: &Path) -> Result<(File, Mmap)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return Err(Error::checkpoint(
@@ -507,6 +517,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = std::env::temp_dir().join(format!("clipfast-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("model.pt");
+        let _ = std::fs::remove_file(&fifo);
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c_path` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (send, receive) = std::sync::mpsc::channel();
+        let probe = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = send.send(map_file(&probe).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let outcome = receive.recv_timeout(std::time::Duration::from_secs(10));
+        if outcome.is_err() {
+            // Unblock the reader's open, so that the test fails instead of hanging.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let message = outcome.expect("map_file blocked on the FIFO").unwrap_err();
+        assert!(
+            message.contains("model.pt") && message.contains("not a regular file"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -535,6 +535,38 @@ def test_damaged_files(tmp_path: Path, openai_archive: Callable[[str], Path], ki
         inspect_checkpoint(path)
 
 
+def test_a_named_pipe_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO where a checkpoint should be: opening it for reading used to block until a writer
+    came, so read_state_dict, inspect_checkpoint and load_checkpoint hung forever. Run in a child
+    process, so that a hang fails the test instead of the suite."""
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    code = f"""
+import torch, clipfast
+from clipfast import CheckpointError
+from clipfast.checkpoint import inspect_checkpoint, read_state_dict
+path = {str(fifo)!r}
+def into_a_model(p):
+    clipfast.load_checkpoint(torch.nn.Linear(1, 1), p)
+for read in (read_state_dict, inspect_checkpoint, into_a_model):
+    try:
+        read(path)
+    except CheckpointError as err:
+        assert path in str(err) and "not a regular file" in str(err), err
+    else:
+        raise AssertionError("read a FIFO")
+print("refused")
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading a FIFO blocked")
+    assert result.returncode == 0 and "refused" in result.stdout, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("record", ["data.pkl", "data/0", "code/"])
 def test_missing_record(tmp_path: Path, openai_archive: Callable[[str], Path], record: str) -> None:
     src = openai_archive("ViT-B/32")
