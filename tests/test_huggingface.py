@@ -335,6 +335,9 @@ def _edit_config(folder: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     [
         (lambda c: c["text_config"].update(hidden_act="gelu_new"), r"text_config.hidden_act = \"gelu_new\""),
         (lambda c: c["vision_config"].update(hidden_act="relu"), r"vision_config.hidden_act = \"relu\""),
+        # Not a string (a TypeError, "unhashable type", before the probe found it).
+        (lambda c: c["text_config"].update(hidden_act=["gelu"]), r"text_config.hidden_act = \[\"gelu\"\]"),
+        (lambda c: c["vision_config"].update(hidden_act={"a": 1}), r"vision_config.hidden_act = \{"),
         (lambda c: c["vision_config"].update(layer_norm_eps=1e-6), r"vision_config.layer_norm_eps = 1e-06"),
         (lambda c: c["text_config"].update(eos_token_id=7), r"text_config.eos_token_id = 7"),
         (lambda c: c.update(model_type="siglip"), r"model_type = \"siglip\" \(not a CLIPModel\)"),

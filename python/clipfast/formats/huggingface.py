@@ -179,7 +179,7 @@ def model_settings(config: Mapping[str, Any], where: str) -> dict[str, Decided]:
     vision = tower_config(config, "vision", where)
     for name, tower in (("text_config", text), ("vision_config", vision)):
         act = tower.get("hidden_act")
-        if act not in _ACTIVATIONS:
+        if not isinstance(act, str) or act not in _ACTIVATIONS:
             raise _refuse(where, f"{name}.hidden_act", act, "an activation other than GELU or QuickGELU")
         eps = tower.get("layer_norm_eps")
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or float(eps) != _LAYER_NORM_EPS:
