@@ -594,6 +594,39 @@ def test_converted_safetensors_metadata_decides_and_inspect_shows_it(
         clipfast.load(tmp_path / "bad.safetensors", device="cpu")
 
 
+def test_settings_that_used_to_escape_as_type_errors_are_named(tmp_path: Path) -> None:
+    """Found by the fault probe: a metadata setting given as a list where a number belongs, and an
+    image size beyond int64 (metadata or open_clip_config.json), reached int() or torch.empty on
+    the meta device as a TypeError. They are a CheckpointError naming the file."""
+    from clipfast.formats.metadata import encode
+    from safetensors.torch import save_file
+
+    model = open_clip_model("gelu_h80")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    metadata = encode(infer_architecture(state, quick_gelu=False, vision_heads=2))
+    settings = json.loads(metadata["clipfast.architecture"])
+    for name, value, message in [
+        ("context_length", [16], "context_length is a list"),
+        ("image_resolution", 10**30, "image position embedding would need"),
+    ]:
+        path = tmp_path / f"{name}.safetensors"
+        bad = dict(metadata, **{"clipfast.architecture": json.dumps(dict(settings, **{name: value}))})
+        save_file(state, str(path), metadata=bad)
+        with pytest.raises(CheckpointError, match=message) as info:
+            clipfast.load(path, device="cpu")
+        assert str(path) in str(info.value)
+        with pytest.raises(CheckpointError, match=message) as info:
+            clipfast.convert(path, tmp_path / "o")
+        assert str(path) in str(info.value)
+    cfg = copy.deepcopy(CONFIGS["gelu_h80"])
+    cfg["vision_cfg"]["image_size"] = 10**30
+    folder = write_folder(tmp_path / "huge", cfg, model.state_dict())
+    with pytest.raises(CheckpointError, match="image position embedding would need") as info:
+        clipfast.load(folder, device="cpu")
+    assert str(folder / "open_clip_model.safetensors") in str(info.value)
+    assert not (tmp_path / "o").exists()
+
+
 def test_bare_files_of_refused_published_models_are_refused() -> None:
     """A bare MetaCLIP-2 worldwide state dict has OpenAI's names and shapes but pools at another
     tokenizer's EOS: its shapes (vocabulary 901629) say so, and clipfast refuses it."""

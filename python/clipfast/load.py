@@ -344,9 +344,18 @@ def _build(tensors: Mapping[str, Any], path: str, heads: _Hints) -> tuple[CLIP, 
         source=path,
     )
     # Before anything is allocated for the model: the shapes must fit the file (limits.py). The
-    # attention mask is the one tensor the model allocates while it is built.
-    needed = limits.declared_bytes(tensors) + 4 * arch.context_length**2
-    limits.check(path, needed, "the tensors it declares (as float32) and the text attention mask")
+    # attention mask is the one tensor the model allocates while it is built; the image position
+    # embedding is the one whose size a configuration sets apart from the weights (an image size
+    # of 10**30 would otherwise reach torch, even on the meta device, as an overflow TypeError).
+    width = arch.vision_width if arch.is_vit else arch.vision_width * 32
+    needed = (
+        limits.declared_bytes(tensors) + 4 * arch.context_length**2 + 4 * (arch.vision_grid**2 + 1) * width
+    )
+    limits.check(
+        path,
+        needed,
+        "the tensors it declares (as float32), the text attention mask and the image position embedding",
+    )
     model = construct_on_meta(arch)
     limits.check(path, _meta_bytes(model), "the model it describes (as float32)")
     return model, arch

@@ -104,6 +104,8 @@ def decode(
         for name in (*STRUCTURE, *RESIZABLE):
             if arch.get(name) is not None:
                 item = arch[name]
+                if isinstance(item, list) and name != "vision_layers":  # a ResNet's layer counts
+                    raise ValueError(f"clipfast.architecture's {name} is a list, not a number")
                 decided[name] = (tuple(int(v) for v in item) if isinstance(item, list) else int(item), where)
         for name, key in (("vision_heads", "vision_heads"), ("transformer_heads", "text_heads")):
             if _PREFIX + key in metadata:
