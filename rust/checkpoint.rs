@@ -208,12 +208,14 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
 /// never; with it the open returns at once and the FIFO is refused as not a regular file.
 /// `O_NONBLOCK` changes nothing for a regular file (its reads and its map never block on it).
 pub fn map_file(path: &Path) -> Result<(File, Mmap)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return Err(Error::checkpoint(
@@ -519,6 +521,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_fifo_is_refused_without_waiting_for_a_writer() {
         let dir = std::env::temp_dir().join(format!("clipfast-fifo-{}", std::process::id()));

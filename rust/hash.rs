@@ -83,8 +83,24 @@ pub fn hash_file_into(
     hasher: &mut Hasher,
     between: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, maybe forever;
+    // it changes nothing for a regular file, the only kind hashed.
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file: File = options.open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    let size = meta.len();
     let want = limit.unwrap_or(size);
     if want > size {
         return Err(Error::io(

@@ -567,6 +567,32 @@ print("refused")
     assert result.returncode == 0 and "refused" in result.stdout, result.stderr[-2000:]
 
 
+def test_hashing_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    """cache.hash_file (what verify, inspect and convert hash with): a FIFO used to block on its
+    open, and would then have hashed as the empty file; a directory is refused too, naming it."""
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    code = f"""
+from clipfast import cache
+for path in ({str(fifo)!r}, {str(tmp_path)!r}):
+    try:
+        cache.hash_file(path)
+    except OSError as err:
+        assert path in str(err) and ("not a regular file" in str(err) or "directory" in str(err)), err
+    else:
+        raise AssertionError("hashed " + path)
+print("refused")
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("hashing a FIFO blocked")
+    assert result.returncode == 0 and "refused" in result.stdout, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("record", ["data.pkl", "data/0", "code/"])
 def test_missing_record(tmp_path: Path, openai_archive: Callable[[str], Path], record: str) -> None:
     src = openai_archive("ViT-B/32")
