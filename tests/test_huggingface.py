@@ -178,6 +178,22 @@ def test_preprocess_from_preprocessor_config(hf_folder: Callable[..., Path]) -> 
     assert default.transforms[-1].mean == clipfast.transforms.MEAN
 
 
+@pytest.mark.parametrize(
+    "values",
+    [{"image_mean": [0.5, float("nan"), 0.5]}, {"image_std": [float("inf")] * 3}, {"image_std": [0.2] * 2}],
+)
+def test_normalization_that_cannot_work_is_refused(
+    values: dict[str, Any], hf_folder: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A non-finite or missing statistic would make every embedding NaN or fail at the first
+    image: refused naming preprocessor_config.json."""
+    folder = _copy(hf_folder("quickgelu"), tmp_path)
+    (folder / "preprocessor_config.json").write_text(json.dumps(values))
+    name = next(iter(values))
+    with pytest.raises(ArchitectureError, match=rf"preprocessor_config.json: {name} .*finite"):
+        clipfast.load(str(folder), device="cpu")
+
+
 def test_preprocess_equals_transformers_pil_processor_up_to_the_crop_offset(
     hf_folder: Callable[..., Path],
 ) -> None:

@@ -627,6 +627,47 @@ def test_settings_that_used_to_escape_as_type_errors_are_named(tmp_path: Path) -
     assert not (tmp_path / "o").exists()
 
 
+def test_normalization_that_cannot_work_is_refused_where_it_is_read(tmp_path: Path) -> None:
+    """Found by the fault probe: a mean or std of another count than one or three loaded and failed
+    at the first image (an untyped RuntimeError), and a zero std or a NaN loaded and gave
+    non-finite embeddings. Each is refused naming the file (metadata) or the config; a single
+    number stands for all three channels, as open_clip's Normalize broadcasts it."""
+    from clipfast.formats.metadata import encode
+    from safetensors.torch import save_file
+
+    model = open_clip_model("gelu_h80")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    metadata = encode(infer_architecture(state, quick_gelu=False, vision_heads=2))
+    bad_values = [
+        ({"mean": []}, "mean"),
+        ({"mean": [0.5] * 5}, "mean"),
+        ({"std": [0.2, 0.0, 0.2]}, "std"),
+        ({"mean": [0.5, float("nan"), 0.5]}, "mean"),
+        ({"std": [float("inf")] * 3}, "std"),
+    ]
+    for index, (values, name) in enumerate(bad_values):
+        path = tmp_path / f"bad{index}.safetensors"
+        pre = dict(json.loads(metadata.get("clipfast.preprocess", "{}")), **values)
+        save_file(state, str(path), metadata=dict(metadata, **{"clipfast.preprocess": json.dumps(pre)}))
+        with pytest.raises(CheckpointError, match=rf"{path.name}.*{name}") as info:
+            clipfast.load(path, device="cpu")
+        assert str(path) in str(info.value)
+        cfg = copy.deepcopy(CONFIGS["gelu_h80"])
+        cfg_pre = {"mean": [0.5] * 3, "std": [0.25] * 3, **values}
+        folder = write_folder(tmp_path / f"folder{index}", cfg, model.state_dict(), preprocess_cfg=cfg_pre)
+        with pytest.raises(ArchitectureError, match=rf"open_clip_config.json.*preprocess_cfg.{name}"):
+            clipfast.load(folder, device="cpu")
+    # One number per statistic: open_clip broadcasts it over the channels, and so does clipfast.
+    cfg = copy.deepcopy(CONFIGS["gelu_h80"])
+    folder = write_folder(
+        tmp_path / "single", cfg, model.state_dict(), preprocess_cfg={"mean": [0.5], "std": [0.25]}
+    )
+    _, preprocess = clipfast.load(folder, device="cpu")
+    _, reference = reference_load(folder)
+    image = Image.open(sorted(IMAGES.glob("*.jpg"))[0]).convert("RGB")
+    assert torch.equal(preprocess(image), reference(image))
+
+
 def test_bare_files_of_refused_published_models_are_refused() -> None:
     """A bare MetaCLIP-2 worldwide state dict has OpenAI's names and shapes but pools at another
     tokenizer's EOS: its shapes (vocabulary 901629) say so, and clipfast refuses it."""

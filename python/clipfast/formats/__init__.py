@@ -24,6 +24,7 @@ Torch-free at import (``clipfast inspect`` uses it without torch).
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
     from ..checkpoint import DtypeArg
 
-__all__ = ["HF_HUB", "LAYOUTS", "LOCAL_DIR", "ModelSource", "PreprocessConfig", "locate"]
+__all__ = ["HF_HUB", "LAYOUTS", "LOCAL_DIR", "ModelSource", "PreprocessConfig", "locate", "rgb_normalization"]
 
 #: The layout modules (``clipfast.formats.<name>``), asked in this order. Where open_clip's and
 #: Hugging Face's files sit in one folder (LAION's repositories ship both), open_clip's are used.
@@ -52,6 +53,27 @@ HF_HUB = "hf-hub:"
 #: clip's (and open_clip's default) normalisation constants.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def rgb_normalization(
+    mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean`` and ``std`` as three finite numbers each, a single number standing for all three
+    channels (as torchvision's ``Normalize`` broadcasts it). Raises ``ValueError`` saying what is
+    wrong: another count (it would fail at the first image), a zero, infinite or NaN value (every
+    embedding would be non-finite)."""
+    out = []
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) == 1:
+            values = values * 3
+        if len(values) != 3:
+            raise ValueError(f"{name} {list(values)} is not one or three numbers (one per RGB channel)")
+        if not all(math.isfinite(v) for v in values) or (name == "std" and 0.0 in values):
+            raise ValueError(
+                f"{name} {list(values)} is not finite" + (" and non-zero" if name == "std" else "")
+            )
+        out.append(tuple(values))
+    return out[0], out[1]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ Torch-free at import.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -276,8 +277,12 @@ def preprocess_config(processor: Mapping[str, Any], where: str) -> PreprocessCon
             out = tuple(float(v) for v in values)
         except (TypeError, ValueError, OverflowError) as err:
             raise ArchitectureError(f"{where}: {name} = {value!r} is not numbers") from err
-        if len(out) != 3 or (name == "image_std" and any(v == 0 for v in out)):
-            raise ArchitectureError(f"{where}: {name} = {value!r} is not three numbers (non-zero std)")
+        if (
+            len(out) != 3
+            or not all(math.isfinite(v) for v in out)
+            or (name == "image_std" and any(v == 0 for v in out))
+        ):
+            raise ArchitectureError(f"{where}: {name} = {value!r} is not three finite numbers (non-zero std)")
         return out
 
     unsupported: list[str] = []

@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Optional
 
 from ..arch import ACTIVATIONS, CONFIG, RESIZABLE, STRUCTURE, Architecture, Decided, Provenance
 from ..errors import CheckpointError
-from . import PreprocessConfig
+from . import PreprocessConfig, rgb_normalization
 
 __all__ = ["SCHEMA", "decode", "encode", "read_safetensors_metadata"]
 
@@ -132,6 +133,8 @@ def decode(
                 size=None if pre.get("size") is None else int(pre["size"]),
                 source=where,
             )
+            mean, std = rgb_normalization(preprocess.mean, preprocess.std)
+            preprocess = replace(preprocess, mean=mean, std=std)
             if preprocess.interpolation not in ("bicubic", "bilinear"):
                 raise ValueError(f"interpolation {preprocess.interpolation!r}")
             if preprocess.resize_mode not in ("shortest", "longest", "squash"):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..arch import CONFIG, Decided, Provenance
 from ..errors import ArchitectureError, CheckpointError, ModelNotFoundError
-from . import ModelSource, PreprocessConfig
+from . import ModelSource, PreprocessConfig, rgb_normalization
 
 if TYPE_CHECKING:
     from ..hub import HubRepo
@@ -303,9 +303,13 @@ def preprocess_config(preprocess_cfg: Any, where: str) -> PreprocessConfig:
         raise ArchitectureError(
             f"{where}: preprocess_cfg.fill_color {cfg['fill_color']!r} is not a number"
         ) from err
+    try:
+        mean, std = rgb_normalization(triple("mean", defaults.mean), triple("std", defaults.std))
+    except ValueError as err:
+        raise ArchitectureError(f"{where}: preprocess_cfg.{err}") from err
     return PreprocessConfig(
-        mean=triple("mean", defaults.mean),
-        std=triple("std", defaults.std),
+        mean=mean,
+        std=std,
         # open_clip's inference transform takes "random" as bicubic.
         interpolation="bilinear" if interpolation == "bilinear" else "bicubic",
         resize_mode=str(resize_mode),
