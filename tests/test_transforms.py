@@ -169,6 +169,20 @@ def test_random_images_property(w: int, h: int, n_px: int, mode: str, seed: int)
     assert_exact(img, n_px)
 
 
+@pytest.mark.parametrize("size", [(300, 250), (250, 300), (7, 5), (224, 300)])
+@pytest.mark.parametrize("extreme", [2**31 - 1, transforms._I_EXACT_LIMIT - 1])
+def test_mode_i_near_int32_limits(size: tuple[int, int], extreme: int) -> None:
+    """Bicubic overshoot past int32: Pillow stores such sums with a C cast (x86-64 builds wrap),
+    which the saturating Rust cast did not reproduce; below the limit Rust stays exact."""
+    rng = np.random.default_rng(sum(size) + extreme % 97)
+    w, h = size
+    values = rng.choice(np.array([-extreme - 1, extreme, 0, 5], dtype=np.int64), size=(h, w))
+    img = Image.fromarray(values.astype(np.int32))
+    assert_exact(img, 224)
+    expected = reference(img, 224)
+    assert torch.equal(clipfast.preprocess_batch([img, img], threads=2)[1], expected)
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "CMYK", "I;16", "I", "F"])
 def test_resize_crop_equals_pillow_in_native_mode(mode: str) -> None:
     """The Rust resize alone, against Pillow's resize + crop (both pass orders, SIMD and scalar)."""

@@ -353,6 +353,10 @@ _DIRECT_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
 #: otherwise, and Pillow < 11 cannot resize I;16 with BICUBIC at all (clip raises there, and so
 #: does clipfast, by running Pillow's own steps).
 _RESIZED_MODES = frozenset({"CMYK", "I", "F"} | ({"I;16"} if _PILLOW >= (12, 3) else set()))
+#: Mode I pixels at or beyond this magnitude go to Pillow: a bicubic pass can overshoot its inputs
+#: by up to ~27% (so ~61% over two passes), and a sum past int32 is stored by Pillow's C cast,
+#: which is undefined behaviour (x86-64 builds wrap it modulo 2**32) where Rust saturates.
+_I_EXACT_LIMIT = 1 << 29
 _OUTPUT_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
 _SIMD = os.environ.get("CLIPFAST_SCALAR", "") in ("", "0")
 #: Item modes whose pixels are encoded bytes that Rust decodes (Pillow takes over on failure).
@@ -429,6 +433,13 @@ def _pillow_steps(img: Image.Image, n_px: int) -> Image.Image:
     return ConvertToRGB()(CenterCrop(n_px)(Resize(n_px)(img)))
 
 
+def _may_overflow_int32(img: Image.Image) -> bool:
+    """Whether resizing this mode I image could take a pixel past int32 (Pillow's result is then
+    its C compiler's, so Pillow resizes it)."""
+    lo, hi = img.getextrema()  # (min, max) for a single-band image
+    return not (isinstance(lo, int) and isinstance(hi, int) and -_I_EXACT_LIMIT < lo and hi < _I_EXACT_LIMIT)
+
+
 def _item(img: Image.Image, n_px: int) -> tuple[Any, int, int, str]:
     """The (pixels, width, height, mode) tuple Rust reads for one decoded image."""
     img.load()
@@ -438,7 +449,7 @@ def _item(img: Image.Image, n_px: int) -> tuple[Any, int, int, str]:
         raise ImageError(f"image has zero size ({w}x{h})")
     if mode in _DIRECT_MODES:
         return _pixels(img), w, h, mode
-    if mode in _RESIZED_MODES:
+    if mode in _RESIZED_MODES and not (mode == "I" and _may_overflow_int32(img)):
         native = _native.resize_crop(_pixels(img), w, h, mode, n_px, _SIMD)
         img = Image.frombytes(mode, (n_px, n_px), native).convert("RGB")
     else:
