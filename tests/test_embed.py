@@ -395,6 +395,59 @@ def test_broken_files_go_to_the_errors_file(
     assert shard1_errors["sample_count"] == 1 and shard1_errors["error_count"] == 3
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-turns", "ahead"])
+def test_a_fifo_named_like_an_image_is_an_error_not_a_hang(
+    tmp_path: Path, model_path: Path, reference: Any, overlap: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO in a folder (os.walk lists it) or named in a path list: opening it waited for a
+    writer, forever. It is reported as an error row; the other rows are still clip's."""
+    from clipfast.embedding import pipeline
+
+    monkeypatch.setattr(pipeline, "overlaps", lambda encoder, workers: overlap)
+    paths = write_folder(tmp_path / "data", captions=False)
+    for p in paths[3:]:
+        p.unlink()
+    paths = paths[:3]
+    fifo = tmp_path / "data" / "zz_pipe.jpg"
+    os.mkfifo(fifo)
+    # Without the fix the job blocks in open(); after a while this thread opens the FIFO for
+    # writing (and closes it), so that the test fails instead of hanging.
+    done = threading.Event()
+    unblocked: list[bool] = []
+
+    def unblock() -> None:
+        if done.wait(30):
+            return
+        while not done.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                unblocked.append(True)
+            except OSError:  # no reader waiting yet
+                pass
+            time.sleep(0.05)
+
+    helper = threading.Thread(target=unblock, daemon=True)
+    helper.start()
+    try:
+        (tmp_path / "list.txt").write_text("\n".join([str(paths[0]), str(fifo), *map(str, paths[1:])]))
+        listed = embed(tmp_path / "list.txt", model_path, tmp_path / "out-list", batch_size=2, dtype="fp32")
+        folder = embed(tmp_path / "data", model_path, tmp_path / "out-folder", batch_size=2, dtype="fp32")
+    finally:
+        done.set()
+        helper.join()
+    assert not unblocked, "the job blocked on the FIFO"
+    for summary, out in ((listed, tmp_path / "out-list"), (folder, tmp_path / "out-folder")):
+        got = read_output(out)
+        assert summary.rows == len(paths) and summary.errors == 1
+        assert [e["id"] for e in got["errors"]] == [str(fifo)]
+        assert "not a regular file" in got["errors"][0]["error"]
+        assert got["metadata"]["image_path"] == [str(p) for p in paths]
+    expected = reference_images(reference, paths, [1, 2])
+    expected = expected / expected.norm(dim=-1, keepdim=True)
+    assert torch.equal(torch.from_numpy(read_output(tmp_path / "out-list")["img_emb"]), expected)
+
+
 def test_reader_beside_the_model_only_where_cores_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
     from clipfast.embedding import pipeline
 

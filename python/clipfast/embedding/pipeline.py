@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .encoder import Encoder, ImagePlan, finish, prepare_images
-from .sources import Plan, Sample, caption_text, close_handles, read_source
+from .sources import Plan, Sample, caption_text, check_readable_file, close_handles, read_source
 
 __all__ = ["Embedded", "Prepared", "overlaps", "prepare_batch", "run_local"]
 
@@ -95,14 +95,15 @@ def prepare_batch(
                 continue
         item: Union[str, bytes, None] = None
         if plan.images and s.image is not None:
-            if s.image.offset < 0:
-                item = s.image.path  # preprocess_batch reads the file
-            else:
-                try:
+            try:
+                if s.image.offset < 0:
+                    check_readable_file(s.image.path)
+                    item = s.image.path  # preprocess_batch reads the file
+                else:
                     item = read_source(s.image, handles)
-                except OSError as err:
-                    errors.append(_error(s, f"{type(err).__name__}: {err}"))
-                    continue
+            except OSError as err:
+                errors.append(_error(s, f"{type(err).__name__}: {err}"))
+                continue
         alive.append((s, caption, item))
     pixels: Optional[torch.Tensor] = None
     if plan.images and image_plan is not None:
@@ -256,7 +257,8 @@ def _will_read(samples: Sequence[Sample]) -> None:
         if s.image is None or s.error is not None:
             continue
         try:
-            fd = os.open(s.image.path, os.O_RDONLY)
+            # Without blocking: opening a FIFO would wait for a writer (the read reports it).
+            fd = os.open(s.image.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             continue  # reported when the batch is read
         try:

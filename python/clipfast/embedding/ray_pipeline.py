@@ -32,7 +32,16 @@ import torch
 from ..errors import MissingDependencyError
 from .encoder import Encoder, ImagePlan, finish, prepare_images
 from .output import Layout, OutputFolder, ShardResult
-from .sources import Plan, Sample, Source, caption_text, close_handles, read_source, require_pyarrow
+from .sources import (
+    Plan,
+    Sample,
+    Source,
+    caption_text,
+    check_readable_file,
+    close_handles,
+    read_source,
+    require_pyarrow,
+)
 
 if TYPE_CHECKING:
     from . import EmbedSummary
@@ -137,7 +146,11 @@ def read_and_preprocess(batch: Any, *, images: bool, text: bool, image_plan: Opt
                     continue
             if images and s.image is not None:
                 try:
-                    items.append(s.image.path if s.image.offset < 0 else read_source(s.image, handles))
+                    if s.image.offset < 0:
+                        check_readable_file(s.image.path)
+                        items.append(s.image.path)
+                    else:
+                        items.append(read_source(s.image, handles))
                 except OSError as err:
                     errors[i] = f"{type(err).__name__}: {err}"
                     continue

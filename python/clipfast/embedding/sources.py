@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "Plan",
     "Sample",
     "Source",
+    "check_readable_file",
     "list_samples",
     "make_plan",
     "plan_for",
@@ -170,10 +172,20 @@ class Plan:
 # --- reading -----------------------------------------------------------------------------------
 
 
+def check_readable_file(path: str) -> None:
+    """Raise ``OSError`` where ``path`` is a FIFO, a socket or a device: reading one named like an
+    image (``os.walk`` lists them; path lists and tables may name them) blocks until a writer
+    comes, or never ends. Missing files and folders are left to the read, which names them."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OSError(f"{path}: not a regular file")
+
+
 def read_source(src: Source, handles: Optional[dict[str, int]] = None) -> bytes:
     """The bytes of ``src``; ``handles`` (path -> descriptor) keeps tar files open between calls
     (the caller closes them). A tar member that ends before its declared size is an error."""
     if src.offset < 0:
+        check_readable_file(src.path)
         with open(src.path, "rb") as f:
             return f.read()
     fd = handles.get(src.path) if handles is not None else None
