@@ -811,6 +811,22 @@ def test_captions_left_out_when_some_are_missing(tmp_path: Path, model_path: Pat
     assert read_output(tmp_path / "out2")["errors"][0]["error"] == "no caption for this sample"
 
 
+def test_a_caption_column_of_numbers_is_embedded_as_text_and_said(
+    tmp_path: Path, model_path: Path, reference: Any, caplog: Any
+) -> None:
+    """A parquet caption column of integers: each value is embedded as its decimal text, as
+    clip.tokenize(str(value)) would be, and the log says so once (found by the embed probe)."""
+    numbers = [1984, 7, 42]
+    pq.write_table(pa.table({"caption": numbers}), tmp_path / "numbers.parquet")
+    summary = embed(tmp_path / "numbers.parquet", model_path, tmp_path / "out", dtype="fp32", normalize=False)
+    texts = [str(n) for n in numbers]
+    got = read_output(tmp_path / "out")
+    assert summary.text and got["metadata"]["caption"] == texts
+    assert torch.equal(torch.from_numpy(got["text_emb"]), reference_texts(reference, texts, [len(texts)]))
+    said = [r.getMessage() for r in caplog.records if "not text" in r.getMessage()]
+    assert len(said) == 1 and "numbers.parquet" in said[0] and "'caption' holds int values" in said[0]
+
+
 def test_ray_datasink_writes_a_shard_once_all_its_rows_are_staged(tmp_path: Path) -> None:
     """The datasink's staging, without Ray: rows arrive in any order and in any grouping (a retried
     task may stage some twice); the shard is written, in input order, when every position is there."""

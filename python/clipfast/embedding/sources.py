@@ -476,10 +476,21 @@ def _list_table(arg: str, options: _TableColumns) -> Iterator[Sample]:
             f"{arg}: needs a column {options.image!r} and/or {options.caption!r}; it has {sorted(columns)}"
         )
     base = os.path.dirname(os.path.abspath(arg))
+    said = False
     for number, row in enumerate(rows, start=1):
         path = row.get(image_col) if image_col else None
         caption = row.get(caption_col) if caption_col else None
-        caption = None if caption is None else str(caption)
+        if caption is not None and not isinstance(caption, str):
+            if not said:  # a typed table (parquet) whose caption column is not text: say so once
+                log.warning(
+                    "%s: column %r holds %s values, not text; they are embedded as their text (%r)",
+                    arg,
+                    caption_col,
+                    type(caption).__name__,
+                    str(caption),
+                )
+                said = True
+            caption = str(caption)
         if image_col is None:
             yield Sample(f"{arg}:{number}", caption=caption)
         elif path is None or str(path) == "":
