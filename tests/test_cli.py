@@ -158,6 +158,38 @@ def test_download_command_fetches_verifies_and_reverifies(
     assert (root / "RN50.pt").read_bytes() == data and server.stats(route).requests == 2
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CLIPFAST_RETRIES", "99999999999"),
+        ("CLIPFAST_RETRIES", "1.5"),
+        ("CLIPFAST_MIN_RATE", str(2**64)),
+        ("CLIPFAST_READ_TIMEOUT", "nan"),
+        ("CLIPFAST_CONNECT_TIMEOUT", "inf"),
+        ("CLIPFAST_BACKOFF", "1e300"),
+    ],
+)
+def test_download_command_malformed_settings_are_one_line_errors(
+    variable: str,
+    value: str,
+    server: FaultServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A setting the engine cannot take (too large for its integer, not finite, past what a
+    Duration holds) is exit 2 with one line naming the variable, before any request. A retry count
+    past 2**32 escaped as an OverflowError traceback, and nan/inf named the engine's argument."""
+    rn50 = MODELS["RN50"].split("azureedge.net", 1)[1]
+    server.add(rn50, Resource(data=b"not RN50"))
+    monkeypatch.setenv("CLIPFAST_MIRROR", server.url(""))
+    monkeypatch.setenv(variable, value)
+    status, out, err = run(capsys, "download", "RN50", "--root", str(tmp_path))
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and variable in err and "Traceback" not in err, err
+    assert server.stats(rn50).requests == 0
+
+
 # --- inspect -------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ Environment:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import types
@@ -75,16 +76,29 @@ def mirror_url(url: str) -> str:
     return f"{base.scheme}://{base.netloc}{path}{query}"
 
 
-def _env_number(name: str, default: float, kind: type = float) -> Any:
+#: The largest values the Rust engine takes: ``retries`` is a u32, ``min_rate`` a u64, and seconds
+#: must fit a ``Duration`` (a larger number would fail there, as an OverflowError or a ValueError
+#: naming the engine's argument instead of the variable).
+_MAX_RETRIES = 2**32 - 1
+_MAX_RATE = 2**64 - 1
+_MAX_SECONDS = 1e15
+
+
+def _env_number(name: str, default: float, kind: type = float, maximum: float = _MAX_SECONDS) -> Any:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
     try:
         value = kind(text)
     except ValueError:
-        raise ValueError(f"{name} must be a number, got {text!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {text!r}")
     if value < 0:
         raise ValueError(f"{name} must not be negative, got {text!r}")
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum:g}, got {text!r}")
     return value
 
 
@@ -92,9 +106,9 @@ def _fetch_options() -> dict[str, Any]:
     return {
         "connect_timeout": _env_number("CLIPFAST_CONNECT_TIMEOUT", 30.0),
         "read_timeout": _env_number("CLIPFAST_READ_TIMEOUT", 60.0),
-        "retries": _env_number("CLIPFAST_RETRIES", 5, int),
+        "retries": _env_number("CLIPFAST_RETRIES", 5, int, _MAX_RETRIES),
         "backoff": _env_number("CLIPFAST_BACKOFF", 1.0),
-        "min_rate": _env_number("CLIPFAST_MIN_RATE", 1024, int),
+        "min_rate": _env_number("CLIPFAST_MIN_RATE", 1024, int, _MAX_RATE),
     }
 
 
