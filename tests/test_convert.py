@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -200,6 +201,50 @@ def test_failed_write_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
     with pytest.raises(FileNotFoundError):
         convert(source, tmp_path / "missing" / "x.safetensors")
+
+
+def test_refuses_to_write_onto_its_own_source(state_dict_file: Callable[[str], Path], tmp_path: Path) -> None:
+    """The output may replace an older file, but not a file of the model being converted: onto a
+    state dict (a hard link to it too) or onto a shard or the configuration of a Hugging Face
+    folder, convert replaced the source (the folder no longer loaded). Now a FileExistsError, and
+    every source file is unchanged; the command exits 2 with one line."""
+    import hashlib
+
+    def digests(paths: list[Path]) -> dict[Path, str]:
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+    source = tmp_path / "rn50.pt"  # a copy: the shared file must survive a failing run
+    shutil.copyfile(state_dict_file("RN50"), source)
+    before = digests([source])
+    link = tmp_path / "link.pt"
+    os.link(source, link)
+    for out in (source, link):
+        with pytest.raises(FileExistsError, match="source"):
+            convert(source, out)
+    assert digests([source]) == before
+    status = subprocess.run(
+        [sys.executable, "-m", "clipfast", "convert", str(source), str(source)],
+        capture_output=True,
+        text=True,
+    )
+    assert status.returncode == 2 and status.stderr.count("\n") == 1 and "Traceback" not in status.stderr
+    assert digests([source]) == before
+
+    pytest.importorskip("transformers")
+    spec = _testing.HFSpec(vocab_size=1000)
+    folder = _testing.write_hf_folder(tmp_path / "hf", _testing.build_hf_model(spec), max_shard_size="200KB")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    before = digests(files)
+    shards = [p for p in files if p.name.startswith("model-")]
+    assert len(shards) > 1
+    for out in (shards[0], shards[-1], folder / "config.json", folder / "model.safetensors.index.json"):
+        with pytest.raises(FileExistsError, match="source"):
+            convert(folder, out)
+    assert digests(files) == before
+    clipfast.load(str(folder), device="cpu")
+    # A new file in the same folder is fine.
+    convert(folder, folder / "converted.safetensors")
+    assert digests(files) == before
 
 
 def test_not_a_clip_model(tmp_path: Path) -> None:

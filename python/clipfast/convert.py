@@ -21,6 +21,7 @@ final path never holds a partial file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -316,13 +317,15 @@ def convert(
     ``vision_heads``, ``transformer_heads`` state what the source does not (as for ``load``): they
     are recorded. Raises what ``load`` raises for the source (``ModelNotFoundError``,
     ``CheckpointError``, ``ArchitectureError``), ``OSError`` when ``out`` cannot be written (nothing
-    is left at ``out`` then), ``ValueError`` for a bad ``dtype``."""
+    is left at ``out`` then), ``FileExistsError`` when ``out`` is one of the source's own files
+    (weights, shards, configuration), ``ValueError`` for a bad ``dtype``."""
     from .arch import assumption_warning, infer_architecture
 
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES} or None, not {dtype!r}")
     out_path = os.fspath(out)
     src = _locate(source, download_root)
+    _refuse_source_as_output(src, out_path)
     entries = _entries(src)
     arch = infer_architecture(
         {name: e for name, e in entries.items()},
@@ -361,6 +364,35 @@ def convert(
     else:
         count, total = _write_direct(out_path, entries, meta, dtype, half)
     return ConvertResult(out_path, os.fspath(source), src.layout, count, total, meta, arch.assumed())
+
+
+def _source_files(src: ModelSource) -> list[str]:
+    """Every file ``src`` is read from: the weights (or the shards' index) and each shard, and the
+    configuration that travels with them."""
+    files = [src.path, *src.files(), *getattr(src, "shards", {})]
+    if src.config is not None:
+        files.append(src.config)
+    return files
+
+
+def _refuse_source_as_output(src: ModelSource, out_path: str) -> None:
+    """``out`` must not be a file of the source: the rename would replace the model being converted
+    (a ``.pt`` turned into safetensors under its old name, a shard or a configuration of a folder
+    overwritten, which leaves the folder unreadable)."""
+    if not os.path.lexists(out_path):
+        return
+    for file in _source_files(src):
+        try:
+            same = os.path.samefile(out_path, file)
+        except OSError:
+            continue
+        if same:
+            raise FileExistsError(
+                errno.EEXIST,
+                f"the output is the source's own file {file}; converting onto it would replace the "
+                "model being converted: write the safetensors file elsewhere",
+                out_path,
+            )
 
 
 def _check_keys(
