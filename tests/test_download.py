@@ -552,6 +552,30 @@ def test_resolve_model_names_and_paths(tmp_path: Path) -> None:
         dl.resolve_model("ViT-X/99", root=str(tmp_path))
 
 
+def test_empty_download_root_means_the_default_as_in_clip(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """openai/CLIP's load takes ``download_root or ~/.cache/clip``: an empty string (an unset
+    setting passed through) is its default cache, where clipfast used the working folder (a second
+    copy of the model there, and an existing clip cache not reused)."""
+    import inspect
+
+    import clip
+
+    assert 'download_root or os.path.expanduser("~/.cache/clip")' in inspect.getsource(clip.load)
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    data = payload(20_000)
+    monkeypatch.setitem(MODELS, "RN50", add_file(server, "RN50.pt", data))
+    expected = home / ".cache" / "clip" / "RN50.pt"
+    assert dl.resolve_model("RN50", root="") == str(expected)
+    assert expected.read_bytes() == data and list(work.iterdir()) == []
+    assert dl.resolve_model("RN50", root="") == str(expected)  # cached: no second request
+    assert server.stats(path_of(MODELS["RN50"])).requests == 1
+
+
 def test_module_is_callable_and_has_the_contract_names() -> None:
     assert callable(clipfast.download)
     assert clipfast.download.resolve_model is dl.resolve_model  # type: ignore[attr-defined]

@@ -246,12 +246,15 @@ def resolve_model(name: str, root: Optional[str] = None, *, verify: bool = False
     """The local path of the verified file of an official model (one of ``available_models()``),
     downloading it when needed; an existing file path is returned as is.
 
-    ``verify=True`` re-hashes a cached file even when its verified-cache record vouches for it.
+    ``root`` None or empty is ``~/.cache/clip`` (as openai/CLIP's ``download_root``). ``verify=True``
+    re-hashes a cached file even when its verified-cache record vouches for it.
     Raises ``ModelNotFoundError`` for an unknown name that is not a file."""
     if name in MODELS:
         url = MODELS[name]
         expected = sha256_of_url(url)
-        target = os.path.join(os.fspath(root) if root is not None else default_root(), _file_name(url))
+        # As openai/CLIP's load (``download_root or ~/.cache/clip``): an empty root is the default.
+        folder = os.fspath(root) if root is not None else ""
+        target = os.path.join(folder or default_root(), _file_name(url))
         return _ensure(mirror_url(url), target, expected, True, verify=verify)
     if os.path.isfile(name):
         return name
