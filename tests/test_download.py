@@ -588,22 +588,62 @@ def test_module_is_callable_and_has_the_contract_names() -> None:
 def test_proxy_from_environment_and_no_proxy(
     server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """As curl reads them: an http URL goes through http_proxy (or ALL_PROXY), never HTTPS_PROXY nor
+    an upper-case HTTP_PROXY (curl ignores it: CGI programs get it from a request header); NO_PROXY
+    bypasses. ureq's own reading took the first of ALL_PROXY, HTTPS_PROXY, HTTP_PROXY whatever the
+    scheme, so HTTPS_PROXY carried http downloads and HTTP_PROXY https ones."""
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
     proxy = ConnectProxy()
     try:
         data = payload(120_000)
         url = add_file(server, "proxied.pt", data)
-        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        got = 0
+
+        def fetch() -> None:
+            nonlocal got
+            got += 1
+            path = clipfast.download(url, root=str(tmp_path / str(got)), progress=False)
+            assert Path(path).read_bytes() == data
+
+        for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY"):  # not for an http URL: direct
+            monkeypatch.setenv(var, proxy.url)
+            fetch()
+            assert proxy.tunnels == [], var
+        monkeypatch.setenv("http_proxy", proxy.url)
         monkeypatch.setenv("NO_PROXY", "example.invalid")
-        path = clipfast.download(url, root=str(tmp_path / "a"), progress=False)
-        assert Path(path).read_bytes() == data
+        fetch()
         assert proxy.tunnels == [f"127.0.0.1:{server.port}"]
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        path = clipfast.download(url, root=str(tmp_path / "b"), progress=False)
-        assert Path(path).read_bytes() == data
+        fetch()
         assert len(proxy.tunnels) == 1  # bypassed
-        assert server.stats(path_of(url)).requests == 2
+        monkeypatch.delenv("http_proxy")
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.setenv("ALL_PROXY", proxy.url)
+        fetch()
+        assert len(proxy.tunnels) == 2
+        assert server.stats(path_of(url)).requests == got
     finally:
         proxy.stop()
+
+
+def test_an_unreachable_proxy_is_named(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the proxy refuses the connection, the message names the proxy and its variable, not the
+    server behind it (which was said to be unreachable)."""
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    refused = _refused_base()
+    port = refused.rsplit(":", 1)[1]
+    monkeypatch.setenv("http_proxy", refused)
+    url = add_file(server, "behind.pt", payload(1000))
+    with pytest.raises(DownloadError) as caught:
+        clipfast.download(url, root=str(tmp_path), progress=False)
+    message = str(caught.value)
+    assert f"cannot reach the proxy 127.0.0.1:{port} (from http_proxy)" in message, message
+    assert "CLIPFAST_OFFLINE" in message
+    assert server.stats(path_of(url)).requests == 0
 
 
 # --- TLS: the system store and SSL_CERT_FILE -----------------------------------------------

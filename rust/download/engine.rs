@@ -155,10 +155,13 @@ pub fn fetch(
         transferred: 0,
         spliced: false,
     };
-    let agent = http::agent(HttpConfig {
-        connect_timeout: options.connect_timeout,
-        read_timeout: options.read_timeout,
-    });
+    let agent = http::agent(
+        HttpConfig {
+            connect_timeout: options.connect_timeout,
+            read_timeout: options.read_timeout,
+        },
+        url,
+    );
     let mut attempts: u32 = 0;
     let mut unreachable: u32 = 0;
     let mut restarted_after_mismatch = false;

@@ -138,7 +138,65 @@ fn is_invalid_name(host: &str) -> bool {
         || (host.is_char_boundary(tail) && host[tail..].eq_ignore_ascii_case(".invalid"))
 }
 
-pub fn agent(config: HttpConfig) -> Agent {
+/// The proxy curl uses for `url`, from the environment: for `https` URLs `https_proxy` (or
+/// `HTTPS_PROXY`), for `http` URLs `http_proxy` only (curl ignores an upper-case `HTTP_PROXY`, which
+/// a CGI program gets from a request's `Proxy:` header), then `all_proxy` / `ALL_PROXY`; none when
+/// `NO_PROXY` / `no_proxy` names the host. (ureq's `Proxy::try_from_env` takes the first of
+/// `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY` set, whatever the URL's scheme.) Returns the proxy and
+/// the variable it came from.
+pub(crate) fn proxy_for(
+    url: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<(String, String)> {
+    let uri = url.parse::<Uri>().ok()?;
+    let names: &[&str] = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("https") => {
+            &["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"]
+        }
+        _ => &["http_proxy", "all_proxy", "ALL_PROXY"],
+    };
+    let (name, value) = names.iter().find_map(|name| {
+        let value = env(name)?;
+        let value = value.trim();
+        (!value.is_empty()).then(|| (name.to_string(), value.to_string()))
+    })?;
+    let no_proxy = env("no_proxy")
+        .or_else(|| env("NO_PROXY"))
+        .unwrap_or_default();
+    if no_proxy_matches(&no_proxy, uri.host().unwrap_or("")) {
+        return None;
+    }
+    Some((value, name))
+}
+
+/// curl's `NO_PROXY`: comma-separated names, each matching the host and its subdomains (a leading
+/// `.` or `*.` is ignored), `*` matching every host; case-insensitive.
+fn no_proxy_matches(list: &str, host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    list.split(',').map(str::trim).any(|entry| {
+        if entry == "*" {
+            return true;
+        }
+        let entry = entry.strip_prefix("*.").unwrap_or(entry);
+        let entry = entry.strip_prefix('.').unwrap_or(entry);
+        let entry = entry.trim_start_matches('[').trim_end_matches(']');
+        let entry = entry
+            .strip_suffix('.')
+            .unwrap_or(entry)
+            .to_ascii_lowercase();
+        !entry.is_empty()
+            && (host == entry
+                || (host.len() > entry.len()
+                    && host.ends_with(&entry)
+                    && host.as_bytes()[host.len() - entry.len() - 1] == b'.'))
+    })
+}
+
+/// An agent for `url`: its proxy (see [`proxy_for`]) is chosen once, for the URL asked for.
+pub fn agent(config: HttpConfig, url: &str) -> Agent {
+    let proxy = proxy_for(url, |name| std::env::var(name).ok())
+        .and_then(|(value, _)| ureq::Proxy::new(&value).ok());
     let tls = TlsConfig::builder().root_certs(root_certs()).build();
     let config = Agent::config_builder()
         // Statuses are decisions for the caller (206, 416, 5xx ...), not errors.
@@ -151,8 +209,7 @@ pub fn agent(config: HttpConfig) -> Agent {
         .max_redirects(10)
         .user_agent(concat!("clipfast/", env!("CARGO_PKG_VERSION")))
         .tls_config(tls)
-        // ureq's default: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, with NO_PROXY.
-        .proxy(ureq::Proxy::try_from_env())
+        .proxy(proxy)
         .build();
     Agent::with_parts(config, DefaultConnector::new(), SpecialNames::default())
 }
@@ -184,9 +241,22 @@ fn exchange(agent: &Agent, url: &str, range: Option<RangeFrom>, tx: &SyncSender<
             let kind = classify(&err);
             let mut msg = describe(&err);
             if kind == FailKind::Unreachable {
-                let host = url.parse::<Uri>().ok();
-                let host = host.as_ref().and_then(Uri::host).unwrap_or("the host");
-                msg = format!("cannot reach {host}: {msg}");
+                msg = match agent.config().proxy() {
+                    // Through a proxy, what cannot be reached is the proxy.
+                    Some(proxy) => format!(
+                        "cannot reach the proxy {}:{} (from {}): {msg}",
+                        proxy.host(),
+                        proxy.port(),
+                        proxy_for(url, |name| std::env::var(name).ok())
+                            .map(|(_, name)| name)
+                            .unwrap_or_else(|| "the environment".into())
+                    ),
+                    None => {
+                        let host = url.parse::<Uri>().ok();
+                        let host = host.as_ref().and_then(Uri::host).unwrap_or("the host");
+                        format!("cannot reach {host}: {msg}")
+                    }
+                };
             }
             let _ = tx.send(Event::Failed { msg, kind });
             return;
@@ -296,6 +366,66 @@ mod tests {
         ] {
             assert!(!is_invalid_name(name), "{name}");
         }
+    }
+
+    #[test]
+    fn proxies_as_curl_reads_them() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let got = |url: &str, vars: &'static [(&'static str, &'static str)]| {
+            proxy_for(url, env(vars)).map(|(_, name)| name)
+        };
+        let https = "https://example.org/x";
+        let http = "http://example.org/x";
+        // Each scheme its own variable; upper-case HTTP_PROXY is never read.
+        assert_eq!(
+            got(https, &[("HTTP_PROXY", "p:1"), ("http_proxy", "p:1")]),
+            None
+        );
+        assert_eq!(got(http, &[("HTTPS_PROXY", "p:1")]), None);
+        assert_eq!(got(http, &[("HTTP_PROXY", "p:1")]), None);
+        assert_eq!(
+            got(http, &[("http_proxy", "p:1")]).as_deref(),
+            Some("http_proxy")
+        );
+        assert_eq!(
+            got(https, &[("HTTPS_PROXY", "p:1")]).as_deref(),
+            Some("HTTPS_PROXY")
+        );
+        assert_eq!(
+            got(https, &[("ALL_PROXY", "a:1"), ("https_proxy", "p:1")]).as_deref(),
+            Some("https_proxy")
+        );
+        assert_eq!(
+            got(http, &[("ALL_PROXY", "a:1")]).as_deref(),
+            Some("ALL_PROXY")
+        );
+        assert_eq!(got(http, &[("http_proxy", "  ")]), None);
+        // NO_PROXY: the host and its subdomains, `.x` and `*.x` alike, `*` for all.
+        for list in [
+            "example.org",
+            ".example.org",
+            "*.example.org",
+            "a, EXAMPLE.org",
+            "*",
+        ] {
+            let vars: &'static [(&'static str, &'static str)] =
+                Box::leak(vec![("https_proxy", "p:1"), ("NO_PROXY", list)].into_boxed_slice());
+            assert_eq!(got(https, vars), None, "{list}");
+            assert_eq!(got("https://cdn.example.org/x", vars), None, "{list}");
+        }
+        assert!(got(
+            "https://notexample.org/x",
+            &[("https_proxy", "p:1"), ("no_proxy", "example.org")]
+        )
+        .is_some());
+        assert!(!no_proxy_matches("", "example.org"));
+        assert!(no_proxy_matches("::1", "[::1]"));
     }
 
     #[test]
