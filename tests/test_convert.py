@@ -203,6 +203,44 @@ def test_failed_write_leaves_nothing(
         convert(source, tmp_path / "missing" / "x.safetensors")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_killed_conversions_temporary_file_is_removed_by_the_next(
+    openai_archive: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A conversion killed before its rename (SIGKILL, power loss) leaves its hidden temporary
+    file; the next conversion to the same name removes it once it is unlocked and a minute old,
+    never one in progress (locked), a fresh one, or another output's (found by the download probe)."""
+    import fcntl
+
+    source = openai_archive("ViT-B/32")
+    out = tmp_path / "model.safetensors"
+    dies = (
+        "import os, sys; from clipfast.convert import convert; "
+        "os.replace = lambda *a: os._exit(9); convert(*sys.argv[1:])"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-c", dies, str(source), str(out)], env=env)
+    assert result.returncode == 9
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".model.safetensors.") and left.name.endswith(".tmp")
+    old = left.stat().st_mtime - 120
+    os.utime(left, (old, old))
+    in_progress = tmp_path / ".model.safetensors.1.0123abcd.tmp"
+    fresh = tmp_path / ".model.safetensors.2.0123abcd.tmp"
+    other = tmp_path / ".other.safetensors.3.0123abcd.tmp"
+    for path in (in_progress, fresh, other):
+        path.write_bytes(b"x")
+    for path in (in_progress, other):
+        os.utime(path, (old, old))
+    with open(in_progress, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        convert(source, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model.safetensors", in_progress.name, fresh.name, other.name]
+    )
+    _same_models(_loaded(out)[0], _clip_load(source))
+
+
 def test_refuses_to_write_onto_its_own_source(state_dict_file: Callable[[str], Path], tmp_path: Path) -> None:
     """The output may replace an older file, but not a file of the model being converted: onto a
     state dict (a hard link to it too) or onto a shard or the configuration of a Hugging Face

@@ -471,19 +471,25 @@ def _publish(out_path: str, head: bytes, data_len: int, fill: Any) -> None:
     if not os.path.isdir(folder):
         raise FileNotFoundError(2, "the output folder does not exist", folder)
     needed = len(head) + data_len
+    _remove_abandoned_temporaries(folder, os.path.basename(out_path))
     free = _native.free_disk_bytes(folder)
     if free < needed:
         raise OSError(28, f"not enough disk space: {needed} bytes needed, {free} free", folder)
     tmp = os.path.join(folder, f".{os.path.basename(out_path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    held = None
     try:
-        with open(tmp, "xb") as f:
-            f.write(head)
-            f.truncate(needed)
+        held = open(tmp, "xb")  # held, locked, while it is written (see _lock)
+        _lock(held)
+        held.write(head)
+        held.truncate(needed)
+        held.flush()
         fill(tmp)
-        with open(tmp, "r+b") as f:
-            os.fsync(f.fileno())
+        os.fsync(held.fileno())
+        held.close()  # before the rename (Windows renames no open file); now fresh, so not abandoned
         os.replace(tmp, out_path)
     except BaseException:
+        if held is not None:
+            held.close()
         try:
             os.unlink(tmp)
         except OSError:
@@ -494,6 +500,54 @@ def _publish(out_path: str, head: bytes, data_len: int, fill: Any) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+#: A temporary file of a conversion left older than this, unlocked, was abandoned (its process was
+#: killed): the next conversion to the same name removes it.
+_ABANDONED_AFTER_S = 60.0
+
+
+def _lock(file: Any) -> None:
+    """An exclusive ``flock`` on the open temporary file, held until it is closed: a conversion in
+    progress, here or on another machine sharing the folder, is never taken for an abandoned one."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locks, and no clean-up of abandoned files either
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _remove_abandoned_temporaries(folder: str, name: str) -> None:
+    """Removes ``.NAME.<pid>.<hex>.tmp`` files that a killed conversion left (SIGKILL, power loss):
+    unlocked and untouched for ``_ABANDONED_AFTER_S``. Only what a conversion to ``name`` wrote."""
+    import re
+    import time
+
+    try:
+        import fcntl
+    except ImportError:
+        return
+    pattern = re.compile(rf"\.{re.escape(name)}\.\d+\.[0-9a-f]{{8}}\.tmp")
+    try:
+        entries = [e for e in os.scandir(folder) if pattern.fullmatch(e.name)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < _ABANDONED_AFTER_S:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a conversion holds it
+            os.unlink(entry.path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _resized_tensors(
