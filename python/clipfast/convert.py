@@ -514,7 +514,10 @@ def _lock(file: Any) -> None:
         import fcntl
     except ImportError:  # not POSIX: no locks, and no clean-up of abandoned files either
         return
-    fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the file's fresh mtime still protects it
+        pass
 
 
 def _remove_abandoned_temporaries(folder: str, name: str) -> None:
