@@ -294,6 +294,30 @@ def test_shared_weights_load_as_with_open_clip(tmp_path: Path) -> None:
     assert torch.equal(model.tied_proj, open_clip_model("gelu_h80", seed=1).visual.proj)
 
 
+class _KeepsItsImageTower(open_clip.model.CLIP):  # type: ignore[misc]
+    """A fine-tuning model whose own load_state_dict loads only the text tower and scale."""
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        kept = {k: v for k, v in state_dict.items() if not k.startswith("visual.")}
+        return super().load_state_dict(kept, strict=False, assign=assign)
+
+
+def test_a_models_own_load_state_dict_decides_as_with_open_clip(tmp_path: Path) -> None:
+    """open_clip hands the state dict to the model's load_state_dict, which may drop or change
+    entries: clipfast must not write the file's values into the model's tensors before it, nor
+    skip it. (Found by a probe: the image tower was overwritten and the override never ran.)"""
+    path = save(tmp_path / "w.safetensors", open_clip_model("gelu_h80", seed=1).state_dict())
+
+    def make() -> torch.nn.Module:
+        model = _KeepsItsImageTower(**CONFIGS["gelu_h80"])
+        torch.nn.Module.load_state_dict(model, open_clip_model("gelu_h80", seed=2).state_dict())
+        return model.eval()
+
+    result, model = compare(make, path)
+    assert len(result.missing_keys) > 0  # the image tower's keys, as the override reports them
+    assert torch.equal(model.visual.proj, open_clip_model("gelu_h80", seed=2).visual.proj)
+
+
 @pytest.mark.parametrize("fastvit", [True, False])
 def test_mobileclip_conversion_is_open_clips(fastvit: bool) -> None:
     """open_clip's one third-party conversion (Apple's MobileCLIP checkpoints): the same state dict

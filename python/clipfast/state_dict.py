@@ -232,13 +232,26 @@ def _fill_in_place(
     )
 
 
+def _overrides(module: torch.nn.Module, name: str) -> bool:
+    """Whether ``module``'s class replaces ``torch.nn.Module``'s method ``name`` outside torch."""
+    import torch
+
+    own = getattr(type(module), name)
+    return own is not getattr(torch.nn.Module, name) and not own.__module__.startswith("torch.")
+
+
 def _has_load_hooks(model: torch.nn.Module) -> bool:
-    """Whether a module may change the state dict before it is copied (a load pre-hook, or its own
-    ``_load_from_state_dict``) or name its tensors otherwise (``state_dict`` hooks): then
+    """Whether a module may change the state dict before it is copied (a load pre-hook, its own
+    ``_load_from_state_dict``, a model's own ``load_state_dict``, which may drop, rename or change
+    what it is given) or name its tensors otherwise (``state_dict`` hooks or methods): then
     everything goes through ``load_state_dict`` as it is."""
     import torch
 
+    if _overrides(model, "load_state_dict"):
+        return True
     for module in model.modules():
+        if _overrides(module, "state_dict"):
+            return True
         if module._load_state_dict_pre_hooks or module._state_dict_hooks or module._state_dict_pre_hooks:
             return True  # (state_dict hooks may name the tensors otherwise than load_state_dict does)
         own = type(module)._load_from_state_dict
