@@ -318,6 +318,25 @@ def test_a_models_own_load_state_dict_decides_as_with_open_clip(tmp_path: Path) 
     assert torch.equal(model.visual.proj, open_clip_model("gelu_h80", seed=2).visual.proj)
 
 
+def test_loaded_tensors_count_as_modified_for_autograd(tmp_path: Path) -> None:
+    """A backward through a graph built before the load fails as after open_clip's load (torch's
+    copy_ bumps each tensor's version counter), instead of mixing old activations with new weights."""
+    path = save(tmp_path / "w.safetensors", open_clip_model("gelu_h80", seed=1).state_dict())
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    outcomes = []
+    for load in (reference_load_checkpoint, clipfast.load_checkpoint):
+        model = open_clip_model("gelu_h80", seed=2)
+        loss = model.encode_image(image).sum()
+        load(model, str(path))
+        try:
+            loss.backward()
+            outcomes.append("ran")
+        except RuntimeError as err:
+            outcomes.append("modified by an inplace operation" in str(err))
+    assert outcomes[0] is True
+    assert outcomes[1] == outcomes[0]
+
+
 @pytest.mark.parametrize("fastvit", [True, False])
 def test_mobileclip_conversion_is_open_clips(fastvit: bool) -> None:
     """open_clip's one third-party conversion (Apple's MobileCLIP checkpoints): the same state dict

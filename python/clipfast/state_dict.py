@@ -223,6 +223,10 @@ def _fill_in_place(
         filled.append(key)
     for pending_id, batch in jobs.items():
         readers[pending_id].convert(batch)
+    if filled:
+        # torch's copy_ marks each tensor modified (its version counter): autograd must still
+        # refuse a backward through a graph that saved the old values, as after open_clip's load.
+        _increment_versions([targets[key] for key in filled])
     for key in filled:
         state[key] = targets[key]
     return (
@@ -230,6 +234,18 @@ def _fill_in_place(
         and state.keys() == targets.keys()
         and not any(module._load_state_dict_post_hooks for module in model.modules())
     )
+
+
+def _increment_versions(tensors: list[torch.Tensor]) -> None:
+    """Bump the autograd version counter of tensors written outside torch."""
+    import torch
+
+    increment = getattr(torch.autograd.graph, "increment_version", None)
+    for tensor in tensors:
+        if increment is not None:
+            increment(tensor)
+        else:  # pragma: no cover (torch < 2.1 has only the private function)
+            torch._C._increment_version(tensor)
 
 
 def _overrides(module: torch.nn.Module, name: str) -> bool:
