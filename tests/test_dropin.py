@@ -172,6 +172,23 @@ def test_simple_tokenizer_module_path() -> None:
     assert ours.decoder[49407] == ref.decoder[49407]
 
 
+def test_simple_tokenizer_bpe_and_build_model_names() -> None:
+    """Names code written for openai/CLIP reaches for: `_tokenizer.bpe(word)`, `get_pairs`,
+    `clip.clip.build_model` (found missing by the API probe), with clip's results."""
+    from clip import simple_tokenizer as reference_module
+
+    ours, ref = clipfast.simple_tokenizer.SimpleTokenizer(), reference_clip.clip._tokenizer
+    words = ["photo", "café", "a", "<|startoftext|>", "xqzjv", "🐶", "antidisestablishment", "2", "'s"]
+    for word in words:
+        token = "".join(ref.byte_encoder[b] for b in word.encode("utf-8"))
+        assert ours.bpe(token) == ref.bpe(token), word
+        assert ours.bpe(token) == ref.bpe(token), word  # cached
+    word = ("a", "b", "a", "b</w>")
+    assert clipfast.simple_tokenizer.get_pairs(word) == reference_module.get_pairs(word)
+    assert clipfast.clip.build_model is clipfast.model.build_model
+    assert reference_clip.clip.build_model is reference_clip.model.build_model
+
+
 def test_clip_clip_module_names() -> None:
     """Code that reaches into openai/CLIP's `clip.clip` module finds the same names and results."""
     ours = clipfast.clip

@@ -48,4 +48,9 @@ def __getattr__(name: str) -> Any:
         tokenizer = SimpleTokenizer()
         globals()["_tokenizer"] = tokenizer
         return tokenizer
+    if name == "build_model":  # `from .model import build_model` in openai/CLIP (imports torch)
+        from .model import build_model
+
+        globals()["build_model"] = build_model
+        return build_model
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,14 @@ from functools import lru_cache
 
 from .tokenizer import clean_text, default_bpe, native_tokenizer
 
-__all__ = ["SimpleTokenizer", "basic_clean", "bytes_to_unicode", "default_bpe", "whitespace_clean"]
+__all__ = [
+    "SimpleTokenizer",
+    "basic_clean",
+    "bytes_to_unicode",
+    "default_bpe",
+    "get_pairs",
+    "whitespace_clean",
+]
 
 _END_OF_WORD = "</w>"
 
@@ -25,6 +32,11 @@ def bytes_to_unicode() -> dict[int, str]:
     others = [b for b in range(256) if b not in table]
     table.update({b: chr(256 + i) for i, b in enumerate(others)})
     return table
+
+
+def get_pairs(word: tuple[str, ...]) -> set[tuple[str, str]]:
+    """The adjacent symbol pairs of ``word`` (clip's ``get_pairs``)."""
+    return set(zip(word, word[1:]))
 
 
 def basic_clean(text: str) -> str:
@@ -57,6 +69,46 @@ class SimpleTokenizer:
             lines = f.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
         merges = [tuple(line.split()) for line in lines]
         self.bpe_ranks = dict(zip(merges, range(len(merges))))
+        self._bpe_cache = {"<|startoftext|>": "<|startoftext|>", "<|endoftext|>": "<|endoftext|>"}
+
+    def bpe(self, token: str) -> str:
+        """The BPE pieces of one pre-tokenized, byte-encoded word, space-separated, the last ending
+        in ``</w>`` (clip's ``bpe``; ``encode`` does this in Rust)."""
+        cached = self._bpe_cache.get(token)
+        if cached is not None:
+            return cached
+        word: tuple[str, ...] = (*token[:-1], token[-1] + _END_OF_WORD)
+        pairs = get_pairs(word)
+        if not pairs:
+            return token + _END_OF_WORD
+        while True:
+            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            first, second = bigram
+            merged: list[str] = []
+            i = 0
+            while i < len(word):
+                try:
+                    j = word.index(first, i)
+                except ValueError:
+                    merged.extend(word[i:])
+                    break
+                merged.extend(word[i:j])
+                i = j
+                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = tuple(merged)
+            if len(word) == 1:
+                break
+            pairs = get_pairs(word)
+        result = " ".join(word)
+        self._bpe_cache[token] = result
+        return result
 
     def encode(self, text: str) -> list[int]:
         """The BPE ids of ``text`` after clip's cleaning, without start/end tokens."""
