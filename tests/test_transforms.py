@@ -377,6 +377,35 @@ def test_steps_expose_torchvisions_attributes() -> None:
         assert np.array_equal(np.asarray(resize(img)), np.asarray(reference_resize(img)))
     with pytest.raises(ValueError, match="Resize size"):
         transforms.Resize((1, 2, 3))(img)
+    # torchvision's other attributes (found missing by the API probe): max_size caps the longer
+    # side, antialias is kept (a PIL image is always antialiased), and the repr is torchvision's.
+    assert repr(ours.transforms[0]) == repr(theirs.transforms[0])
+    assert (ours.transforms[0].max_size, ours.transforms[0].antialias) == (
+        theirs.transforms[0].max_size,
+        theirs.transforms[0].antialias,
+    )
+    for size, max_size in ((200, 250), ([150], 200), (100, 400), (200, 201)):
+        resize = transforms.Resize(size, max_size=max_size)
+        reference_resize = clip.clip.Resize(size, clip.clip.BICUBIC, max_size=max_size)
+        assert np.array_equal(np.asarray(resize(img)), np.asarray(reference_resize(img))), (size, max_size)
+        assert np.array_equal(
+            np.asarray(resize(img.transpose(Image.Transpose.TRANSPOSE))),
+            np.asarray(reference_resize(img.transpose(Image.Transpose.TRANSPOSE))),
+        )
+    # In clip's pipeline, a max_size that shortens an elongated image's short side is honoured too
+    # (the step-by-step path, not the fused one that assumes the short side is n_px).
+    capped = transforms.for_resolution(224)
+    capped.transforms[0] = transforms.Resize(224, max_size=300)
+    reference = clip.clip._transform(224)
+    reference.transforms[0] = clip.clip.Resize(224, clip.clip.BICUBIC, max_size=300)
+    long_img = synthetic(900, 300, "RGB")
+    assert torch.equal(capped(long_img), reference(long_img))
+    for size, max_size in (((150, 260), 300), (200, 200)):
+        with pytest.raises(ValueError) as ours_error:
+            transforms.Resize(size, max_size=max_size)(img)
+        with pytest.raises(ValueError) as theirs_error:
+            clip.clip.Resize(size, clip.clip.BICUBIC, max_size=max_size)(img)
+        assert str(ours_error.value).split(",")[0] == str(theirs_error.value).split(",")[0]
 
 
 def test_swapped_steps_run_one_by_one() -> None:

@@ -121,21 +121,44 @@ _BICUBIC = _PillowFilter("BICUBIC")
 
 class Resize:
     """Resize with Pillow's bicubic filter, as torchvision's Resize on a PIL image: an int (or a
-    one-element sequence) is the shorter side (no-op when it already matches), ``(h, w)`` is the
-    exact size."""
+    one-element sequence) is the shorter side (no-op when it already matches), the longer side then
+    capped at ``max_size`` if given; ``(h, w)`` is the exact size. ``antialias`` is kept as
+    torchvision keeps it: a PIL image is always resized with antialiasing."""
 
     interpolation = _Interpolation()
 
-    def __init__(self, size: int | Sequence[int], interpolation: Any = _BICUBIC) -> None:
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        interpolation: Any = _BICUBIC,
+        max_size: int | None = None,
+        antialias: bool | None = True,
+    ) -> None:
+        if max_size is not None and not (isinstance(size, int) or len(size) == 1):
+            raise ValueError(
+                "max_size should only be passed if size specifies the length of the smaller edge, "
+                f"i.e. size should be an int or a sequence of length 1, not {size!r}"
+            )
         self.size = size
+        self.max_size = max_size
         self.interpolation = interpolation
+        self.antialias = antialias
 
     def __call__(self, img: Image.Image) -> Image.Image:
         w, h = img.size
-        if isinstance(self.size, int):
-            new = resized_size(w, h, self.size)
-        elif len(self.size) == 1:
-            new = resized_size(w, h, int(self.size[0]))
+        if isinstance(self.size, int) or len(self.size) == 1:
+            short = self.size if isinstance(self.size, int) else int(self.size[0])
+            new = resized_size(w, h, short)
+            if self.max_size is not None:
+                if self.max_size <= short:
+                    raise ValueError(
+                        f"max_size = {self.max_size} must be strictly greater than the requested "
+                        f"size for the smaller edge size = {[short]}"
+                    )
+                new_short, new_long = min(new), max(new)
+                if new_long > self.max_size:
+                    new_short, new_long = int(self.max_size * new_short / new_long), self.max_size
+                new = (new_short, new_long) if w <= h else (new_long, new_short)
         elif len(self.size) == 2:
             new = (int(self.size[1]), int(self.size[0]))
         else:
@@ -145,7 +168,10 @@ class Resize:
         return img.resize(new, self.interpolation)
 
     def __repr__(self) -> str:
-        return f"Resize(size={self.size}, interpolation={_interpolation_name(self.interpolation)})"
+        return (
+            f"Resize(size={self.size}, interpolation={_interpolation_name(self.interpolation)}, "
+            f"max_size={self.max_size}, antialias={self.antialias})"
+        )
 
 
 def _interpolation_name(interpolation: Any) -> str:
@@ -380,7 +406,7 @@ def _standard_plan(steps: list[Any]) -> tuple[int, tuple[float, ...], tuple[floa
         getattr(resize.interpolation, "value", None) == "bicubic"
     )
     n_px = resize.size
-    if not (bicubic and isinstance(n_px, int) and n_px > 0 and crop.size == (n_px, n_px)):
+    if not (bicubic and isinstance(n_px, int) and n_px > 0 and crop.size == (n_px, n_px)) or resize.max_size:
         return None
     if len(normalize.mean) != 3 or len(normalize.std) != 3:
         return None
