@@ -219,6 +219,27 @@ def test_clip_clip_module_names() -> None:
     assert resized[0].tobytes() == resized[1].tobytes() == resized[2].tobytes()
     with pytest.raises(AttributeError):
         _ = ours.no_such_name
+    # Every name of clip.clip but the modules and typing helpers it imports (found missing by the
+    # API probe: the torchvision transforms it imports, _Tokenizer, InterpolationMode).
+    imported = {"Any", "List", "Union", "hashlib", "os", "urllib", "warnings", "packaging", "torch", "tqdm"}
+    missing = {n for n in dir(ref) if not n.startswith("__") and n not in imported and not hasattr(ours, n)}
+    assert not missing
+    steps = (
+        ours.Resize(224, ours.InterpolationMode.BICUBIC),
+        ours.CenterCrop(224),
+        ours._convert_image_to_rgb,
+        ours.ToTensor(),
+        ours.Normalize((0.5, 0.4, 0.3), (0.2, 0.3, 0.4)),
+    )
+    reference_steps = (
+        ref.Resize(224, ref.InterpolationMode.BICUBIC),
+        ref.CenterCrop(224),
+        ref._convert_image_to_rgb,
+        ref.ToTensor(),
+        ref.Normalize((0.5, 0.4, 0.3), (0.2, 0.3, 0.4)),
+    )
+    assert torch.equal(ours.Compose(list(steps))(image), ref.Compose(list(reference_steps))(image))
+    assert ours._Tokenizer().encode(text) == ref._Tokenizer().encode(text)
 
 
 def test_clip_clip_download_behaves_as_clips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,8 +2,11 @@
 
 After ``import clipfast as clip``, ``clip.clip.load``, ``clip.clip._MODELS``,
 ``clip.clip._transform(n_px)`` and the other names that code written for openai/CLIP uses resolve
-to clipfast's versions (same results). ``BICUBIC`` is Pillow's constant, not torchvision's
-``InterpolationMode`` (clipfast does not import torchvision); both mean the same filter.
+to clipfast's versions (same results), as do the transforms it imports from torchvision (``Compose``,
+``Resize``, ``CenterCrop``, ``ToTensor``, ``Normalize``: clipfast's, with torchvision's attributes).
+``BICUBIC`` is Pillow's constant, not torchvision's ``InterpolationMode`` (clipfast does not import
+torchvision; ``InterpolationMode`` itself is torchvision's, imported when first read); both mean the
+same filter.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from .download import download as _download_file
 from .load import load
 from .registry import MODELS, available_models
 from .tokenizer import tokenize
-from .transforms import Compose, for_resolution
+from .transforms import CenterCrop, Compose, Normalize, Resize, ToTensor, for_resolution  # noqa: F401  (clip.clip has them)
 
 __all__ = ["available_models", "load", "tokenize"]
 
@@ -48,6 +51,21 @@ def __getattr__(name: str) -> Any:
         tokenizer = SimpleTokenizer()
         globals()["_tokenizer"] = tokenizer
         return tokenizer
+    if name == "_Tokenizer":  # `from .simple_tokenizer import SimpleTokenizer as _Tokenizer`
+        from .simple_tokenizer import SimpleTokenizer
+
+        globals()["_Tokenizer"] = SimpleTokenizer
+        return SimpleTokenizer
+    if name == "InterpolationMode":  # torchvision's, for code that passes it to Resize
+        try:
+            from torchvision.transforms import InterpolationMode
+        except ImportError as err:
+            raise AttributeError(
+                f"module {__name__!r} has no attribute 'InterpolationMode' (it is torchvision's, "
+                "not installed; clipfast.clip.BICUBIC is the same filter)"
+            ) from err
+        globals()["InterpolationMode"] = InterpolationMode
+        return InterpolationMode
     if name == "build_model":  # `from .model import build_model` in openai/CLIP (imports torch)
         from .model import build_model
 

@@ -119,6 +119,18 @@ class _Interpolation:
 _BICUBIC = _PillowFilter("BICUBIC")
 
 
+def _pillow_filter(interpolation: Any) -> Any:
+    """Pillow's filter for an ``interpolation`` given as Pillow's constant or as torchvision's
+    ``InterpolationMode`` (whose value names it), as torchvision's Resize takes either."""
+    name = getattr(interpolation, "value", None)
+    if isinstance(name, str):
+        try:
+            return Image.Resampling[name.upper()]
+        except KeyError:
+            raise ValueError(f"interpolation {interpolation!r} has no Pillow filter") from None
+    return interpolation
+
+
 class Resize:
     """Resize with Pillow's bicubic filter, as torchvision's Resize on a PIL image: an int (or a
     one-element sequence) is the shorter side (no-op when it already matches), the longer side then
@@ -165,7 +177,7 @@ class Resize:
             raise ValueError(f"Resize size must be an int, (s,) or (h, w), not {self.size!r}")
         if new == (w, h):
             return img
-        return img.resize(new, self.interpolation)
+        return img.resize(new, _pillow_filter(self.interpolation))
 
     def __repr__(self) -> str:
         return (
@@ -204,7 +216,7 @@ class ResizeKeepRatio:
         new = (round(w / ratio), round(h / ratio))
         if new == (w, h):
             return img
-        return img.resize(new, self.interpolation)
+        return img.resize(new, _pillow_filter(self.interpolation))
 
     def __repr__(self) -> str:
         name = _interpolation_name(self.interpolation)
