@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
 import re
 import warnings
 from collections.abc import Callable
@@ -183,6 +184,13 @@ def test_simple_tokenizer_bpe_and_build_model_names() -> None:
         token = "".join(ref.byte_encoder[b] for b in word.encode("utf-8"))
         assert ours.bpe(token) == ref.bpe(token), word
         assert ours.bpe(token) == ref.bpe(token), word  # cached
+    # Random words, repeats and rare bytes included: where merges overlap or repeat ("aaaa").
+    rng = random.Random(0)
+    alphabet = "aaabbeeilnorst\u00e9\u4e2d"
+    for _ in range(2000):
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        token = "".join(ref.byte_encoder[b] for b in word.encode("utf-8"))
+        assert ours.bpe(token) == ref.bpe(token), word
     word = ("a", "b", "a", "b</w>")
     assert clipfast.simple_tokenizer.get_pairs(word) == reference_module.get_pairs(word)
     assert clipfast.clip.build_model is clipfast.model.build_model

@@ -77,36 +77,26 @@ class SimpleTokenizer:
         cached = self._bpe_cache.get(token)
         if cached is not None:
             return cached
-        word: tuple[str, ...] = (*token[:-1], token[-1] + _END_OF_WORD)
-        pairs = get_pairs(word)
-        if not pairs:
-            return token + _END_OF_WORD
-        while True:
-            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
-            if bigram not in self.bpe_ranks:
+        symbols = [*token[:-1], token[-1] + _END_OF_WORD]
+        ranks = self.bpe_ranks
+        while len(symbols) > 1:
+            # The adjacent pair merged earliest in training, then each of its occurrences, left
+            # to right without overlaps.
+            ranked = [(ranks[pair], pair) for pair in zip(symbols, symbols[1:]) if pair in ranks]
+            if not ranked:
                 break
-            first, second = bigram
+            _, (first, second) = min(ranked)
             merged: list[str] = []
-            i = 0
-            while i < len(word):
-                try:
-                    j = word.index(first, i)
-                except ValueError:
-                    merged.extend(word[i:])
-                    break
-                merged.extend(word[i:j])
-                i = j
-                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+            at = 0
+            while at < len(symbols):
+                if at + 1 < len(symbols) and symbols[at] == first and symbols[at + 1] == second:
                     merged.append(first + second)
-                    i += 2
+                    at += 2
                 else:
-                    merged.append(word[i])
-                    i += 1
-            word = tuple(merged)
-            if len(word) == 1:
-                break
-            pairs = get_pairs(word)
-        result = " ".join(word)
+                    merged.append(symbols[at])
+                    at += 1
+            symbols = merged
+        result = " ".join(symbols)
         self._bpe_cache[token] = result
         return result
 
