@@ -248,6 +248,47 @@ def test_unreachable_hub_is_a_download_error(
     fake_hub.stop = lambda: None  # type: ignore[method-assign]
 
 
+def test_unreachable_hub_reads_the_cached_snapshot(
+    cache: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository downloaded once, then loaded while the hub cannot be reached (and downloads are
+    not turned off): the files its snapshot holds come from the cache, as huggingface_hub's
+    hf_hub_download returns them; a file the repository does not have (open_clip_config.json of a
+    transformers repository) is absent, not a DownloadError. Found by the hub probe: clipfast.load of
+    an HF-only repository it had downloaded itself failed with a DownloadError, transformers loaded it."""
+    import types
+
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import _http
+
+    commit = fake_hub.publish("org/model", {"config.json": b"{}", "model.safetensors": WEIGHTS})
+    fake_hub.publish("org/uncached", {"config.json": b"{}"})
+    online = hub.HubRepo("hf-hub:org/model")
+    assert online.file("open_clip_config.json") is None and online.file("config.json") is not None
+    assert online.first(["model.safetensors"]) is not None
+    fake_hub.stop()
+    monkeypatch.setattr(_http, "time", types.SimpleNamespace(**{**vars(_http.time), "sleep": lambda s: None}))
+    repo = hub.HubRepo("hf-hub:org/model")
+    for filename in ("open_clip_config.json", "config.json", "model.safetensors", "pytorch_model.bin"):
+        try:
+            expected: str | None = hf_hub_download("org/model", filename, cache_dir=cache)
+        except LocalEntryNotFoundError:
+            expected = None  # not cached: the snapshot of the revision says the file is absent
+            assert not isinstance(try_to_load_from_cache("org/model", filename, cache_dir=cache), str)
+        assert repo.file(filename) == expected, filename
+    assert repo.commit == commit and repo.unreachable is not None
+    # A weights file the snapshot lacks: a DownloadError (it may be on the hub, just not cached).
+    error = repo.missing("weights", ["pytorch_model.bin"])
+    assert isinstance(error, DownloadError) and "the hub could not be reached" in str(error)
+    # A repository (or revision) not cached at all is still a DownloadError naming the file.
+    with pytest.raises(DownloadError, match=r"hf-hub:org/uncached: cannot fetch config.json"):
+        hub.HubRepo("hf-hub:org/uncached").file("config.json")
+    with pytest.raises(DownloadError, match=r"hf-hub:org/model@v2: cannot fetch config.json"):
+        hub.HubRepo("hf-hub:org/model@v2").file("config.json")
+    fake_hub.stop = lambda: None  # type: ignore[method-assign]
+
+
 def test_file_names_must_stay_inside_the_repository(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_cached_repo(cache, "org/model", {"config.json": b"{}"})
     (cache / "secret").write_text("x")

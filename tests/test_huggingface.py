@@ -527,6 +527,17 @@ def test_hub_download_fetches_only_what_the_load_needs(
     }
     shards = {name for name in files if name.startswith("model-")}
     assert fetched == {"config.json", "preprocessor_config.json", "model.safetensors.index.json", *shards}
+    # The hub unreachable now (downloads not turned off): the repository loads from the cache, as
+    # transformers' from_pretrained loads it, though open_clip_config.json was never cached.
+    import types
+
+    from huggingface_hub.utils import _http
+    from transformers import CLIPModel
+
+    monkeypatch.setattr(_http, "time", types.SimpleNamespace(**{**vars(_http.time), "sleep": lambda s: None}))
+    again, _ = clipfast.load("hf-hub:org/clip", device="cpu")
+    reference = CLIPModel.from_pretrained("org/clip", cache_dir=str(tmp_path / "cache")).eval()
+    _assert_same_features(again, reference, SPECS["quickgelu"])
 
 
 def test_weights_only_false_reads_hf_folders_too(

@@ -9,7 +9,11 @@ downloaded before is reused as it is:
   ``$XDG_CACHE_HOME/huggingface/hub`` (``~/.cache/huggingface/hub``), read when a name is resolved;
 - offline (``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``, or ``CLIPFAST_OFFLINE=1``, which implies
   it) nothing touches the network: the files come from the cache, and a repository that is not
-  there is a ``ModelNotFoundError`` naming it.
+  there is a ``ModelNotFoundError`` naming it;
+- online, when the hub cannot be reached, a revision whose snapshot is cached is read from the cache
+  as offline (as huggingface_hub and transformers fall back to it): a file that snapshot lacks is
+  absent, so files that the repository never had (which huggingface_hub does not record as
+  such for every file a load looks for) do not make the load fail.
 
 All files of one :class:`HubRepo` come from one commit: the first file resolved pins it, so a
 repository updated between two downloads cannot mix the files of two versions.
@@ -133,6 +137,8 @@ class HubRepo:
                 self.offline_because = "HF_HUB_OFFLINE"  # as huggingface_hub read it when imported
         #: The commit every file comes from, once the first one is resolved.
         self.commit: Optional[str] = None
+        #: Why the hub could not be reached, once a download failed and the cache answers instead.
+        self.unreachable: Optional[str] = None
         if self.offline_because is not None:
             self.commit = self._cached_commit()
 
@@ -146,6 +152,20 @@ class HubRepo:
         if self.commit is None:
             return None
         return os.path.join(repo_folder(self.name.repo_id, self.cache), "snapshots", self.commit)
+
+    def _commit_in_cache(self) -> Optional[str]:
+        """The commit the revision names in the cache when its snapshot is there, else None."""
+        folder = repo_folder(self.name.repo_id, self.cache)
+        commit = self.name.revision or "main"
+        if not _COMMIT.match(commit):
+            try:
+                with open(os.path.join(folder, "refs", commit), encoding="utf-8") as f:
+                    commit = f.read().strip()
+            except OSError:
+                return None
+        if not _COMMIT.match(commit) or not os.path.isdir(os.path.join(folder, "snapshots", commit)):
+            return None
+        return commit
 
     def _cached_commit(self) -> str:
         """Offline: the commit the revision names in the cache, else a ModelNotFoundError."""
@@ -183,10 +203,8 @@ class HubRepo:
             or any(p in ("", ".", "..") for p in parts)
         ):
             raise ValueError(f"{self.name}: {filename!r} is not a file name inside the repository")
-        if self.offline:
-            assert self.commit is not None
-            path = os.path.join(self.folder or "", *parts)
-            return path if os.path.isfile(path) else None
+        if self.offline or self.unreachable is not None:
+            return self._cached(parts)
         hub = self._hub
         assert hub is not None
         errors = hub.errors
@@ -208,11 +226,17 @@ class HubRepo:
             ) from err
         except errors.LocalEntryNotFoundError as err:
             # The hub could not be reached (or huggingface_hub itself is offline) and the file is
-            # not cached for this revision.
-            raise DownloadError(
-                f"{self.name}: cannot fetch {filename} from the hub and it is not in the cache "
-                f"{self.cache}: {_first_line(err)}"
-            ) from err
+            # not cached for this revision. Where the revision's snapshot is cached, it answers for
+            # this file and the next ones (huggingface_hub returns the cached files then, and
+            # transformers takes a file the snapshot lacks as absent); else nothing can be loaded.
+            commit = self.commit or self._commit_in_cache()
+            if commit is None:
+                raise DownloadError(
+                    f"{self.name}: cannot fetch {filename} from the hub and it is not in the cache "
+                    f"{self.cache}: {_first_line(err)}"
+                ) from err
+            self.commit, self.unreachable = commit, _first_line(err)
+            return self._cached(parts)
         except getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError):
             return None  # the repository has no such file
         except (OSError, ValueError) as err:
@@ -222,6 +246,12 @@ class HubRepo:
             if _COMMIT.match(commit):
                 self.commit = commit
         return str(path)
+
+    def _cached(self, parts: Sequence[str]) -> Optional[str]:
+        """The file of the pinned commit's snapshot, or None when the snapshot lacks it."""
+        assert self.commit is not None
+        path = os.path.join(self.folder or "", *parts)
+        return path if os.path.isfile(path) else None
 
     def first(self, filenames: Sequence[str]) -> Optional[tuple[str, str]]:
         """``(filename, path)`` of the first of ``filenames`` the repository has (see ``file``), or None."""
@@ -233,12 +263,20 @@ class HubRepo:
 
     def describe_missing(self, what: str, filenames: Sequence[str]) -> str:
         """A message for a repository without any of ``filenames``."""
-        where = (
-            f"cached in {self.folder} ({self.offline_because}=1: nothing is downloaded)"
-            if self.offline
-            else "in the repository"
-        )
+        if self.offline:
+            where = f"cached in {self.folder} ({self.offline_because}=1: nothing is downloaded)"
+        elif self.unreachable is not None:
+            where = f"cached in {self.folder} (the hub could not be reached: {self.unreachable})"
+        else:
+            where = "in the repository"
         return f"{self.name}: no {what} ({', '.join(filenames)}) {where}"
+
+    def missing(self, what: str, filenames: Sequence[str], detail: str = "") -> Exception:
+        """The error for a repository without any of ``filenames``: a ``DownloadError`` when the
+        hub could not be reached (they may be there, just not cached), else a
+        ``ModelNotFoundError``."""
+        message = self.describe_missing(what, filenames) + detail
+        return DownloadError(message) if self.unreachable is not None else ModelNotFoundError(message)
 
 
 def _snapshot_relative(path: str, filename: str) -> str:

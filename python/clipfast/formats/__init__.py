@@ -193,6 +193,4 @@ def _from_hub(name: str) -> ModelSource:
         found: Optional[ModelSource] = from_hub(repo)
         if found is not None:
             return found
-    raise ModelNotFoundError(
-        repo.describe_missing("model configuration", ["open_clip_config.json", "config.json"])
-    )
+    raise repo.missing("model configuration", ["open_clip_config.json", "config.json"])

@@ -786,5 +786,5 @@ def from_hub(repo: HubRepo) -> Optional[ModelSource]:
         return None
     found = repo.first(WEIGHTS)
     if found is None:
-        raise ModelNotFoundError(repo.describe_missing("weights", WEIGHTS) + f" beside its {CONFIG_NAME}")
+        raise repo.missing("weights", WEIGHTS, f" beside its {CONFIG_NAME}")
     return _source(found[1], config_path, repo.file(PREPROCESSOR_NAME), repo.file)

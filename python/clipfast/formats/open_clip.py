@@ -395,9 +395,10 @@ def from_hub(repo: HubRepo) -> Optional[ModelSource]:
         return None
     found = repo.first(HUB_PREFERRED)
     if found is None:
-        raise ModelNotFoundError(
-            repo.describe_missing("weights", HUB_PREFERRED)
-            + f" beside its {CONFIG_NAME}; open_clip would return a randomly initialised model here, "
-            "clipfast refuses"
+        raise repo.missing(
+            "weights",
+            HUB_PREFERRED,
+            f" beside its {CONFIG_NAME}; open_clip would return a randomly initialised model here, "
+            "clipfast refuses",
         )
     return _source(config_path, found[1])
