@@ -280,6 +280,18 @@ def _unchanged(model: Any, before: dict[str, torch.Tensor]) -> None:
             ArchitectureError,
             r"params/txt/Embed_0/embedding has shape \[99, 64\], which does not fit the model's \[100, 64\]",
         ),
+        # A 0-d logit scale / bias (found by the npz probe: open_clip's loader and clipfast's
+        # failed with an untyped IndexError indexing it).
+        (
+            lambda a: a.update({"params/t": np.float32(2.3)}),
+            ArchitectureError,
+            r"params/t has shape \[\]; big_vision stores the logit scale and bias as one-element",
+        ),
+        (
+            lambda a: a.update({"params/b": np.zeros(0, np.float32)}),
+            ArchitectureError,
+            r"params/b has shape \[0\]",
+        ),
     ],
 )
 def test_bad_archives_are_typed_errors_and_change_nothing(

@@ -374,9 +374,21 @@ def load_big_vision_weights(model: Any, checkpoint_path: Union[str, os.PathLike[
     plan = _Plan(path)
     _image(plan, w, trunk, f"{root}img/")
     _text(plan, w, text, f"{root}txt/")
-    plan.copy(model.logit_bias, _n2p(w[f"{root}b"])[0], f"{root}b")
-    plan.copy(model.logit_scale, _n2p(w[f"{root}t"])[0], f"{root}t")
+    plan.copy(model.logit_bias, _first_element(w, f"{root}b", path), f"{root}b")
+    plan.copy(model.logit_scale, _first_element(w, f"{root}t", path), f"{root}t")
     plan.run()
+
+
+def _first_element(w: _Arrays, name: str, path: str) -> torch.Tensor:
+    """``array[0]`` as open_clip takes the logit scale and bias; an array without a first element
+    (0-d, or empty) is an ArchitectureError naming it, where indexing it fails untyped."""
+    value = _n2p(w[name])
+    if value.dim() == 0 or value.shape[0] == 0:
+        raise ArchitectureError(
+            f"{path}: {name} has shape {list(value.shape)}; big_vision stores the logit scale and bias "
+            "as one-element arrays ([1])"
+        )
+    return value[0]
 
 
 def locate(path: str) -> Optional[ModelSource]:
