@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -236,6 +237,12 @@ class HubRepo:
                     f"{self.cache}: {_first_line(err)}"
                 ) from err
             self.commit, self.unreachable = commit, _first_line(err)
+            warnings.warn(
+                f"{self.name}: the hub could not be reached ({self.unreachable}); loading the cached "
+                f"snapshot {commit[:12]}, which may not be the revision's latest",
+                UserWarning,
+                stacklevel=2,
+            )
             return self._cached(parts)
         except getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError):
             return None  # the repository has no such file
