@@ -848,6 +848,7 @@ def test_ray_datasink_writes_a_shard_once_all_its_rows_are_staged(tmp_path: Path
             "text": np.asarray([f"caption {p}" for p in pos], dtype=object),
             "error": np.asarray(errors, dtype=object),
             "read_s": np.zeros(n),
+            "read_at": np.full(n, 1000.0 + min(pos)),
             "model_s": np.zeros(n),
             "img_emb": np.asarray([[p, 1.0] for p in pos], dtype=np.float16),
             "text_emb": np.asarray([[p, 2.0] for p in pos], dtype=np.float16),
@@ -867,6 +868,13 @@ def test_ray_datasink_writes_a_shard_once_all_its_rows_are_staged(tmp_path: Path
     assert got["img_emb"][:, 0].tolist() == [0, 2, 3] and got["text_emb"][:, 0].tolist() == [0, 2, 3]
     assert got["errors"] == [] and layout.errors(0) == [{"id": "id1", "source": "src1", "error": "bad image"}]
     assert not sink.try_finish(0)  # written once
+    # The stats hold the local pipeline's durations (the docs' read/inference/write/total), the
+    # start being when the shard's first rows were read: clip-retrieval's stats reader sums
+    # total_duration for its per-sample averages, and a missing key counts there as 0.
+    stats = json.loads((tmp_path / "stats" / "00000.json").read_text())
+    assert {"start_time", "end_time", "read_duration", "inference_duration", "write_duration"} <= set(stats)
+    assert stats["start_time"] == 1000.0
+    assert stats["total_duration"] == pytest.approx(stats["end_time"] - 1000.0)
 
 
 @pytest.mark.parametrize("resize_mode", ["shortest", "squash"])

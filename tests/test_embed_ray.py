@@ -72,6 +72,15 @@ def test_ray_pipeline_equals_the_reference_and_resumes(
     mine = read_output(local)
     assert mine["metadata"] == got["metadata"] and mine["errors"] == got["errors"]
     np.testing.assert_allclose(mine["img_emb"], got["img_emb"], rtol=1e-5, atol=1e-5)
+    # The same stats files, key for key but the local pipeline's wait for data (found missing by a
+    # probe: Ray's lacked start_time and total_duration, which clip-retrieval's stats reader sums).
+    for stats in sorted((local / "stats").glob("*.json")):
+        local_stats = json.loads(stats.read_text())
+        ray_stats = json.loads((out / "stats" / stats.name).read_text())
+        assert set(ray_stats) == set(local_stats) - {"wait_duration"}, stats.name
+        assert 0 <= ray_stats["total_duration"] <= summary.seconds
+        for key in ("sample_count", "error_count", "input_count"):
+            assert ray_stats[key] == local_stats[key], (stats.name, key)
     # Staged rows are gone; a rerun finds every shard finished and runs nothing.
     assert not (out / ".clipfast_parts").exists()
     again = clipfast.embed(tmp_path / "data", model=str(model_path), out=str(out), ray=True, **kw)

@@ -50,7 +50,7 @@ __all__ = ["ModelActor", "ShardDatasink", "read_and_preprocess", "run_ray"]
 
 PARTS = ".clipfast_parts"
 _TEXT_COLUMNS = ("id", "source", "text", "error")
-_NUMBER_COLUMNS = ("pos", "shard", "read_s", "model_s", "img_emb", "text_emb")
+_NUMBER_COLUMNS = ("pos", "shard", "read_at", "read_s", "model_s", "img_emb", "text_emb")
 
 
 def _import_ray() -> Any:
@@ -127,6 +127,7 @@ def read_and_preprocess(batch: Any, *, images: bool, text: bool, image_plan: Opt
     """Read and preprocess one block (a pyarrow table) of rows; adds ``pixels`` (uint8 for clip's
     standard steps, else float32), ``text`` (the caption), ``source`` and the rows' ``error``."""
     t0 = time.perf_counter()
+    read_at = time.time()  # when this block's reading began: the shard's start_time is the earliest
     rows = batch.to_pylist()
     samples = [_sample(r) for r in rows]
     errors: list[Optional[str]] = [s.error for s in samples]
@@ -177,6 +178,7 @@ def read_and_preprocess(batch: Any, *, images: bool, text: bool, image_plan: Opt
     # "" for no error: a column of nothing but None can come back from Arrow as floats.
     out["error"] = np.asarray([e or "" for e in errors], dtype=object)
     out["read_s"] = np.full(len(rows), (time.perf_counter() - t0) / max(1, len(rows)))
+    out["read_at"] = np.full(len(rows), read_at)
     return out
 
 
@@ -223,7 +225,7 @@ class ModelActor:
         good = np.asarray([not (isinstance(e, str) and e) for e in errors], dtype=bool)
         idx = np.nonzero(good)[0]
         n = len(errors)
-        out = {k: batch[k] for k in ("pos", "shard", "id", "source", "text", "error", "read_s")}
+        out = {k: batch[k] for k in ("pos", "shard", "id", "source", "text", "error", "read_s", "read_at")}
         with torch.inference_mode():
             if self.images:
                 emb = self._embed(idx, lambda: self.encoder.images(self._pixels(batch["pixels"][idx])))
@@ -357,9 +359,12 @@ def _assemble(k: int, parts: list[dict[str, Any]], layout: Layout) -> ShardResul
     ids, captions, errors = [], [], []
     img, txt = [], []
     read_s = model_s = 0.0
+    now = time.time()
+    started = now
     for pos in order:
         p_index, r = rows[pos]
         p = parts[p_index]
+        started = min(started, float(p["read_at"][r]))
         read_s += float(p["read_s"][r])
         model_s += float(p["model_s"][r])
         if p["error"][r] is not None:
@@ -371,7 +376,6 @@ def _assemble(k: int, parts: list[dict[str, Any]], layout: Layout) -> ShardResul
             img.append(p["img_emb"][r])
         if layout.text:
             txt.append(p["text_emb"][r])
-    now = time.time()
     return ShardResult(
         index=k,
         ids=ids,
@@ -380,9 +384,13 @@ def _assemble(k: int, parts: list[dict[str, Any]], layout: Layout) -> ShardResul
         text=np.stack(txt) if txt else None,
         errors=errors,
         stats={
+            "start_time": started,
             "end_time": now,
             "read_duration": read_s,
             "inference_duration": model_s,
+            # From the first of the shard's rows being read to the shard assembled, as the local
+            # pipeline's (which also excludes the writing, counted in write_duration).
+            "total_duration": now - started,
             "input_count": len(order),
         },
     )
