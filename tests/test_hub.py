@@ -182,6 +182,27 @@ def test_missing_huggingface_hub_says_how_to_install(cache: Path, monkeypatch: p
     assert isinstance(info.value, ImportError)
 
 
+@pytest.mark.parametrize("command", ["inspect", "convert"])
+def test_cli_without_huggingface_hub_says_how_to_install(
+    command: str,
+    cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``clipfast inspect`` / ``convert`` of a hub name online without huggingface_hub: the CLI's
+    error line (exit 2) naming the extra, not a traceback."""
+    from clipfast.cli import EXIT_ERROR, main
+
+    _hide_module(monkeypatch, "huggingface_hub")
+    argv = [command, "hf-hub:org/model"]
+    if command == "convert":
+        argv.append(str(tmp_path / "out.safetensors"))
+    assert main(argv) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("clipfast: error: hf-hub:org/model") and "pip install 'clipfast[hf]'" in err, err
+
+
 def _hide_module(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     import sys
 

@@ -221,7 +221,7 @@ _DECIDED_SETTINGS = (
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .errors import ArchitectureError, CheckpointError, ModelNotFoundError
+    from .errors import ArchitectureError, CheckpointError, MissingDependencyError, ModelNotFoundError
 
     try:
         from .checkpoint import inspect_checkpoint
@@ -235,6 +235,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     except ModelNotFoundError as err:
         return _fail(args, str(err))
     except (ArchitectureError, CheckpointError, OSError) as err:  # a configuration refused, unreadable
+        return _fail(args, str(err))
+    except MissingDependencyError as err:  # hf-hub: names online without huggingface_hub
         return _fail(args, str(err))
     path = source.path
     if not os.path.isfile(path):
