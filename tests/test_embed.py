@@ -773,6 +773,27 @@ def test_parquet_needs_pyarrow_and_says_so(
     assert sum(len(b[0]) for b in batches) == 10
 
 
+def test_ray_without_ray_says_so_first(
+    tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ray=True`` without Ray Data: MissingDependencyError before any work (listing the inputs,
+    hashing the model, which for an ``hf-hub:`` name downloads it) and nothing written."""
+    from clipfast import embedding
+
+    write_folder(tmp_path / "data", captions=False)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work done before Ray was found missing")
+
+    monkeypatch.setattr(embedding, "model_identity", no_work)
+    monkeypatch.setattr(embedding, "make_plan", no_work)
+    with pytest.raises(clipfast.MissingDependencyError, match=re.escape("pip install 'clipfast[ray]'")):
+        embed(tmp_path / "data", model_path, tmp_path / "out", ray=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_layout_is_what_autofaiss_and_clip_retrieval_read(tmp_path: Path, model_path: Path) -> None:
     """embedding_reader (autofaiss's reader) finds ``**/*.npy`` sorted as text, parses each header
     with the regular expressions below (2-D shape, float dtype, on the first line), takes the

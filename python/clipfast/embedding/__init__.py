@@ -169,6 +169,10 @@ def embed(
     Data pipeline with ``actors`` model actors (needs ``clipfast[ray]``)."""
     started = time.perf_counter()
     require_pyarrow("the metadata files (parquet)")
+    if ray is not False and ray is not None:
+        from .ray_pipeline import _import_ray
+
+        _import_ray()  # before the inputs are listed and the model hashed (an hf-hub: model downloaded)
     out_dtype = resolve_dtype(dtype)
     dev = _device_of(device)
     if decode not in ("exact", "fast"):
