@@ -647,3 +647,29 @@ def test_load_then_fork_does_not_hang(
         """,
         timeout=180,
     )
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("stored", [torch.float32, torch.float16])
+def test_one_tensor_under_two_names_gives_two_parameters(
+    tmp_path: Path, mmap: bool, stored: torch.dtype
+) -> None:
+    """A file storing one tensor under two names (torch.save keeps them one storage): clip's
+    load_state_dict copies each into its own parameter, so updating one leaves the other as it was.
+    The read kept them shared and assign made one memory of two parameters (found by a probe that
+    updated ln_final.bias of such a file's model: visual.ln_post.bias changed with it)."""
+    path = _testing.write_state_dict(tmp_path / "tied.pt", _testing.tiny("ViT-B/32"))
+    state = {
+        k: v.to(stored) if v.is_floating_point() else v
+        for k, v in torch.load(path, weights_only=True).items()
+    }
+    state["visual.ln_post.bias"] = state["ln_final.bias"]
+    torch.save(state, path)
+    model, _ = clipfast.load(path, device="cpu", mmap=mmap)
+    reference, _ = clip_load(path)
+    assert_same_state(model.state_dict(), reference.state_dict())
+    with torch.no_grad():
+        model.ln_final.bias.add_(1)
+        reference.ln_final.bias.add_(1)
+    assert_same_state(model.state_dict(), reference.state_dict())
+    assert torch.equal(model.visual.ln_post.bias, state["visual.ln_post.bias"].float())

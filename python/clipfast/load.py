@@ -113,6 +113,25 @@ def _place(tensors: OrderedDict[str, torch.Tensor], plan: Optional[DtypePlan], d
         if tensor.dtype != dtype:
             tensor = tensor.to(dtype=dtype)
         tensors[key] = tensor.contiguous()
+    _unalias(tensors)
+
+
+def _unalias(tensors: OrderedDict[str, torch.Tensor]) -> None:
+    """Copy each tensor whose memory overlaps another's, in place: a file may store one tensor under
+    two names (or overlapping views of one storage), which the read keeps shared, and assigning them
+    would make two parameters of one memory (updating one changes the other), where clip's
+    ``load_state_dict`` copies each. Disjoint views of one storage stay as they are."""
+    spans = sorted(
+        (tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size(), key)
+        for key, tensor in tensors.items()
+        if tensor.numel() and tensor.device.type != "meta"
+    )
+    reach = 0
+    for start, end, key in spans:
+        if start < reach:
+            tensors[key] = tensors[key].clone()
+        else:
+            reach = end
 
 
 def load(
