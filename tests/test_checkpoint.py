@@ -557,14 +557,7 @@ for read in (read_state_dict, inspect_checkpoint, into_a_model):
         raise AssertionError("read a FIFO")
 print("refused")
 """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("reading a FIFO blocked")
-    assert result.returncode == 0 and "refused" in result.stdout, result.stderr[-2000:]
+    _refused_in_a_child(code, "reading a FIFO blocked")
 
 
 def test_hashing_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
@@ -583,13 +576,19 @@ for path in ({str(fifo)!r}, {str(tmp_path)!r}):
         raise AssertionError("hashed " + path)
 print("refused")
 """
+    _refused_in_a_child(code, "hashing a FIFO blocked")
+
+
+def _refused_in_a_child(code: str, hang: str) -> None:
+    """Runs ``code`` in a child process (so that a hang fails the test, saying ``hang``, instead of
+    the suite) and expects it to print "refused"."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     try:
         result = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
         )
     except subprocess.TimeoutExpired:
-        pytest.fail("hashing a FIFO blocked")
+        pytest.fail(hang)
     assert result.returncode == 0 and "refused" in result.stdout, result.stderr[-2000:]
 
 
