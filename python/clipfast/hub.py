@@ -154,28 +154,12 @@ class HubRepo:
             return None
         return os.path.join(repo_folder(self.name.repo_id, self.cache), "snapshots", self.commit)
 
-    def _commit_in_cache(self) -> Optional[str]:
-        """The commit the revision names in the cache when its snapshot is there, else None."""
+    def _cache_lookup(self) -> tuple[Optional[str], str]:
+        """The commit the revision names in the cache when its snapshot is there, else None and
+        why it is not."""
         folder = repo_folder(self.name.repo_id, self.cache)
-        commit = self.name.revision or "main"
-        if not _COMMIT.match(commit):
-            try:
-                with open(os.path.join(folder, "refs", commit), encoding="utf-8") as f:
-                    commit = f.read().strip()
-            except OSError:
-                return None
-        if not _COMMIT.match(commit) or not os.path.isdir(os.path.join(folder, "snapshots", commit)):
-            return None
-        return commit
-
-    def _cached_commit(self) -> str:
-        """Offline: the commit the revision names in the cache, else a ModelNotFoundError."""
-        folder = repo_folder(self.name.repo_id, self.cache)
-        why = f"downloads are off ({self.offline_because}=1)"
         if not os.path.isdir(folder):
-            raise ModelNotFoundError(
-                f"{self.name} is not in the Hugging Face cache ({folder} does not exist) and {why}"
-            )
+            return None, f"{self.name} is not in the Hugging Face cache ({folder} does not exist)"
         revision = self.name.revision or "main"
         commit = revision
         if not _COMMIT.match(revision):
@@ -183,15 +167,22 @@ class HubRepo:
                 with open(os.path.join(folder, "refs", revision), encoding="utf-8") as f:
                     commit = f.read().strip()
             except OSError:
-                raise ModelNotFoundError(
+                return None, (
                     f"{self.name}: revision {revision!r} is not in the Hugging Face cache "
-                    f"({folder}/refs/{revision} does not exist) and {why}"
-                ) from None
+                    f"({folder}/refs/{revision} does not exist)"
+                )
         if not _COMMIT.match(commit) or not os.path.isdir(os.path.join(folder, "snapshots", commit)):
-            raise ModelNotFoundError(
+            return None, (
                 f"{self.name}: the cached revision {revision!r} points to commit {commit!r}, "
-                f"whose snapshot is not in {folder}/snapshots and {why}"
+                f"whose snapshot is not in {folder}/snapshots"
             )
+        return commit, ""
+
+    def _cached_commit(self) -> str:
+        """Offline: the commit the revision names in the cache, else a ModelNotFoundError."""
+        commit, why_not = self._cache_lookup()
+        if commit is None:
+            raise ModelNotFoundError(f"{why_not} and downloads are off ({self.offline_because}=1)")
         return commit
 
     def file(self, filename: str) -> Optional[str]:
@@ -230,7 +221,7 @@ class HubRepo:
             # not cached for this revision. Where the revision's snapshot is cached, it answers for
             # this file and the next ones (huggingface_hub returns the cached files then, and
             # transformers takes a file the snapshot lacks as absent); else nothing can be loaded.
-            commit = self.commit or self._commit_in_cache()
+            commit = self.commit or self._cache_lookup()[0]
             if commit is None:
                 raise DownloadError(
                     f"{self.name}: cannot fetch {filename} from the hub and it is not in the cache "
