@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .encoder import Encoder, ImagePlan, finish, prepare_images
-from .sources import Plan, Sample, caption_text, check_readable_file, close_handles, read_source
+from .sources import Plan, Sample, caption_text, close_handles, image_item
 
 __all__ = ["Embedded", "Prepared", "overlaps", "prepare_batch", "run_local"]
 
@@ -96,11 +96,7 @@ def prepare_batch(
         item: Union[str, bytes, None] = None
         if plan.images and s.image is not None:
             try:
-                if s.image.offset < 0:
-                    check_readable_file(s.image.path)
-                    item = s.image.path  # preprocess_batch reads the file
-                else:
-                    item = read_source(s.image, handles)
+                item = image_item(s.image, handles)
             except OSError as err:
                 errors.append(_error(s, f"{type(err).__name__}: {err}"))
                 continue

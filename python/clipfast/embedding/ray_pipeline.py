@@ -37,9 +37,8 @@ from .sources import (
     Sample,
     Source,
     caption_text,
-    check_readable_file,
     close_handles,
-    read_source,
+    image_item,
     require_pyarrow,
 )
 
@@ -147,11 +146,7 @@ def read_and_preprocess(batch: Any, *, images: bool, text: bool, image_plan: Opt
                     continue
             if images and s.image is not None:
                 try:
-                    if s.image.offset < 0:
-                        check_readable_file(s.image.path)
-                        items.append(s.image.path)
-                    else:
-                        items.append(read_source(s.image, handles))
+                    items.append(image_item(s.image, handles))
                 except OSError as err:
                     errors[i] = f"{type(err).__name__}: {err}"
                     continue

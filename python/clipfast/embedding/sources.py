@@ -49,6 +49,7 @@ __all__ = [
     "Sample",
     "Source",
     "check_readable_file",
+    "image_item",
     "list_samples",
     "make_plan",
     "plan_for",
@@ -179,6 +180,15 @@ def check_readable_file(path: str) -> None:
     mode = os.stat(path).st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise OSError(f"{path}: not a regular file")
+
+
+def image_item(src: Source, handles: Optional[dict[str, int]] = None) -> Union[str, bytes]:
+    """What ``preprocess_batch`` takes for the image at ``src``: a whole file's path (checked to be
+    a regular file, as preprocess_batch then reads it), else the tar member's bytes."""
+    if src.offset < 0:
+        check_readable_file(src.path)
+        return src.path
+    return read_source(src, handles)
 
 
 def read_source(src: Source, handles: Optional[dict[str, int]] = None) -> bytes:
