@@ -201,21 +201,10 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
 }
 
 /// Opens and maps `path` read-only, with errors that name it; the open file is returned too
-/// (copies of same-dtype tensors read it with `pread` rather than through the map).
-///
-/// The file is opened with `O_NONBLOCK`: opening a FIFO (a named pipe put where a checkpoint is
-/// expected) for reading otherwise blocks until some process opens it for writing, which may be
-/// never; with it the open returns at once and the FIFO is refused as not a regular file.
-/// `O_NONBLOCK` changes nothing for a regular file (its reads and its map never block on it).
+/// (copies of same-dtype tensors read it with `pread` rather than through the map). A FIFO or
+/// device is refused as not a regular file, without waiting on it (`files::open_for_reading`).
 pub fn map_file(path: &Path) -> Result<(File, Mmap)> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options.open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::files::open_for_reading(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return Err(Error::checkpoint(

@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use sha2::{Digest, Sha256 as Sha256Core};
-use std::fs::File;
 use std::io::ErrorKind;
 use std::path::Path;
 
@@ -83,16 +82,7 @@ pub fn hash_file_into(
     hasher: &mut Hasher,
     between: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<()> {
-    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, maybe forever;
-    // it changes nothing for a regular file, the only kind hashed.
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file: File = options.open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::files::open_for_reading(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
         return Err(Error::io(

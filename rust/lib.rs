@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod download;
 pub mod error;
+pub mod files;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod hash;
