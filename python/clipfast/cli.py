@@ -234,9 +234,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         source = locate(target)
     except ModelNotFoundError as err:
         return _fail(args, str(err))
-    except (ArchitectureError, CheckpointError, OSError) as err:  # a configuration refused, unreadable
-        return _fail(args, str(err))
-    except MissingDependencyError as err:  # hf-hub: names online without huggingface_hub
+    # A configuration refused, unreadable; an hf-hub: name online without huggingface_hub.
+    except (ArchitectureError, CheckpointError, OSError, MissingDependencyError) as err:
         return _fail(args, str(err))
     path = source.path
     if not os.path.isfile(path):
