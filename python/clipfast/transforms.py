@@ -728,9 +728,10 @@ def preprocess_batch(
     paths, binary file objects (``open(p, "rb")``, ``io.BytesIO``) or encoded image bytes. Work
     runs on ``threads`` threads (default: ``torch.get_num_threads()``) with the GIL released.
     ``dtype`` is float32 (default), float16 (the float32 result rounded) or uint8 (resized and
-    cropped RGB bytes, not normalised). With ``on_error="skip"`` the result is
-    ``(tensor_of_good_items, bad_indices)``; with "raise" a bad item raises
-    :class:`clipfast.ImageError` naming its index.
+    cropped RGB bytes, not normalised). ``mean`` / ``std`` are the Normalize constants per RGB
+    channel (default clip's), computed as torchvision's ``Normalize`` in float32. With
+    ``on_error="skip"`` the result is ``(tensor_of_good_items, bad_indices)``; with "raise" a bad
+    item raises :class:`clipfast.ImageError` naming its index.
 
     8-bit PNGs are decoded in Rust (lossless, so Pillow's pixels); JPEGs are decoded in Rust by
     the libjpeg-turbo Pillow itself uses, with Pillow's settings, only the rows and columns the
