@@ -152,12 +152,15 @@ def load(
 
     ``name`` is one of ``available_models()`` (downloaded to ``download_root``, by default
     ``~/.cache/clip``), the path of a checkpoint (an OpenAI TorchScript archive, a ``torch.save``d
-    state dict, also a training checkpoint's, under ``"state_dict"``, keys optionally prefixed with
-    DataParallel's ``module.``, or a ``.safetensors`` file), or of a model folder (open_clip's, with
-    ``open_clip_config.json``; Hugging Face's), also as ``local-dir:PATH`` or ``hf-hub:ORG/NAME``.
+    state dict, also a training checkpoint's, under ``"state_dict"`` or ``"model"``, keys
+    optionally prefixed with DataParallel's ``module.``, or a ``.safetensors`` file), or of a model
+    folder (open_clip's, with ``open_clip_config.json``; Hugging Face's), also as
+    ``local-dir:PATH`` or ``hf-hub:ORG/NAME``.
     Returns ``(model, preprocess)``: the model in eval mode on ``device`` (default: CUDA when
     available, else CPU), and the preprocess for its input resolution (the configuration's, where
-    one travels with the weights).
+    one travels with the weights). ``jit=True`` returns OpenAI's TorchScript module instead, patched
+    for ``device`` (``clipfast.jit.load_jit``); a file that is not a TorchScript archive gives a
+    warning and the eager model, as in clip.
 
     Differences from clip.load: every CPU device (``"cpu"``, ``"cpu:0"``, ``torch.device("cpu")``)
     gives fp32 weights (clip only does so for the exact string ``"cpu"``); ``dtype`` chooses the

@@ -97,6 +97,11 @@ def load_checkpoint(
     steps), faster and without running pickle code; returns ``model.load_state_dict``'s result
     (``missing_keys``, ``unexpected_keys``), or ``{}`` for big_vision ``.npz`` weights.
 
+    ``strict`` is ``model.load_state_dict``'s. ``device`` is where the state dict is read to before
+    it is copied into the model (open_clip's ``map_location``); the model's parameters keep their
+    own device and dtype. ``weights_only=False`` reads the file with
+    ``torch.load(weights_only=False)``, which runs its pickle: only for files you trust.
+
     Raises ``FileNotFoundError``; ``CheckpointError`` for a file that is not a checkpoint (an
     ``.npy`` array, a damaged file), ``UnsafeCheckpointError`` for a pickle that names code,
     ``ArchitectureError`` for weights the model cannot take where open_clip fails on an attribute
