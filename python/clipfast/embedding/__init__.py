@@ -153,8 +153,13 @@ def embed(
     files of captions (a text-only job); ``input_format`` forces one kind for all. ``model``: any
     name or path ``clipfast.load`` takes. The output is clip-retrieval's layout (see
     ``clipfast.embedding.output``): ``img_emb/``, ``text_emb/``, ``metadata/``, ``stats/``, with
-    L2-normalised (``normalize``) embeddings in ``dtype`` (fp16 by default, as clip-retrieval).
-    ``text=False`` leaves captions out of an image job.
+    L2-normalised (``normalize``) embeddings in ``dtype`` (``"fp16"``, the default, as
+    clip-retrieval, or ``"fp32"``; also ``torch.float16`` / ``torch.float32``). ``text``: None
+    embeds captions where every sample has one, ``True`` also where some lack one (those become
+    errors), ``False`` leaves captions out of an image job. ``input_format``: ``"auto"`` (each
+    input told apart), or one of ``"folder"``, ``"paths"``, ``"glob"``, ``"tar"``, ``"table"``,
+    ``"captions"``, ``"image"`` for all. ``download_root``: the cache folder for an official model
+    name (as ``load``'s).
 
     The samples are cut into shards of ``shard_size`` in input order; each finished shard is on
     disk for good, and a rerun with the same arguments skips it (no model work); a folder written
@@ -166,7 +171,9 @@ def embed(
     preprocessing threads (default ``torch.get_num_threads()``); ``device`` (default CUDA when
     available); ``decode="fast"`` (see ``preprocess_batch``); ``progress``: a progress bar
     (default: when stderr is a terminal). ``ray=True`` (or a Ray address) runs the job as a Ray
-    Data pipeline with ``actors`` model actors (needs ``clipfast[ray]``)."""
+    Data pipeline with ``actors`` model actors (default one per GPU of the cluster, or 1; needs
+    ``clipfast[ray]``). Needs pyarrow (``clipfast[embed]``): ``MissingDependencyError`` without it.
+    Arguments that name no readable input are ``InputError``."""
     started = time.perf_counter()
     require_pyarrow("the metadata files (parquet)")
     if ray is not False and ray is not None:
@@ -342,8 +349,10 @@ def embed_batches(
     order, writing nothing: ``embeddings`` is a numpy array ``[len(ids), dim]`` in ``dtype``.
 
     ``modality``: ``"image"`` (default when the inputs hold images) or ``"text"`` (their captions).
-    Samples that fail are left out of the batches and passed to ``on_error`` (a dict with ``id``,
-    ``source``, ``error``; by default they are logged as warnings on the ``clipfast.embed`` logger)."""
+    The other arguments are ``embed``'s. Each batch is cut from ``batch_size`` samples; those
+    that fail are left out of it (so a batch may be shorter) and passed to ``on_error`` (a dict
+    with ``id``, ``source``, ``error``; by default they are logged as warnings on the
+    ``clipfast.embed`` logger)."""
     out_dtype = resolve_dtype(dtype)
     dev = _device_of(device)
     size = _check_batch_size(batch_size, dev.type == "cuda")
