@@ -1,10 +1,12 @@
-"""The ``clipfast`` command (also ``python -m clipfast``): download, list, verify and inspect models.
+"""The ``clipfast`` command (also ``python -m clipfast``): download, list, verify, inspect and convert
+models, and embed datasets.
 
 clipfast download NAME...            fetch official models into the cache (verified)
 clipfast list                        the official models, their sizes and whether they are cached
 clipfast verify PATH|NAME [--sha256 HEX] [--json]
                                      re-hash a file: exit 0 when it matches, 1 when not, 2 on error
-clipfast inspect PATH [--json]       format, tensors, dtypes, bytes, architecture and where each setting
+clipfast inspect PATH [--json] [--tensors]
+                                     format, tensors, dtypes, bytes, architecture and where each setting
                                      was decided from, preprocessing, official name (PATH: a file, an
                                      open_clip or Hugging Face folder, local-dir:PATH, hf-hub:ORG/NAME)
 clipfast convert IN OUT.safetensors [--dtype fp16|fp32] [--json]
@@ -521,8 +523,8 @@ def _embed_parser(sub: Any, root_help: str) -> None:
         const=True,
         default=None,
         metavar="ADDRESS",
-        help="run as a Ray Data pipeline: on the cluster at ADDRESS (auto, HOST:PORT, ray://HOST:PORT), "
-        "or without one on $RAY_ADDRESS or a new local Ray",
+        help="run as a Ray Data pipeline: on the cluster at ADDRESS (auto, HOST:PORT, ray://HOST:PORT; "
+        "local: a new local Ray), or without one on $RAY_ADDRESS or a new local Ray",
     )
     p.add_argument("--actors", type=_positive, help="with --ray: model actors (default: one per GPU, or 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -535,7 +537,7 @@ def _embed_parser(sub: Any, root_help: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="clipfast", description="Download, verify, inspect and convert CLIP models."
+        prog="clipfast", description="Download, verify, inspect and convert CLIP models; embed datasets."
     )
     parser.add_argument("--version", action="version", version=f"clipfast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
