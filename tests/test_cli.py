@@ -255,6 +255,39 @@ def test_inspect_names_the_official_model_when_the_hash_matches(
     assert info["official_model"] == "ViT-B/16"
 
 
+def test_inspect_takes_an_official_name_as_verify_does(
+    state_dict_file: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``clipfast inspect ViT-B/16`` describes the cached file (``--root``), as ``verify`` and
+    ``convert`` take names; a name not downloaded says so instead of "not found" beside a list
+    that contains it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    cached = root / "ViT-B-16.pt"
+    cached.write_bytes(state_dict_file("ViT-B/16").read_bytes())
+    sha = hashlib.sha256(cached.read_bytes()).hexdigest()
+    monkeypatch.setattr(
+        cli, "_official", lambda: {"ViT-B/16": (sha, "ViT-B-16.pt"), "RN50": ("0" * 64, "RN50.pt")}
+    )
+    status, out, err = run(capsys, "inspect", "ViT-B/16", "--root", str(root), "--json")
+    assert status == 0, err
+    info = json.loads(out)
+    assert info["official_model"] == "ViT-B/16" and info["path"] == str(cached)
+    status, _, err = run(capsys, "inspect", "RN50", "--root", str(root))
+    assert status == 2 and "RN50 is not in the cache" in err and str(root / "RN50.pt") in err
+
+
+def test_convert_refuses_head_counts_below_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in ("--vision-heads", "--transformer-heads"):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["convert", str(tmp_path / "in.pt"), str(tmp_path / "out.safetensors"), flag, "0"])
+        assert stop.value.code == 2
+        assert "must be at least 1, not 0" in capsys.readouterr().err
+
+
 def test_inspect_infers_a_ddp_training_checkpoint(
     state_dict_file: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

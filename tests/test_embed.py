@@ -759,6 +759,31 @@ def test_cli_embed(tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixtu
     assert args.ray == "10.0.0.1:6379" and args.inputs == ["data/"]
 
 
+def test_cli_embed_reports_a_damaged_official_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cached official file that fails its checksum is the CLI's error line and exit 2 (as for
+    ``convert`` and ``download``), not a traceback."""
+    write_folder(tmp_path / "data", captions=False)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "ViT-B-32.pt").write_bytes(b"junk")
+    monkeypatch.setenv("CLIPFAST_OFFLINE", "1")
+    argv = [
+        "embed",
+        str(tmp_path / "data"),
+        "--model",
+        "ViT-B/32",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    status = cli.main([*argv, "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("clipfast: error:") and "SHA-256 does not match" in err
+
+
 def test_parquet_needs_pyarrow_and_says_so(
     tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -232,6 +232,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .formats import locate
 
     target: str = args.path
+    official = _official()
+    if target in official and not os.path.exists(target):  # a name, as verify and convert take
+        target = os.path.join(args.root or default_root(), official[target][1])
+        if not os.path.isfile(target):
+            return _fail(
+                args,
+                f"{args.path} is not in the cache ({target} does not exist; `clipfast download` fetches it)",
+            )
     try:
         source = locate(target)
     except ModelNotFoundError as err:
@@ -452,7 +460,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             ray=True if args.ray in (True, "") else (args.ray or False),
             actors=args.actors,
         )
-    except (InputError, OutputFolderError, ImageError, ImportError, OSError, ValueError) as err:
+    # RuntimeError: a cached official file that fails its checksum (ChecksumError), as for convert.
+    except (InputError, OutputFolderError, ImageError, ImportError, OSError, ValueError, RuntimeError) as err:
         return _fail(args, str(err))
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
@@ -567,8 +576,11 @@ def _parser() -> argparse.ArgumentParser:
         "inspect", help="format, tensors, architecture (and where each setting came from), official name"
     )
     p.add_argument(
-        "path", metavar="PATH", help="a checkpoint file, a model folder, local-dir:PATH or hf-hub:ORG/NAME"
+        "path",
+        metavar="PATH|NAME",
+        help="a checkpoint file, a model folder, local-dir:PATH, hf-hub:ORG/NAME, an official name (cached)",
     )
+    p.add_argument("--root", help=root_help)
     p.add_argument("--json", action="store_true", help="machine-readable output (with every tensor)")
     p.add_argument("--tensors", action="store_true", help="also list every tensor")
     p.set_defaults(func=_cmd_inspect)
@@ -594,10 +606,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     act.add_argument("--gelu", dest="quick_gelu", action="store_false", help="the towers use GELU")
     p.add_argument(
-        "--vision-heads", type=int, help="the image tower's head count, where the source does not say"
+        "--vision-heads", type=_positive, help="the image tower's head count, where the source does not say"
     )
     p.add_argument(
-        "--transformer-heads", type=int, help="the text tower's head count, where the source does not say"
+        "--transformer-heads",
+        type=_positive,
+        help="the text tower's head count, where the source does not say",
     )
     p.add_argument("--root", help=root_help)
     p.add_argument("--json", action="store_true", help="machine-readable output")
