@@ -176,6 +176,41 @@ def test_resized_to_the_configurations_size(tmp_path: Path) -> None:
         torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=2e-3)
 
 
+def _sized(name: str, **vision: Any) -> dict[str, Any]:
+    cfg = copy.deepcopy(CONFIGS[name])
+    cfg["vision_cfg"].update(vision)
+    return cfg
+
+
+#: Sizes open_clip takes that no published configuration uses: [h, w] for a square, an image size
+#: between two multiples of the patch (the strided convolutions floor the grid). Each: the
+#: configuration, and the one of the weights (None: the same).
+SIZES = {
+    "patch as a list": (_sized("gelu_h80", patch_size=[8, 8]), None),
+    "image as a list": (_sized("gelu_h80", image_size=[32, 32]), None),
+    "both as tuples": (_sized("quick_h88", image_size=(48, 48), patch_size=(16, 16)), None),
+    "between patches": (_sized("gelu_h80", image_size=39), None),
+    "between patches, resized": (_sized("gelu_h80", image_size=[52, 52]), CONFIGS["gelu_h80"]),
+    "resnet between multiples of 32": (_sized("resnet", image_size=80), None),
+    "resnet below 64": (_sized("resnet", image_size=48), None),
+}
+
+
+@pytest.mark.parametrize("case", list(SIZES))
+def test_sizes_as_lists_and_between_patches(case: str, tmp_path: Path) -> None:
+    cfg, weights_cfg = SIZES[case]
+    weights = open_clip_model(weights_cfg or cfg).state_dict()
+    folder = write_folder(tmp_path / "sized", json.loads(json.dumps(cfg)), weights)
+    reference, reference_preprocess = reference_load(folder)
+    ours, preprocess = load_quietly(folder)
+    size = cfg["vision_cfg"]["image_size"]
+    assert ours.visual.input_resolution == (size if isinstance(size, int) else size[0])
+    assert_same_state(ours.state_dict(), reference.state_dict())
+    assert_same_outputs(ours, reference)
+    for image in _images():
+        assert torch.equal(preprocess(image), reference_preprocess(image)), (case, image.size)
+
+
 def test_hf_hub_offline_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hf_cache import write_cached_repo
 
@@ -409,6 +444,9 @@ REFUSED = {
     "logit bias": (None, {"init_logit_bias": -10.0}),
     "coca": (None, {"multimodal_cfg": {"width": 64}}),
     "unknown top setting": (None, {"future_flag": 1}),
+    "non-square image": ("vision_cfg", {"image_size": [40, 32]}),
+    "non-square patch": ("vision_cfg", {"patch_size": [8, 4]}),
+    "three sides": ("vision_cfg", {"image_size": [32, 32, 32]}),
 }
 
 
@@ -423,6 +461,24 @@ def test_refused_configurations_name_the_file_and_setting(case: str, tmp_path: P
     message = str(info.value)
     assert str(folder / "open_clip_config.json") in message
     assert next(iter(change)) in message
+
+
+def test_resnet_sizes_open_clip_cannot_run_are_refused(tmp_path: Path) -> None:
+    """A ModifiedResNet whose image size is a list (open_clip's fails to build: ``size // 32``),
+    or is 31 modulo 32 (the feature map is one larger than the attention pool's position table:
+    open_clip's fails at the first image): refused naming the setting or the size."""
+    weights = open_clip_model("resnet").state_dict()
+    listed = write_folder(tmp_path / "listed", _sized("resnet", image_size=[64, 64]), weights)
+    with pytest.raises(TypeError):
+        reference_load(listed)
+    with pytest.raises(ArchitectureError, match=r"open_clip_config\.json.*vision_cfg\.image_size"):
+        clipfast.load(listed, device="cpu")
+    odd = _sized("resnet", image_size=95)
+    with pytest.raises(RuntimeError):
+        open_clip_model(odd).encode_image(torch.zeros(1, 3, 95, 95))
+    folder = write_folder(tmp_path / "odd", odd, weights)
+    with pytest.raises(ArchitectureError, match=r"image size 95 .*open_clip_config\.json.*3x3"):
+        clipfast.load(folder, device="cpu")
 
 
 @pytest.mark.parametrize(

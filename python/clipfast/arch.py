@@ -436,13 +436,7 @@ def infer_architecture(
             value, where = decided[name]
             found[name], sources[name] = int(value), where
     if "image_resolution" in decided:
-        size = found["image_resolution"]
-        unit = vision_patch_size if vision_patch_size is not None else 32
-        if size <= 0 or size % unit != 0:
-            raise shapes.error(
-                f"image size {size} ({sources['image_resolution']}) is not a multiple of {unit}"
-            )
-        found["vision_grid"] = size // unit
+        found["vision_grid"] = _grid(shapes, found["image_resolution"], vision_patch_size, sources)
     if found["context_length"] <= 0:
         raise shapes.error(f"context length {found['context_length']} is not positive")
 
@@ -487,6 +481,25 @@ def infer_architecture(
         text_activation=text_activation,
         sources=sources,
     )
+
+
+def _grid(shapes: _Shapes, size: int, patch_size: Optional[int], sources: Mapping[str, Provenance]) -> int:
+    """The patch grid of a configuration's image size, as open_clip's towers compute it: a size
+    that is not a multiple of the patch (32 for a ModifiedResNet) is floored, as the strided
+    convolutions floor it. Raises for a size with no whole patch, and for the ResNet sizes whose
+    feature map is one larger than that grid (size % 32 == 31: the stem's first convolution rounds
+    up), where open_clip's model fails at its first image."""
+    unit = patch_size if patch_size is not None else 32
+    grid = size // unit if size > 0 else 0
+    where = f"image size {size} ({sources['image_resolution']})"
+    if grid <= 0:
+        raise shapes.error(f"{where} is smaller than one {unit}-pixel patch")
+    if patch_size is None and size % 32 == 31:
+        raise shapes.error(
+            f"{where}: the ResNet's feature map is {grid + 1}x{grid + 1}, its attention pool's position "
+            f"embedding {grid}x{grid} (size // 32); open_clip's model fails at its first image"
+        )
+    return grid
 
 
 def _normal(value: Any) -> Any:

@@ -232,17 +232,13 @@ def structure(model_cfg: Mapping[str, Any], where: str) -> dict[str, Decided]:
     source = Provenance(CONFIG, where)
     quick_gelu = bool(model_cfg.get("quick_gelu", False))
     activation = "quick_gelu" if quick_gelu else "gelu"
+    resnet = isinstance(v["layers"], (list, tuple))
     try:
-        image_size = v["image_size"]
-        if isinstance(image_size, (list, tuple)):
-            if len(image_size) != 2 or int(image_size[0]) != int(image_size[1]):
-                raise _refuse(where, "vision_cfg.image_size", image_size, "a non-square image")
-            image_size = image_size[0]
         decided: dict[str, Decided] = {
             "embed_dim": (int(model_cfg["embed_dim"]), source),
             "vision_width": (int(v["width"]), source),
             "vision_head_width": (int(v["head_width"]), source),
-            "image_resolution": (int(image_size), source),
+            "image_resolution": (_side(v["image_size"], where, "vision_cfg.image_size", resnet), source),
             "context_length": (int(t["context_length"]), source),
             "vocab_size": (int(t["vocab_size"]), source),
             "transformer_width": (int(t["width"]), source),
@@ -258,12 +254,31 @@ def structure(model_cfg: Mapping[str, Any], where: str) -> dict[str, Decided]:
             decided["vision_layers"] = (tuple(int(n) for n in layers), source)
         else:
             decided["vision_layers"] = (int(layers), source)
-            decided["vision_patch_size"] = (int(v["patch_size"]), source)
+            decided["vision_patch_size"] = (_side(v["patch_size"], where, "vision_cfg.patch_size"), source)
             decided["vision_mlp_width"] = (int(int(v["width"]) * float(v["mlp_ratio"])), source)
             decided["vision_activation"] = (activation, source)
+    except ArchitectureError:
+        raise
     except (TypeError, ValueError, OverflowError) as err:
         raise ArchitectureError(f"{where}: a setting of model_cfg is not a number: {err}") from err
     return decided
+
+
+def _side(value: Any, where: str, name: str, resnet: bool = False) -> int:
+    """The side of a square image or patch, given as a number or, as open_clip also takes it for a
+    ViT (``to_2tuple``), as ``[height, width]``. clipfast's towers are square: other pairs are
+    refused, as is a pair for a ModifiedResNet (open_clip's fails to build: ``image_size // 32``)."""
+    if not isinstance(value, (list, tuple)):
+        return int(value)
+    if resnet:
+        raise _refuse(where, name, value, "a ModifiedResNet takes one number; open_clip's fails on a list")
+    if len(value) != 2:
+        raise _refuse(where, name, value, "not one number or [height, width]")
+    height, width = int(value[0]), int(value[1])
+    if height != width:
+        what = "image" if name.endswith("image_size") else "patch"
+        raise _refuse(where, name, value, f"a non-square {what}; clipfast's image tower is square")
+    return height
 
 
 def preprocess_config(preprocess_cfg: Any, where: str) -> PreprocessConfig:
