@@ -4,6 +4,7 @@ the same state dict and the same incompatible keys; the superset where open_clip
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -138,6 +139,60 @@ def test_logit_bias(tmp_path: Path) -> None:
     with pytest.raises(ArchitectureError, match="logit_bias") as info:
         clipfast.load_checkpoint(open_clip_model("gelu_h80"), with_bias)
     assert str(with_bias) in str(info.value)
+
+
+class _Holder(torch.nn.Module):
+    """A module holding a CLIP (a fine-tuning wrapper): no logit_scale of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clip = open_clip_model("gelu_h80", seed=2)
+
+
+class _ScaleOnly(torch.nn.Module):
+    """A module with open_clip's logit attributes and neither tower."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.ones([]))
+        self.logit_bias = None
+
+
+def test_models_open_clip_cannot_load_into_are_refused(tmp_path: Path) -> None:
+    """open_clip's load_checkpoint takes a whole CLIP: for a wrapper holding one, a single tower or
+    a module without the towers the file has, it fails on the attribute (AttributeError). clipfast
+    refuses them too (it had returned every key as missing and unexpected, or loaded a tower's
+    keys) with an ArchitectureError naming the file, before touching the model."""
+    sd = open_clip_model("gelu_h80", seed=1).state_dict()
+    files = {
+        "whole": save(tmp_path / "whole.pt", sd),
+        "no logit_scale": save(tmp_path / "noscale.pt", {k: v for k, v in sd.items() if k != "logit_scale"}),
+        "image tower": save(tmp_path / "visual.pt", {k: v for k, v in sd.items() if k.startswith("visual.")}),
+        "tower's own keys": save(
+            tmp_path / "own.pt", {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
+        ),
+    }
+    models: dict[str, Callable[[], torch.nn.Module]] = {
+        "wrapper": _Holder,
+        "image tower": lambda: open_clip_model("gelu_h80", seed=2).visual,
+        "text tower": lambda: open_clip_model(CONFIGS["gelu_h80"], seed=2, custom_text=True).text,
+        "no towers": _ScaleOnly,
+    }
+    for name, make in models.items():
+        for kind, path in files.items():
+            for strict in (True, False):
+                case = f"{name} <- {kind}, strict={strict}"
+                with pytest.raises(AttributeError):
+                    reference_load_checkpoint(make(), str(path), strict=strict)
+                model = make()
+                before = copy.deepcopy(model.state_dict())
+                with pytest.raises(ArchitectureError, match=re.escape(str(path))):
+                    clipfast.load_checkpoint(model, path, strict=strict)
+                    pytest.fail(case)
+                assert_same_state(model.state_dict(), before)
+    # clipfast's (and openai/CLIP's) CLIP has no logit_bias, which open_clip reads: still loaded.
+    ours = clipfast_clip(CONFIGS["gelu_h80"], tmp_path)
+    assert not clipfast.load_checkpoint(ours, files["whole"]).missing_keys
 
 
 def test_model_keeps_its_device_and_dtype(tmp_path: Path) -> None:

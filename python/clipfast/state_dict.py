@@ -24,8 +24,10 @@ openai/CLIP's) ``CLIP``. The steps, in open_clip's order:
 Where open_clip fails with an ``AttributeError`` / ``AssertionError`` / a pickle that needs
 ``weights_only=False``, clipfast raises a typed error naming the file (``CheckpointError``,
 ``ArchitectureError``, both ``ValueError``), or reads the file: TorchScript archives, weights under
-``"model"``. No pickle code runs unless ``weights_only=False`` (then ``torch.load`` reads the file,
-as open_clip does, for files you trust).
+``"model"``. A model that is not a whole CLIP (a wrapper holding one, a single tower) is refused, as
+open_clip fails on its missing ``logit_scale`` / ``logit_bias``; clipfast's and openai/CLIP's
+``CLIP``, which have no ``logit_bias``, are loaded. No pickle code runs unless
+``weights_only=False`` (then ``torch.load`` reads the file, as open_clip does, for files you trust).
 """
 
 from __future__ import annotations
@@ -372,7 +374,16 @@ def fit_to_model(model: torch.nn.Module, state: MutableMapping[str, torch.Tensor
         ]
         state.clear()
         state.update(moved)
-    # 5. logit_scale / logit_bias as the model has them.
+    # 5. logit_scale / logit_bias as the model has them. open_clip reads model.logit_scale for a
+    # file that has one and model.logit_bias always: a module without either (a tower, a wrapper
+    # around a CLIP) is not a model it loads. (clipfast's and openai/CLIP's CLIP have no logit_bias.)
+    if not hasattr(model, "logit_scale") and ("logit_scale" in state or not hasattr(model, "logit_bias")):
+        raise ArchitectureError(
+            f"{where}{type(model).__name__} has no logit_scale: load_checkpoint loads a whole CLIP "
+            "model (open_clip's CLIP or CustomTextCLIP, clipfast's or openai/CLIP's), not one tower "
+            "or a module holding one (open_clip's load_checkpoint fails on the attribute). Pass the "
+            "CLIP itself, or load a part with model.load_state_dict"
+        )
     scale = getattr(model, "logit_scale", None)
     if "logit_scale" in state and isinstance(scale, torch.Tensor) and scale.ndim != state["logit_scale"].ndim:
         state["logit_scale"] = state["logit_scale"].reshape(scale.shape)
@@ -391,8 +402,14 @@ def fit_to_model(model: torch.nn.Module, state: MutableMapping[str, torch.Tensor
         )
     # 6. Position ids that older transformers kept as state.
     state.pop(POSITION_IDS, None)
-    # 7. Position embeddings resized to the model's grid and context length.
+    # 7. Position embeddings resized to the model's grid and context length. open_clip fails on the
+    # attribute where the file has an embedding the model has no place for.
     visual = getattr(model, "visual", None)
+    if visual is None and "visual.positional_embedding" in state:
+        raise ArchitectureError(
+            f"{where}the checkpoint has an image tower ('visual.positional_embedding') and "
+            f"{type(model).__name__} has no visual (open_clip's load_checkpoint fails on the attribute)"
+        )
     if visual is not None and image_grid(visual) is not None:
         fit_position_embeddings(state, _OnlyImage(visual), source=path)
     key = "positional_embedding" if "positional_embedding" in state else "text.positional_embedding"
@@ -401,6 +418,12 @@ def fit_to_model(model: torch.nn.Module, state: MutableMapping[str, torch.Tensor
         wanted = getattr(model, "positional_embedding", None)
         if wanted is None:
             wanted = getattr(getattr(model, "text", None), "positional_embedding", None)
+        if wanted is None:
+            raise ArchitectureError(
+                f"{where}the checkpoint has a text position embedding ({key!r}) and "
+                f"{type(model).__name__} has none, nor a text tower with one (open_clip's "
+                "load_checkpoint fails on the attribute)"
+            )
         if isinstance(wanted, torch.Tensor):
             if old.ndim != 2 or wanted.ndim != 2 or old.shape[1] != wanted.shape[1]:
                 raise ArchitectureError(
