@@ -36,6 +36,8 @@ SPECS = {
         text_width=104, text_heads=1, text_mlp=300, text_act="quick_gelu", vocab_size=1000,
         context_length=40,
     ),
+    # An image size between two multiples of the patch: transformers floors the grid (4x4 here).
+    "between-patches": HFSpec(image_size=72),
 }  # fmt: skip
 
 

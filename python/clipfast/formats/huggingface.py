@@ -561,7 +561,9 @@ class HuggingFaceSource(ModelSource):
             rows = layout[key][2][0]
             if setting == "image_resolution":
                 patch = int(self.decided["vision_patch_size"][0])
-                expected = (value // patch) ** 2 + 1 if value % patch == 0 else -1
+                # transformers floors the grid of a size between multiples of the patch, as its
+                # strided patch convolution does.
+                expected = (value // patch) ** 2 + 1 if value >= patch > 0 else -1
             else:
                 expected = value
             if rows != expected:
