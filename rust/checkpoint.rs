@@ -288,6 +288,22 @@ impl CheckpointReader {
         self.map.len()
     }
 
+    /// The descriptor of the open file the reader parsed (None where there is none: Windows).
+    /// A map of the file for tensors must come from it, not from the path: another file may
+    /// have been renamed over the path since the parse. Valid while the reader lives.
+    #[getter]
+    fn fileno(&self) -> Option<i32> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            Some(self.file.as_raw_fd())
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
     /// `[(key, dtype, start, end)]`: each storage's byte range in the file.
     #[getter]
     fn storages(&self) -> Vec<StorageRow> {

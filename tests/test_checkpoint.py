@@ -344,6 +344,41 @@ def test_mmap_is_copy_on_write_and_copy_owns_memory(tmp_path: Path) -> None:
     assert torch.equal(copied, torch.zeros(1000))
 
 
+@pytest.mark.parametrize("via_proc", [True, False], ids=["proc-fd", "descriptor"])
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_mmap_maps_the_file_that_was_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, via_proc: bool
+) -> None:
+    """A new file renamed over the path between the parse and the map (a download or conversion
+    publishing a new version) does not reach the tensors: they are views of the file parsed, as
+    the reference loader read it before the rename, whether torch maps /proc/self/fd/<fd> or
+    Python maps the descriptor. (Mapping the path put the old offsets into the new bytes.)"""
+    from clipfast import checkpoint
+    from safetensors.torch import load_file, save_file
+
+    generator = torch.Generator().manual_seed(0)
+    parsed = {"a": torch.randn(1000, generator=generator), "b": torch.randn(3, 4, generator=generator)}
+    published = {"a": torch.randn(8, generator=generator), "b": torch.randn(2000, generator=generator)}
+    path, replacement = tmp_path / f"model{suffix}", tmp_path / f"new{suffix}"
+    for tensors, file in ((parsed, path), (published, replacement)):
+        save_file(tensors, str(file)) if suffix == ".safetensors" else torch.save(tensors, file)
+    ref = load_file(str(path)) if suffix == ".safetensors" else torch.load(path, weights_only=True)
+
+    real_open = checkpoint._open
+
+    def parse_then_publish(file: str) -> object:
+        reader = real_open(file)
+        os.replace(replacement, file)
+        return reader
+
+    monkeypatch.setattr(checkpoint, "_open", parse_then_publish)
+    if not via_proc:
+        monkeypatch.setattr(checkpoint, "_PROC_FD", str(tmp_path / "no-proc"), raising=False)
+    got = read_state_dict(path, mmap=True)
+    assert not replacement.exists()  # the rename did happen in between
+    assert_same(ref, got)
+
+
 def test_large_copies_own_their_memory_one_storage_each(tmp_path: Path) -> None:
     """Above checkpoint._ARENA_MIN_BYTES the copies are carved out of one huge-page region: each
     still has a storage of its own size (saving one saves only it), stays valid after the file is

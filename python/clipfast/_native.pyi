@@ -107,6 +107,9 @@ class CheckpointReader:
     @property
     def file_size(self) -> int: ...
     @property
+    def fileno(self) -> int | None:
+        """The descriptor of the file the reader parsed (None on Windows), valid while it lives."""
+    @property
     def storages(self) -> list[tuple[str, str, int, int]]:
         """``[(key, dtype, start, end)]``: each storage's byte range in the file."""
     @property

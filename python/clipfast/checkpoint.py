@@ -5,10 +5,10 @@ The Rust reader (``clipfast._native.CheckpointReader``) parses the file with its
 unpickler, which never imports or calls anything, and reports where each tensor's bytes lie in
 the file. This module turns that layout into ``torch.Tensor`` objects:
 
-* ``mmap=True`` (default): tensors are views of one copy-on-write mapping of the file
-  (``torch.UntypedStorage.from_file(path, shared=False)``), read lazily, kept alive by the
-  tensors. Writing to them never changes the file. Replacing the file (a new file renamed over
-  it) is safe; truncating the same file in place while the tensors live makes the lost pages
+* ``mmap=True`` (default): tensors are views of one copy-on-write mapping of the file, made from
+  the reader's own open file (``_map_file``), read lazily, kept alive by the tensors. Writing to
+  them never changes the file. Replacing the file (a new file renamed over it), even between the
+  parse and the map, is safe; truncating the same file in place while the tensors live makes the lost pages
   raise SIGBUS on access, exactly as with ``torch.load(mmap=True)``: use ``mmap=False`` if the
   file may be truncated under you.
 * ``mmap=False``, or a ``dtype`` conversion: tensors own their memory, filled by Rust in
@@ -281,7 +281,7 @@ def _plan_read(
             bases[key] = _inflated(reader, row[4], stored, target).untyped_storage()
         elif mmap and target == stored and start % itemsize == 0:
             if mapped is None:
-                mapped = _map_file(file, reader.file_size)
+                mapped = _map_file(reader, file)
             bases[key] = mapped[start:end]
         else:
             planned.add(key)
@@ -411,13 +411,46 @@ def _inflated(reader: Any, storage: int, stored: str, target: str) -> torch.Tens
     return torch.frombuffer(data, dtype=getattr(torch, stored)).to(getattr(torch, target))
 
 
-def _map_file(file: str, size: int) -> torch.UntypedStorage:
-    """A lazily read, copy-on-write (MAP_PRIVATE) mapping of the whole file."""
+#: Where Linux names a process's open files: opening ``<here>/<fd>`` opens that very file.
+_PROC_FD = "/proc/self/fd"
+
+
+def _map_file(reader: Any, file: str) -> torch.UntypedStorage:
+    """A lazily read, copy-on-write (MAP_PRIVATE) mapping of the whole file ``reader`` parsed.
+
+    The map comes from the reader's own open file, not from the path: a new file renamed over
+    ``file`` since the parse (a download or conversion publishing a new version) would give the
+    parse's offsets into the other file's bytes. On Linux torch maps ``/proc/self/fd/<fd>`` (the
+    open file, whatever the path names now; no descriptor is kept); elsewhere on Unix, or where that
+    cannot be opened, Python's mmap maps the descriptor (keeping a duplicate of it while the
+    tensors live). Windows has no descriptor here and maps the path: it does not replace or delete
+    a file that has a mapped view, and the reader's own map is one."""
     import torch
 
-    storage = torch.UntypedStorage.from_file(file, shared=False, nbytes=size)
+    fd = reader.fileno
+    size = reader.file_size
+    if fd is None:
+        storage = torch.UntypedStorage.from_file(file, shared=False, nbytes=size)
+    elif sys.platform == "linux" and os.path.isdir(_PROC_FD):
+        try:
+            storage = torch.UntypedStorage.from_file(f"{_PROC_FD}/{fd}", shared=False, nbytes=size)
+        except RuntimeError:  # not reopenable (its mode changed since the open): map the descriptor
+            storage = _map_descriptor(fd, size)
+    else:
+        storage = _map_descriptor(fd, size)
     assert isinstance(storage, torch.UntypedStorage)
     return storage
+
+
+def _map_descriptor(fd: int, size: int) -> torch.UntypedStorage:
+    """A copy-on-write map of the first ``size`` bytes of the open file ``fd``, as a storage that
+    keeps the map alive."""
+    import torch
+
+    region = mmap_module.mmap(
+        fd, size, flags=mmap_module.MAP_PRIVATE, prot=mmap_module.PROT_READ | mmap_module.PROT_WRITE
+    )
+    return torch.frombuffer(region, dtype=torch.uint8).untyped_storage()
 
 
 def _target(dtype: DtypeArg, name: str, stored: str) -> str:
