@@ -8,13 +8,17 @@ delay, and ``stop()`` ends the server and its handler threads.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.server
 import select
 import socket
 import socketserver
 import ssl
+import struct
+import termios
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -31,6 +35,8 @@ class Resource:
     support_range: bool = True
     honour_if_range: bool = True  # False: serve a Range even when If-Range no longer matches
     content_length: bool = True  # False: close-delimited body, no Content-Length
+    chunked: bool = False  # Transfer-Encoding: chunked, no Content-Length (a drop omits the last chunk)
+    reset: bool = False  # end each body's connection with a reset (RST), not a clean close
     statuses: list[int] = field(default_factory=list)  # answer these first, one per request
     drop_after: Optional[int] = None  # send only this many body bytes, then close
     drop_times: int = 0
@@ -180,6 +186,8 @@ class FaultServer:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         if res.fake_length is not None:
             h.send_header("Content-Length", str(res.fake_length))
+        elif res.chunked:
+            h.send_header("Transfer-Encoding", "chunked")
         elif res.content_length:
             h.send_header("Content-Length", str(len(body)))
         h.send_header("Connection", "close")
@@ -189,7 +197,9 @@ class FaultServer:
         limit = len(body)
         if drop and res.drop_after is not None:
             limit = max(0, res.drop_after - start)
-        self._send_body(h, served, body[:limit], res, start, drip)
+        whole = self._send_body(h, served, body[:limit], res, start, drip) and limit == len(body)
+        if res.chunked and whole:
+            self._write(h, b"0\r\n\r\n")
         if res.extra_body and limit == len(body):
             try:
                 h.wfile.write(res.extra_body)
@@ -198,6 +208,8 @@ class FaultServer:
                 pass
         if limit < len(body):
             h.close_connection = True
+        if res.reset:
+            self._reset(h)
 
     def _send_body(
         self,
@@ -207,7 +219,8 @@ class FaultServer:
         res: Resource,
         offset: int,
         drip: bool,
-    ) -> None:
+    ) -> bool:
+        """Sends ``body`` (framed as chunks for a chunked resource); False where it stopped early."""
         piece = 1 if res.loris_interval else 64 * 1024
         pieces = max(1, (len(body) + piece - 1) // piece)
         pause = res.throttle_seconds / pieces if res.throttle_seconds else 0.0
@@ -219,19 +232,45 @@ class FaultServer:
                 if drip and res.drip_after is not None and offset + sent >= res.drip_after:
                     # Stall (bounded), then drop the connection.
                     self.stopping.wait(res.drip_seconds)
-                    return
+                    return False
                 end = min(len(body), sent + piece)
                 if drip and res.drip_after is not None:
                     end = min(end, max(sent + 1, res.drip_after - offset))
-                h.wfile.write(body[sent:end])
+                framed = body[sent:end]
+                if res.chunked:
+                    framed = b"%x\r\n" % len(framed) + framed + b"\r\n"
+                h.wfile.write(framed)
                 with self.lock:
                     served.body_bytes += end - sent
                 sent = end
                 if pause and self.stopping.wait(pause):
-                    return
+                    return False
+            h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return True
+
+    @staticmethod
+    def _write(h: http.server.BaseHTTPRequestHandler, data: bytes) -> None:
+        try:
+            h.wfile.write(data)
             h.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    def _reset(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        """Close the connection with a reset, once the client's side has every byte sent (a reset
+        drops whatever is still unsent): the client reads them all, then finds the reset."""
+        sock = h.connection
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+            if not unsent:
+                break
+            self.stopping.wait(0.002)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        h.rfile.close()  # the socket closes for real once its file objects are closed
+        sock.close()
 
     def _record(self, served: Served, status: int) -> None:
         with self.lock:

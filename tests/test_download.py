@@ -373,6 +373,92 @@ def test_expected_size_bounds_the_body(server: FaultServer, tmp_path: Path) -> N
     assert server.stats(path_of(short)).ranges == [None, "bytes=20000-"]
 
 
+# A body without Content-Length cut short: chunked, whose last chunk never comes (after a clean
+# close or a reset), or close-delimited, ended by a reset (a clean close is where such a body ends).
+CUTS = {
+    "chunked, closed": {"chunked": True},
+    "chunked, reset": {"chunked": True, "reset": True},
+    "close-delimited, reset": {"content_length": False, "reset": True},
+}
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["Range", "no Range"])
+@pytest.mark.parametrize("cut", list(CUTS))
+def test_body_without_length_cut_short_is_resumed(
+    server: FaultServer, tmp_path: Path, cut: str, ranges: bool
+) -> None:
+    """Cut once (every body here ends as the cut one did, the whole one too): the next request
+    asks for the rest with Range and If-Range; a server with Range support sends only it, one
+    without sends the whole file again. Either way the verified file is published."""
+    data = payload(400_000, seed=11)
+    url = add_file(
+        server, "cut.pt", data, drop_after=150_000, drop_times=1, support_range=ranges, **CUTS[cut]
+    )
+    path = clipfast.download(url, root=str(tmp_path), progress=False)
+    assert Path(path).read_bytes() == data
+    assert leftovers(tmp_path) == []
+    stats = server.stats(path_of(url))
+    assert stats.ranges == [None, "bytes=150000-"]
+    assert stats.statuses == ([200, 206] if ranges else [200, 200])
+    assert stats.body_bytes == (len(data) if ranges else 150_000 + len(data))
+
+
+def test_body_without_length_cut_every_time_resumes_later(
+    server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut on every try: a DownloadError once the retries are spent (not a ChecksumError), nothing at
+    the final path, and the bytes kept resume in the next call."""
+    data = payload(400_000, seed=12)
+    url = add_file(
+        server, "cuts.pt", data, content_length=False, reset=True, drop_after=150_000, drop_times=9
+    )
+    with pytest.raises(DownloadError, match="gave up after 3 tries"):
+        clipfast.download(url, root=str(tmp_path), progress=False)
+    assert not (tmp_path / "cuts.pt").exists()
+    assert (tmp_path / "cuts.pt.part").stat().st_size == 150_000
+    server.resources[path_of(url)].drop_times = 0
+    path = clipfast.download(url, root=str(tmp_path), progress=False)
+    assert Path(path).read_bytes() == data
+    assert server.stats(path_of(url)).ranges[-1] == "bytes=150000-"
+    assert leftovers(tmp_path) == []
+
+
+def test_body_without_length_ended_cleanly_with_wrong_hash_is_a_checksum_error(
+    server: FaultServer, tmp_path: Path
+) -> None:
+    """A close-delimited body closed cleanly after 150000 of 400000 bytes (for HTTP, that is where
+    it ends), and a whole chunked body of wrong bytes: a ChecksumError after the one request,
+    nothing at the final path."""
+    data = payload(400_000, seed=13)
+    cases = {
+        "closed.pt": {"content_length": False, "drop_after": 150_000, "drop_times": 1},
+        "chunked.pt": {"chunked": True, "corrupt": True},
+    }
+    for name, faults in cases.items():
+        url = add_file(server, name, data, **faults)
+        with pytest.raises(ChecksumError, match="nothing was kept"):
+            clipfast.download(url, root=str(tmp_path), progress=False)
+        assert server.stats(path_of(url)).requests == 1, name
+        assert not (tmp_path / name).exists() and leftovers(tmp_path) == [], name
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["Range", "no Range"])
+def test_wrong_bytes_ended_by_a_reset_are_a_checksum_error(
+    server: FaultServer, tmp_path: Path, ranges: bool
+) -> None:
+    """Wrong bytes (not cut) in a close-delimited body that ends with a reset: taken for a cut once
+    (the resume is refused with 416 and the file comes again, or it comes again at once); the
+    same bytes ending at the same byte again are the server's file: a ChecksumError, nothing kept."""
+    data = payload(300_000, seed=14)
+    url = add_file(
+        server, "wrong.pt", data, content_length=False, reset=True, corrupt=True, support_range=ranges
+    )
+    with pytest.raises(ChecksumError, match="nothing was kept"):
+        clipfast.download(url, root=str(tmp_path), progress=False)
+    assert server.stats(path_of(url)).statuses == ([200, 416, 200] if ranges else [200, 200])
+    assert not (tmp_path / "wrong.pt").exists() and leftovers(tmp_path) == []
+
+
 def test_target_that_is_a_folder_is_an_error(server: FaultServer, tmp_path: Path) -> None:
     url = add_file(server, "dir.pt", b"abc")
     (tmp_path / "dir.pt").mkdir()
@@ -707,6 +793,35 @@ def test_https_trusts_ssl_cert_file_only(tmp_path: Path) -> None:
         assert "certificate" in untrusted.stdout and "tries" not in untrusted.stdout
         assert not (tmp_path / "b" / "secure.pt").exists()
         assert tls_server.stats(path_of(url)).requests == 1
+    finally:
+        tls_server.stop()
+
+
+def test_https_body_without_length_closed_without_close_notify_is_resumed(tmp_path: Path) -> None:
+    """Over TLS a close-delimited body ends with close_notify; a plain close before it (here after
+    150000 of 400000 bytes, as the test server closes every connection) is a cut, resumed."""
+    ca, cert, key = make_test_ca(tmp_path)
+    tls_server = FaultServer(tls=(str(cert), str(key)))
+    try:
+        data = payload(400_000, seed=15)
+        url = add_file(tls_server, "cut.pt", data, content_length=False, drop_after=150_000, drop_times=1)
+        code = CHILD_PRELUDE + "print(download(sys.argv[1], root=sys.argv[2], progress=False))\n"
+        env = {
+            **os.environ,
+            "PYTHONPATH": PYTHON_DIR,
+            "SSL_CERT_FILE": str(ca),
+            "SSL_CERT_DIR": str(tmp_path / "none"),
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", code, url, str(tmp_path / "a")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.stdout.strip() == str(tmp_path / "a" / "cut.pt"), done.stdout + done.stderr
+        assert (tmp_path / "a" / "cut.pt").read_bytes() == data
+        assert tls_server.stats(path_of(url)).ranges == [None, "bytes=150000-"]
     finally:
         tls_server.stop()
 

@@ -112,6 +112,9 @@ struct State<'a> {
     transferred: u64,
     /// The partial file joins bytes of several responses (or of an earlier process).
     spliced: bool,
+    /// Why this try's body ended at a broken connection rather than a clean close (see
+    /// `http::Event::End`): then a wrong hash may be a cut transfer, not wrong bytes.
+    cut: Option<String>,
 }
 
 impl State<'_> {
@@ -154,6 +157,7 @@ pub fn fetch(
         hasher: Hasher::new(),
         transferred: 0,
         spliced: false,
+        cut: None,
     };
     let agent = http::agent(
         HttpConfig {
@@ -165,6 +169,8 @@ pub fn fetch(
     let mut attempts: u32 = 0;
     let mut unreachable: u32 = 0;
     let mut restarted_after_mismatch = false;
+    // The length and hash of the last file taken for a cut transfer (see below).
+    let mut cut_seen: Option<(u64, [u8; 32])> = None;
     loop {
         attempts += 1;
         let outcome = attempt(&agent, &mut state, &dir, options, observer);
@@ -173,33 +179,55 @@ pub fn fetch(
                 let size = state.have;
                 observer.tick(size, Some(size))?;
                 let digest = state.hasher.clone().finish();
-                if let Some(want) = expected {
-                    if digest != want {
-                        let spliced = state.spliced;
-                        state.reset()?;
-                        if spliced && !restarted_after_mismatch {
-                            // The bytes kept from an earlier try may be what is wrong: once, start over.
-                            restarted_after_mismatch = true;
-                            continue;
+                let cut = state.cut.take();
+                match expected {
+                    Some(want) if digest != want => {
+                        let seen = Some((size, digest));
+                        match cut {
+                            // A body without a length that ended at a broken connection: a cut
+                            // transfer, as one with a length that ends early. Its bytes stay for
+                            // the next try, which resumes (Range, If-Range) or starts over. Two
+                            // fresh bodies alike, cut at the same byte, are what the server has.
+                            Some(why) if state.spliced || cut_seen != seen => {
+                                cut_seen = seen;
+                                let msg = format!(
+                                    "{why} after {size} bytes (no length announced), which do not \
+                                     match the SHA-256"
+                                );
+                                (msg, None)
+                            }
+                            _ => {
+                                let spliced = state.spliced;
+                                state.reset()?;
+                                if spliced && !restarted_after_mismatch {
+                                    // The bytes kept from an earlier try may be what is wrong:
+                                    // once, start over.
+                                    restarted_after_mismatch = true;
+                                    continue;
+                                }
+                                return Err(Error::Checksum {
+                                    path: dest.to_path_buf(),
+                                    msg: format!(
+                                        "SHA-256 of the downloaded {url} is {}, expected {}; \
+                                         nothing was kept",
+                                        to_hex(&digest),
+                                        to_hex(&want)
+                                    ),
+                                });
+                            }
                         }
-                        return Err(Error::Checksum {
-                            path: dest.to_path_buf(),
-                            msg: format!(
-                                "SHA-256 of the downloaded {url} is {}, expected {}; nothing was kept",
-                                to_hex(&digest),
-                                to_hex(&want)
-                            ),
+                    }
+                    _ => {
+                        publish(&state.partial, dest, &dir)?;
+                        return Ok(Report {
+                            sha256: to_hex(&digest),
+                            size,
+                            transferred: state.transferred,
+                            resumed_from,
+                            attempts,
                         });
                     }
                 }
-                publish(&state.partial, dest, &dir)?;
-                return Ok(Report {
-                    sha256: to_hex(&digest),
-                    size,
-                    transferred: state.transferred,
-                    resumed_from,
-                    attempts,
-                });
             }
             Err(Stop::Fatal(err)) => return Err(err),
             Err(Stop::Restart(msg)) => {
@@ -284,6 +312,7 @@ fn attempt(
         _ => None,
     };
     let asked_range = range.is_some();
+    state.cut = None;
     if !asked_range && state.have > 0 {
         // Bytes without a validator cannot be resumed safely.
         state.reset()?;
@@ -388,7 +417,8 @@ fn receive_body(
                     last_tick = Instant::now();
                 }
             }
-            Some(Event::End) => {
+            Some(Event::End { cut }) => {
+                state.cut = cut;
                 return at_end(state.have, state.total).map_err(|msg| Stop::Retry {
                     msg,
                     retry_after: None,

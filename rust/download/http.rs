@@ -4,6 +4,7 @@
 //! lets the caller look for Ctrl-C and report progress every few milliseconds whatever the
 //! network does. When the caller stops listening, the worker ends at its next event.
 
+use std::cell::RefCell;
 use std::io::{ErrorKind, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
@@ -13,7 +14,9 @@ use ureq::config::Config;
 use ureq::http::Uri;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
+};
 use ureq::Agent;
 
 /// The most one body read asks for.
@@ -69,7 +72,12 @@ impl Head {
 pub enum Event {
     Head(Head),
     Chunk(Vec<u8>),
-    End,
+    /// The body ended where the reader found no more bytes. `cut`: why the connection ended
+    /// without a clean close (reset, or TLS without close_notify), where it did: a body without a
+    /// length then ends there all the same (see [`NoteCuts`]), so it may be cut short.
+    End {
+        cut: Option<String>,
+    },
     /// The exchange failed.
     Failed {
         msg: String,
@@ -193,6 +201,74 @@ fn no_proxy_matches(list: &str, host: &str) -> bool {
     })
 }
 
+thread_local! {
+    /// Why the last connection this thread read from ended without a clean close, until taken.
+    /// Each exchange runs on a thread of its own, and ureq reads on the calling thread.
+    static CUT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Takes (and clears) what [`CUT`] holds for this thread.
+fn take_cut() -> Option<String> {
+    CUT.with(|cut| cut.borrow_mut().take())
+}
+
+/// Wraps every connection ureq opens in [`Noted`]. ureq ends a body at a reset connection (or a
+/// TLS stream closed without close_notify) as at a clean close; for a body with no length
+/// (close-delimited) nothing else tells a cut transfer from a whole one, so the download asks.
+#[derive(Debug)]
+struct NoteCuts;
+
+impl Connector<Box<dyn Transport>> for NoteCuts {
+    type Out = Noted;
+
+    fn connect(
+        &self,
+        _: &ConnectionDetails,
+        chained: Option<Box<dyn Transport>>,
+    ) -> Result<Option<Noted>, ureq::Error> {
+        Ok(chained.map(Noted))
+    }
+}
+
+/// A connection that notes in [`CUT`] the reads that found it reset or closed uncleanly.
+#[derive(Debug)]
+struct Noted(Box<dyn Transport>);
+
+impl Transport for Noted {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.0.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        self.0.transmit_output(amount, timeout)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        let result = self.0.await_input(timeout);
+        if let Err(ureq::Error::Io(err)) = &result {
+            // The kinds ureq takes for the end of a body without a length.
+            if matches!(
+                err.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+            ) {
+                let why = describe_io(err);
+                CUT.with(|cut| *cut.borrow_mut() = Some(why));
+            }
+        }
+        result
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.0.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.0.is_tls()
+    }
+}
+
 /// An agent for `url`: its proxy (see [`proxy_for`]) is chosen once, for the URL asked for.
 pub fn agent(config: HttpConfig, url: &str) -> Agent {
     let proxy = proxy_for(url, |name| std::env::var(name).ok())
@@ -211,7 +287,8 @@ pub fn agent(config: HttpConfig, url: &str) -> Agent {
         .tls_config(tls)
         .proxy(proxy)
         .build();
-    Agent::with_parts(config, DefaultConnector::new(), SpecialNames::default())
+    let connector = DefaultConnector::new().chain(NoteCuts);
+    Agent::with_parts(config, connector, SpecialNames::default())
 }
 
 /// A `Range` request from `offset`, guarded by `If-Range`.
@@ -273,10 +350,11 @@ fn exchange(agent: &Agent, url: &str, range: Option<RangeFrom>, tx: &SyncSender<
     // Each read is handed over at once (a slow server's few bytes show in the progress at once);
     // the writer batches them into large writes.
     let mut buf = vec![0u8; READ_BUFFER];
+    take_cut(); // only the reads of this body count
     loop {
         match reader.read(&mut buf) {
             Ok(0) => {
-                let _ = tx.send(Event::End);
+                let _ = tx.send(Event::End { cut: take_cut() });
                 return;
             }
             Ok(n) => {
