@@ -5,6 +5,7 @@ the cache, open_clip's files preferred where both sit in one folder, and typed e
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Callable
@@ -490,6 +491,40 @@ def test_bin_with_strided_and_shared_storage_tensors(hf_model: Callable[[str], A
     clipfast.convert(str(folder), str(converted))
     ours, _ = clipfast.load(str(converted), device="cpu")
     _assert_same_features(ours, model, SPECS["gelu-80"])
+
+
+@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+def test_a_file_renamed_over_the_weights_after_the_parse_is_not_read(
+    weights: str,
+    hf_model: Callable[[str], Any],
+    hf_folder: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another model's weights (same shapes) renamed over the file just after clipfast parsed it:
+    the tensors kept as views of the map and those converted both come from the parsed file, so the
+    model is the reference model of that file (a second read by the path mixed in the new one)."""
+    from clipfast import checkpoint
+
+    folder = _copy(hf_folder("quickgelu", weights=weights), tmp_path)
+    other = _testing.write_hf_folder(
+        tmp_path / "other", _testing.build_hf_model(SPECS["quickgelu"], seed=99), weights=weights
+    )
+    name = "model.safetensors" if weights == "safetensors" else "pytorch_model.bin"
+    real_open = checkpoint._open
+    published: list[str] = []
+
+    def parse_then_publish(file: str) -> Any:
+        reader = real_open(file)
+        if not published and Path(file) == folder / name:
+            os.replace(other / name, file)
+            published.append(file)
+        return reader
+
+    monkeypatch.setattr(checkpoint, "_open", parse_then_publish)
+    model, _ = clipfast.load(str(folder), device="cpu", mmap=True)
+    assert published
+    _assert_same_features(model, hf_model("quickgelu"), SPECS["quickgelu"])
 
 
 def test_hub_download_fetches_only_what_the_load_needs(

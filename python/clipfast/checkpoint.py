@@ -192,6 +192,14 @@ def read_state_dict(
     return pending.finish()
 
 
+def _read_parsed(reader: Any, *, mmap: bool) -> OrderedDict[str, torch.Tensor]:
+    """The tensors of the file ``reader`` parsed, as stored (``read_state_dict`` without a second
+    parse by the path, which may name another file by now)."""
+    pending = _plan_read(reader.path, mmap=mmap, dtype=None, reader=reader)
+    pending.convert()
+    return pending.finish()
+
+
 class _PendingRead:
     """A read split in three so that the conversion can run on another thread without the GIL:
     ``_plan_read`` (parse, allocate; GIL) -> ``convert()`` (Rust, GIL released) -> ``finish()``

@@ -585,7 +585,7 @@ class HuggingFaceSource(ModelSource):
         whose dtype does not change and needs no joining stays a view of the mapped file."""
         import torch
 
-        from ..checkpoint import allocate, read_state_dict
+        from ..checkpoint import _read_parsed, allocate
 
         readers = self.readers()
         where: dict[str, tuple[Any, Any, Any]] = {}  # transformers' key -> (reader, row, storage)
@@ -593,11 +593,19 @@ class HuggingFaceSource(ModelSource):
             rows, storages = reader.tensors, reader.storages
             for key, i in found.items():
                 where[key] = (reader, rows[i], storages[rows[i][4]])
+        # Each file's tensors as views of its map, made from the parse above (the path may name
+        # another file by now: a new version renamed over it).
+        mapped: dict[int, OrderedDict[str, torch.Tensor]] = {}
+
+        def views_of(reader: Any) -> OrderedDict[str, torch.Tensor]:
+            if id(reader) not in mapped:
+                mapped[id(reader)] = _read_parsed(reader, mmap=True)
+            return mapped[id(reader)]
+
         views: dict[str, torch.Tensor] = {}
         if mmap:
-            for file, (_, found) in readers.items():
-                mapped = read_state_dict(file, mmap=True)
-                views.update({key: mapped[key] for key in found})
+            for reader, found in readers.values():
+                views.update({key: views_of(reader)[key] for key in found})
         jobs: dict[int, tuple[Any, list[tuple[int, int, str, torch.Tensor]]]] = {}
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         # name -> (its sources, transposed, shape as stored, dtype) for the tensors that are filled
@@ -619,7 +627,7 @@ class HuggingFaceSource(ModelSource):
                 destination = full[i * rows : (i + 1) * rows] if len(sources) > 1 else full
                 span = _byte_span(row, storage)
                 if span is None:  # a strided tensor of a torch.save file: copied by torch
-                    destination.copy_(read_state_dict(reader.path, mmap=True)[row[0]])
+                    destination.copy_(views_of(reader)[row[0]])
                 elif destination.numel():
                     jobs.setdefault(id(reader), (reader, []))[1].append((*span, row[1], destination))
             out[name] = full.t() if transpose else full
