@@ -177,3 +177,99 @@ def test_jit_on_cuda_matches_the_eager_fp16_model(name: str, openai_archive: Cal
     reference = _run(eager, image.cuda(), text.cuda())
     for key, value in ours.items():  # the same fp16 arithmetic, traced vs eager
         torch.testing.assert_close(value, reference[key], rtol=1e-2, atol=1e-2, msg=f"{name} {key}")
+
+
+def _state_dtypes(module: torch.nn.Module) -> dict[str, torch.dtype]:
+    return {key: tensor.dtype for key, tensor in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["RN50", "ViT-B/32"])
+def test_jit_float16_on_the_cpu_is_the_archive_as_traced(
+    name: str, openai_archive: Callable[[str], Path]
+) -> None:
+    # dtype was ignored with jit=True (float32 came back). float16 keeps the traced half casts and
+    # OpenAI's fp16 layout, as clip.load(jit=True) gives for a CPU device other than the string "cpu".
+    import clip
+    import clipfast
+
+    path = openai_archive(name)
+    model, _ = clipfast.load(path, device="cpu", jit=True, dtype=torch.float16)
+    assert cuda_constants(model) == [] and _half_casts(model) > 0
+    eager, _ = clipfast.load(path, device="cpu", dtype=torch.float16)
+    layout = _state_dtypes(eager)  # the same half layout as the eager model's (the archive adds int buffers)
+    assert {key: dtype for key, dtype in _state_dtypes(model).items() if key in layout} == layout
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference, _ = clip.load(str(path), device="cpu:0", jit=True)
+    assert _state_dtypes(model) == _state_dtypes(reference)
+
+    image, text = _inputs(int(model.input_resolution.item()))
+    ours = _run(model, image, text)
+    same_code = _run(reference, image, text)
+    half_eager = _run(eager, image.half(), text)
+    for key, value in ours.items():
+        torch.testing.assert_close(value, same_code[key], rtol=0, atol=0, msg=f"{name} {key}")
+        torch.testing.assert_close(value, half_eager[key], rtol=1e-2, atol=1e-2, msg=f"{name} {key}")
+
+
+def test_jit_float32_is_the_patched_archive(openai_archive: Callable[[str], Path]) -> None:
+    import clipfast
+
+    path = openai_archive("ViT-B/32")
+    model, _ = clipfast.load(path, device="cpu", jit=True, dtype=torch.float32)
+    assert _half_casts(model) == 0
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64, lambda name, stored: torch.float16])
+def test_jit_refuses_a_dtype_its_graphs_cannot_run(dtype: Any, openai_archive: Callable[[str], Path]) -> None:
+    import clipfast
+
+    path = openai_archive("ViT-B/32")
+    with pytest.raises(clipfast.UnsupportedDtypeError, match=r"jit=True cannot give .*jit=False") as raised:
+        clipfast.load(path, device="cpu", jit=True, dtype=dtype)
+    assert isinstance(raised.value, ValueError) and str(path) in str(raised.value)
+    model, _ = clipfast.load(path, device="cpu", jit=False, dtype=dtype)  # the eager model honours it
+    assert model.visual.conv1.weight.dtype == (dtype if isinstance(dtype, torch.dtype) else torch.float16)
+
+
+def test_jit_refuses_the_dtype_before_downloading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import clipfast
+    import clipfast.download
+
+    def no_download(*args: Any, **kwargs: Any) -> str:
+        raise AssertionError("downloaded")
+
+    monkeypatch.setattr(clipfast.download, "resolve_model", no_download)
+    with pytest.raises(clipfast.UnsupportedDtypeError, match="ViT-B/32"):
+        clipfast.load("ViT-B/32", device="cpu", jit=True, dtype=torch.bfloat16)
+
+
+def test_jit_float16_refuses_an_archive_traced_in_float32(tmp_path: Path) -> None:
+    import clipfast
+
+    class Plain(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    path = tmp_path / "float32.pt"
+    torch.jit.script(Plain()).save(str(path))
+    with pytest.raises(clipfast.UnsupportedDtypeError, match="without casts to float16"):
+        load_jit(path, "cpu", dtype=torch.float16)
+    assert load_jit(path, "cpu", dtype=torch.float32)(torch.ones(2)).tolist() == [2.0, 2.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_jit_float32_on_cuda_matches_the_eager_float32_model(openai_archive: Callable[[str], Path]) -> None:
+    import clipfast
+
+    path = openai_archive("ViT-B/32")
+    model, _ = clipfast.load(path, device="cuda", jit=True, dtype=torch.float32)
+    assert cuda_constants(model) == ["cuda"] * len(cuda_constants(model)) and _half_casts(model) == 0
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    eager, _ = clipfast.load(path, device="cuda", dtype=torch.float32)
+    image, text = _inputs(int(model.input_resolution.item()))
+    ours = _run(model, image.cuda(), text.cuda())
+    reference = _run(eager, image.cuda(), text.cuda())
+    for key, value in ours.items():
+        torch.testing.assert_close(value, reference[key], rtol=1e-4, atol=1e-4, msg=key)

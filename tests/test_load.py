@@ -303,7 +303,7 @@ def test_jit_archive_goes_to_load_jit(openai_archive: Callable[[str], Path], mon
     class Scripted:
         input_resolution = torch.tensor(336)
 
-    def fake_load_jit(p: str, device: Any) -> Any:
+    def fake_load_jit(p: str, device: Any, dtype: Any = None) -> Any:
         calls.append((p, device))
         return Scripted()
 

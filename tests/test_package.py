@@ -54,6 +54,7 @@ def test_errors_subclass_standard_exceptions() -> None:
     assert issubclass(clipfast.CheckpointError, ValueError)
     assert issubclass(clipfast.UnsafeCheckpointError, clipfast.CheckpointError)
     assert issubclass(clipfast.ArchitectureError, ValueError)
+    assert issubclass(clipfast.UnsupportedDtypeError, ValueError)
     assert issubclass(clipfast.ChecksumError, RuntimeError)
     assert issubclass(clipfast.ModelNotFoundError, FileNotFoundError)
     assert issubclass(clipfast.ModelNotFoundError, RuntimeError)

@@ -28,6 +28,7 @@ from .errors import (
     ModelNotFoundError,
     OutputFolderError,
     UnsafeCheckpointError,
+    UnsupportedDtypeError,
 )
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
@@ -57,6 +58,7 @@ __all__ = [
     "ModelNotFoundError",
     "OutputFolderError",
     "UnsafeCheckpointError",
+    "UnsupportedDtypeError",
     "__version__",
     "available_models",
     "convert",

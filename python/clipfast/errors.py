@@ -14,6 +14,7 @@ __all__ = [
     "ModelNotFoundError",
     "OutputFolderError",
     "UnsafeCheckpointError",
+    "UnsupportedDtypeError",
 ]
 
 
@@ -25,6 +26,11 @@ class UnsafeCheckpointError(CheckpointError):
     """A pickle refers to code (a global outside the allow-list) where a weight must be.
 
     clipfast never imports or calls such a global; it refuses the file instead."""
+
+
+class UnsupportedDtypeError(ValueError):
+    """``dtype=`` asks for a precision the model being loaded cannot be given with correct numbers
+    (a TorchScript archive's graphs fix the dtype of their casts); the message says what can be."""
 
 
 class ArchitectureError(ValueError):

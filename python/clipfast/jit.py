@@ -10,6 +10,11 @@ graph of every submodule (``forward``, ``forward1``, ``encode_image``, ``encode_
   half dtype argument of each ``aten::to`` becomes float, and the module is made float, since
   the CPU has no fast half kernels (openai/CLIP applies this only to the exact string ``"cpu"``).
 
+``dtype`` overrides that choice with one of the two precisions the graphs can run in: float32 (the
+casts patched, on any device) or float16 (the archive as traced, on any device, the CPU included).
+Any other dtype would need every dtype the trace fixed rewritten (casts, ``zeros(dtype=...)``, the
+layer norms' fp32 casts), so it is refused with ``UnsupportedDtypeError`` rather than ignored.
+
 Unlike openai/CLIP, which overwrites the attribute of the pooled constant node (shared by every
 use of the integer 5 in the graph), the dtype fix gives each cast its own new constant, so no
 other use of that integer changes.
@@ -22,13 +27,23 @@ code from a checkpoint).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Union
+
+from .errors import UnsupportedDtypeError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cuda_constants", "device_constants", "graphs", "load_jit", "patch_device", "patch_half_to_float"]
+__all__ = [
+    "cuda_constants",
+    "device_constants",
+    "graphs",
+    "keeps_half",
+    "load_jit",
+    "patch_device",
+    "patch_half_to_float",
+]
 
 _HALF = 5  # c10::ScalarType::Half
 _FLOAT = 6  # c10::ScalarType::Float
@@ -108,6 +123,12 @@ def _half_dtype_inputs(node: Node) -> list[int]:
     return positions
 
 
+def _has_half_casts(module: torch.jit.ScriptModule) -> bool:
+    return any(
+        _half_dtype_inputs(node) for graph in graphs(module) for node in graph.findAllNodes("aten::to")
+    )
+
+
 def patch_half_to_float(module: torch.jit.ScriptModule) -> int:
     """Make every ``aten::to`` cast to half in every graph cast to float; returns how many changed."""
     _holder, template = _constant_template(_FLOAT)
@@ -124,10 +145,34 @@ def patch_half_to_float(module: torch.jit.ScriptModule) -> int:
     return changed
 
 
+def keeps_half(path: str, target: torch.device, dtype: object) -> bool:
+    """Whether the archive keeps its fp16 casts and layout (else: patched to float32), for
+    ``dtype`` (None: float32 on the CPU only, as openai/CLIP); any other dtype is refused."""
+    import torch
+
+    if dtype is None:
+        return target.type != "cpu"
+    if dtype is torch.float16 or dtype is torch.float32:
+        return dtype is torch.float16
+    what = f"dtype={dtype}" if isinstance(dtype, torch.dtype) else f"a dtype plan ({dtype!r})"
+    raise UnsupportedDtypeError(
+        f"{path}: jit=True cannot give {what}: the TorchScript graphs fix the dtype of each cast "
+        "(traced in float16; clipfast can turn those casts into float32, nothing else). Use "
+        "dtype=torch.float16 or torch.float32 with jit=True, or jit=False for any dtype"
+    )
+
+
 def load_jit(
-    path: Union[str, os.PathLike[str]], device: Union[str, torch.device, int, None] = None
+    path: Union[str, os.PathLike[str]],
+    device: Union[str, torch.device, int, None] = None,
+    dtype: Union[torch.dtype, Callable[[str, torch.dtype], torch.dtype], None] = None,
 ) -> torch.jit.ScriptModule:
     """Load an OpenAI TorchScript archive for ``device`` (cuda when available, else cpu), patched.
+
+    ``dtype``: None gives float32 on any CPU device and the archive's fp16 layout elsewhere (as
+    openai/CLIP); ``torch.float32`` float32 on any device; ``torch.float16`` the archive as traced
+    (OpenAI's fp16 layout) on any device. Any other value raises ``UnsupportedDtypeError`` before
+    the file is loaded; float16 raises it too for an archive traced without half casts.
 
     Runs the TorchScript code in the file, as ``torch.jit.load`` does: use trusted files only.
     """
@@ -136,14 +181,19 @@ def load_jit(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     target = torch.device(device)
+    half = keeps_half(os.fspath(path), target, dtype)
     # Tensors that are plain attributes (the text transformer's attention mask) are not moved by
     # ``.to()``: map them to the device at load time, as openai/CLIP does.
     location = torch.device("cpu") if target.type == "cpu" else target
     model = torch.jit.load(os.fspath(path), map_location=location).eval()
     patch_device(model, target)
-    if target.type == "cpu":
+    if not half:
         patch_half_to_float(model)
         model.float()
-    else:
-        model.to(target)
+    elif dtype is not None and not _has_half_casts(model):
+        raise UnsupportedDtypeError(
+            f"{os.fspath(path)}: jit=True cannot give dtype={dtype}: this archive was traced without "
+            "casts to float16 (not OpenAI's fp16 layout); use jit=False"
+        )
+    model.to(target)
     return model

@@ -164,7 +164,8 @@ def load(
 
     Differences from clip.load: every CPU device (``"cpu"``, ``"cpu:0"``, ``torch.device("cpu")``)
     gives fp32 weights (clip only does so for the exact string ``"cpu"``); ``dtype`` chooses the
-    weights' dtypes (see ``dtype_plan``); ``verify=True`` re-hashes a cached official file;
+    weights' dtypes (see ``dtype_plan``; with ``jit=True`` only ``torch.float16`` or ``torch.float32``,
+    else ``UnsupportedDtypeError``: see ``jit.load_jit``); ``verify=True`` re-hashes a cached official file;
     ``mmap=True`` leaves tensors whose dtype does not change backed by a copy-on-write map of the
     file (faster, less memory; the file must not be truncated or rewritten in place while the model
     lives: replacing it with a new file is safe);
@@ -187,6 +188,10 @@ def load(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is not None:
         dtype_plan(device, dtype, frozenset())  # a wrong dtype fails before any download or read
+        if jit and isinstance(name, str) and name in MODELS:
+            from .jit import keeps_half
+
+            keeps_half(name, torch.device(device), dtype)  # official files are TorchScript archives
     local = _local_path(name, download_root, verify)
     # A checkpoint file's parse starts now, beside locating the source and the imports below, where
     # clipfast's own reader will read it on the CPU (not for jit=True, torch.load or a GPU load).
@@ -203,7 +208,9 @@ def load(
             from .transforms import for_resolution
 
             scripted = load_jit(
-                path, device if isinstance(device, (str, torch.device)) else torch.device(device)
+                path,
+                device if isinstance(device, (str, torch.device)) else torch.device(device),
+                dtype=dtype,  # float16 / float32 only: the graphs fix their casts (else a typed error)
             )
             return scripted, for_resolution(int(scripted.input_resolution.item()))
         warnings.warn(f"File {path} is not a JIT archive. Loading as a state dict instead", stacklevel=2)
