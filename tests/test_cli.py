@@ -303,6 +303,45 @@ def test_inspect_infers_a_ddp_training_checkpoint(
     assert all(t["name"].startswith("module.") for t in info["tensors"])  # the file's own names
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_inspect_describes_an_npz_as_numpy_reads_it(
+    compressed: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `clipfast inspect x.npz` refused the file (clipfast.load's error), though inspect_checkpoint reads it.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "params/img/embedding/kernel": rng.standard_normal((4, 4, 3, 8)).astype(np.float32),
+        "params/t": np.float16(2.5).reshape(1),
+        "double": rng.standard_normal((2, 3)),
+        "ints": np.arange(6, dtype=np.int32).reshape(3, 2),
+        "flags": np.array([True, False]),
+        "scalar": np.float32(1.0).reshape(()),
+    }
+    path = tmp_path / "w.npz"
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    reference = np.load(path)
+    expected = [(name, str(reference[name].dtype), list(reference[name].shape)) for name in reference.keys()]
+
+    status, out, _ = run(capsys, "inspect", str(path), "--json")
+    assert status == 0, out
+    info = json.loads(out)
+    assert [(t["name"], t["dtype"], t["shape"]) for t in info["tensors"]] == expected
+    assert info["format"] == "npz" and info["layout"] == "big_vision"
+    assert info["tensor_count"] == len(expected)
+    assert info["dtype_counts"] == dict(Counter(dtype for _, dtype, _ in expected))
+    assert info["total_bytes"] == sum(reference[name].nbytes for name in reference.keys())
+    assert info["file_size"] == path.stat().st_size
+    assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["architecture"] is None and "clipfast.load_checkpoint" in info["architecture_error"]
+
+    status, out, _ = run(capsys, "inspect", str(path), "--tensors")
+    assert status == 0 and "format:      npz" in out and "load_checkpoint" in out
+    listed = [line.strip() for line in out.splitlines() if line.startswith("  ") and ": " in line]
+    assert [f"{name}: {dtype} {shape}" for name, dtype, shape in expected] == listed[-len(expected) :]
+
+
 def test_inspect_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00" * 100)

@@ -222,3 +222,13 @@ def test_inspect_of_an_open_clip_folder_without_torch(tmp_path: Path, env: dict[
         info = json.loads(out.stdout)
         expected = "config" if target != str(bare) else "default"
         assert info["decided_from"]["vision_activation"].startswith(expected), info["decided_from"]
+
+
+def test_inspect_npz_without_torch(tmp_path: Path, env: dict[str, str]) -> None:
+    import numpy as np
+
+    path = tmp_path / "w.npz"
+    np.savez(path, **{"params/t": np.ones(1, np.float32)})
+    out = run_guarded("inspect", str(path), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tensors"] == [{"name": "params/t", "dtype": "float32", "shape": [1]}]

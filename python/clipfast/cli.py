@@ -229,7 +229,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         from .checkpoint import inspect_checkpoint
     except ImportError as err:  # the checkpoint reader is not built into this copy
         return _fail(args, f"clipfast.checkpoint is not available: {err}")
-    from .formats import locate
+    from .formats import ModelSource, locate
+    from .formats.big_vision import is_big_vision
 
     target: str = args.path
     official = _official()
@@ -240,12 +241,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                 args,
                 f"{args.path} is not in the cache ({target} does not exist; `clipfast download` fetches it)",
             )
+    arch_error: Optional[str] = None
     try:
         source = locate(target)
     except ModelNotFoundError as err:
         return _fail(args, str(err))
-    # A configuration refused, unreadable; an hf-hub: name online without huggingface_hub.
-    except (ArchitectureError, CheckpointError, OSError, MissingDependencyError) as err:
+    except ArchitectureError as err:
+        if not is_big_vision(target):  # a configuration refused
+            return _fail(args, str(err))
+        # big_vision's .npz: no model clipfast.load builds (the error says so), tensors all the same.
+        source = ModelSource(layout="big_vision", path=target)
+        arch_error = str(err)
+    # A configuration unreadable; an hf-hub: name online without huggingface_hub.
+    except (CheckpointError, OSError, MissingDependencyError) as err:
         return _fail(args, str(err))
     path = source.path
     if not os.path.isfile(path):
@@ -258,23 +266,23 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     architecture: Optional[dict[str, Any]] = None
     decided: Optional[dict[str, str]] = None
     assumed: list[str] = []
-    arch_error: Optional[str] = None
-    try:
-        from .arch import infer_architecture, without_wrapper_prefix
+    if arch_error is None:  # else: big_vision's, no CLIP model to infer
+        try:
+            from .arch import infer_architecture, without_wrapper_prefix
 
-        if source.direct:
-            shapes: Any = without_wrapper_prefix({t.name: _Shape(tuple(t.shape)) for t in info.tensors})
-        else:
-            shapes = source.declared_shapes()
-        arch = infer_architecture(shapes, decided=source.decided, source=path)
-        architecture = arch.settings()
-        architecture["kind"] = "ViT" if arch.is_vit else "ModifiedResNet"
-        decided = {name: str(arch.sources[name]) for name in _DECIDED_SETTINGS if name in arch.sources}
-        assumed = arch.assumed()
-    except ArchitectureError as err:
-        arch_error = str(err)
-    except ImportError as err:
-        arch_error = f"clipfast.arch is not available: {err}"
+            if source.direct:
+                shapes: Any = without_wrapper_prefix({t.name: _Shape(tuple(t.shape)) for t in info.tensors})
+            else:
+                shapes = source.declared_shapes()
+            arch = infer_architecture(shapes, decided=source.decided, source=path)
+            architecture = arch.settings()
+            architecture["kind"] = "ViT" if arch.is_vit else "ModifiedResNet"
+            decided = {name: str(arch.sources[name]) for name in _DECIDED_SETTINGS if name in arch.sources}
+            assumed = arch.assumed()
+        except ArchitectureError as err:
+            arch_error = str(err)
+        except ImportError as err:
+            arch_error = f"clipfast.arch is not available: {err}"
     try:
         digest = _file_sha256(path)
     except OSError as err:

@@ -35,7 +35,7 @@ from . import ModelSource
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["load_big_vision_weights", "locate"]
+__all__ = ["is_big_vision", "load_big_vision_weights", "locate"]
 
 #: open_clip's choices for a patch kernel of another size.
 _INTERPOLATION = "bilinear"
@@ -391,9 +391,15 @@ def _first_element(w: _Arrays, name: str, path: str) -> torch.Tensor:
     return value[0]
 
 
+def is_big_vision(path: str) -> bool:
+    """Whether ``path`` is in this layout: an ``.npz`` file."""
+    return os.path.isfile(path) and path.endswith(".npz")
+
+
 def locate(path: str) -> Optional[ModelSource]:
-    """An ``.npz`` archive is big_vision's; ``clipfast.load`` cannot build its SigLIP model."""
-    if os.path.isfile(path) and path.endswith(".npz"):
+    """An ``.npz`` archive is big_vision's; ``clipfast.load`` cannot build its SigLIP model
+    (``clipfast inspect`` still describes its tensors, with this error as the architecture's)."""
+    if is_big_vision(path):
         raise ArchitectureError(
             f"{path}: a NumPy .npz archive (big_vision SigLIP weights): clipfast.load builds "
             "OpenAI-structured CLIP models; load these into open_clip's SigLIP model with "
