@@ -142,6 +142,8 @@ def main() -> None:
         "scalar.npy": np.array(3, dtype="<i8"),
         "empty.npy": np.zeros((0, 4), dtype="<u1"),
         "bool.npy": np.array([True, False]),
+        "big_endian.npy": np.arange(6, dtype=">f4").reshape(2, 3),
+        "big_endian_complex.npy": np.array([1 + 2j, -3j], dtype=">c8"),
     }
     for name, arr in arrays.items():
         buf = io.BytesIO()

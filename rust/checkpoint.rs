@@ -77,9 +77,10 @@ pub struct Contents {
     pub format: Format,
     pub storages: Vec<Storage>,
     pub tensors: Vec<Tensor>,
-    /// `.npz` members stored deflated: their storages' ranges lie past the end of the file and
-    /// their bytes come from [`npz::inflate`] (empty for every other format).
-    pub deflated: Vec<npz::Deflated>,
+    /// `.npz` members stored deflated or in the other byte order: their storages' ranges lie past
+    /// the end of the file and their elements come from [`npz::elements`] (empty for every other
+    /// format).
+    pub unmapped: Vec<npz::Unmapped>,
 }
 
 /// Limits for what a hostile file can make us allocate.
@@ -187,7 +188,7 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
             format: Format::TorchScript,
             storages: rebuilder.into_storages(),
             tensors,
-            deflated: Vec::new(),
+            unmapped: Vec::new(),
         })
     } else {
         let tensors = rebuilder.state_dict()?;
@@ -195,7 +196,7 @@ fn read_zip(path: &Path, bytes: &[u8]) -> Result<Contents> {
             format: Format::TorchSave,
             storages: rebuilder.into_storages(),
             tensors,
-            deflated: Vec::new(),
+            unmapped: Vec::new(),
         })
     }
 }
@@ -425,24 +426,25 @@ impl CheckpointReader {
         Ok(())
     }
 
-    /// The elements of storage `storage` when it is a deflated `.npz` member (its range in
-    /// `storages` lies past the end of the file), inflated into a new bytearray, GIL released.
-    fn inflate<'py>(&self, py: Python<'py>, storage: usize) -> PyResult<Bound<'py, PyByteArray>> {
+    /// The elements of storage `storage` when it is an unmapped `.npz` member (deflated or in the
+    /// other byte order: its range in `storages` lies past the end of the file), inflated and in
+    /// this machine's byte order, in a new bytearray, GIL released.
+    fn elements<'py>(&self, py: Python<'py>, storage: usize) -> PyResult<Bound<'py, PyByteArray>> {
         let member = self
             .contents
-            .deflated
+            .unmapped
             .iter()
             .find(|d| d.storage == storage)
             .ok_or_else(|| {
                 Error::checkpoint(
                     &self.path,
-                    format!("storage {storage} is not a deflated npz member"),
+                    format!("storage {storage} is not an unmapped npz member"),
                 )
             })?;
         let len = member.size - member.data_offset;
         let name = &self.contents.storages[member.storage].key;
         let mut out = vec![0u8; len];
-        py.detach(|| npz::inflate(member, &self.map, &mut out))
+        py.detach(|| npz::elements(member, &self.map, &mut out))
             .map_err(|msg| Error::checkpoint(&self.path, format!("npz member {name}: {msg}")))?;
         Ok(PyByteArray::new(py, &out))
     }

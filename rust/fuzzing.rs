@@ -55,9 +55,9 @@ pub const CHECKPOINT_HEAP_SLACK: usize = 1 << 20;
 
 /// What every successful checkpoint read must satisfy.
 fn check_contents(bytes: &[u8], contents: &Contents) {
-    // Deflated npz members have ranges of their own past the end of the file.
-    let deflated: Vec<usize> = contents.deflated.iter().map(|d| d.storage).collect();
-    let in_file = |i: usize| !deflated.contains(&i);
+    // Unmapped npz members (deflated, byte-swapped) have ranges of their own past the end of the file.
+    let unmapped: Vec<usize> = contents.unmapped.iter().map(|d| d.storage).collect();
+    let in_file = |i: usize| !unmapped.contains(&i);
     let mut spans: Vec<_> = contents
         .storages
         .iter()
@@ -82,13 +82,13 @@ fn check_contents(bytes: &[u8], contents: &Contents) {
         );
         assert!(
             in_file(i) || s.bytes.start >= bytes.len(),
-            "deflated storage in the file"
+            "unmapped storage in the file"
         );
     }
-    for d in &contents.deflated {
+    for d in &contents.unmapped {
         let storage = &contents.storages[d.storage];
         let mut out = vec![0u8; storage.bytes.len()];
-        if crate::checkpoint::npz::inflate(d, bytes, &mut out).is_ok() {
+        if crate::checkpoint::npz::elements(d, bytes, &mut out).is_ok() {
             assert_eq!(d.data_offset + out.len(), d.size);
         }
     }

@@ -231,6 +231,33 @@ def test_same_state_dict_as_open_clip(
     _assert_equal_state(again, theirs)
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_big_endian_archive_gives_open_clips_result_for_the_same_values(
+    tmp_path: Path, compressed: bool
+) -> None:
+    # Arrays stored big-endian ('>f4', '>f2': np.load reads them) were refused ("only little-endian").
+    # open_clip's own loader cannot take them (torch.from_numpy refuses the byte order), so the
+    # reference is open_clip on the same values stored little-endian.
+    from open_clip.convert import load_big_vision_weights as reference
+
+    arrays = _big_vision_arrays(_siglip("clipfast_test_siglip_p8", seed=0))
+    swapped = {
+        name: value.astype(value.dtype.newbyteorder(">" if i % 3 else "<"))  # mixed orders in one file
+        for i, (name, value) in enumerate(arrays.items())
+    }
+    swapped["params/t"] = swapped["params/t"].astype(">f2")  # float16, the values exact in both
+    arrays["params/t"] = arrays["params/t"].astype("<f2")
+    little = _write(tmp_path / "little.npz", arrays, compressed)
+    big = _write(tmp_path / "big.npz", swapped, compressed)
+    assert any(value.dtype.byteorder == ">" for value in np.load(big).values())
+    ours, again, theirs = (_siglip("clipfast_test_siglip_p8", seed=1) for _ in range(3))
+    load_big_vision_weights(ours, big)
+    assert clipfast.load_checkpoint(again, str(big)) == {}
+    reference(theirs, str(little))
+    _assert_equal_state(ours, theirs)
+    _assert_equal_state(again, theirs)
+
+
 def test_patch_kernel_of_another_size_is_resampled_as_open_clip_does(tmp_path: Path) -> None:
     from open_clip.convert import load_big_vision_weights as reference
 

@@ -125,8 +125,9 @@ class CheckpointReader:
     ) -> None:
         """Write ``(tensor index, byte offset into the data section, dtype, permutation)`` pieces
         of this checkpoint into the existing file ``dest`` (row-major, converted, in parallel)."""
-    def inflate(self, storage: int) -> bytearray:
-        """The elements of a deflated ``.npz`` member (a storage whose range lies past the file's end)."""
+    def elements(self, storage: int) -> bytearray:
+        """The elements of a deflated or byte-swapped ``.npz`` member (a storage whose range lies past
+        the file's end), inflated, in this machine's byte order."""
 
 # --- image ---
 

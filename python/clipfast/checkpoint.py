@@ -285,8 +285,9 @@ def _plan_read(
         _, stored, start, end = storages[row[4]]
         itemsize = getattr(torch, stored).itemsize
         if end > reader.file_size:
-            # A deflated .npz member: no range of the file holds its elements; the reader inflates them.
-            bases[key] = _inflated(reader, row[4], stored, target).untyped_storage()
+            # A deflated or byte-swapped .npz member: no range of the file holds its elements as
+            # they are; the reader inflates them and puts them in this machine's byte order.
+            bases[key] = _unmapped(reader, row[4], stored, target).untyped_storage()
         elif mmap and target == stored and start % itemsize == 0:
             if mapped is None:
                 mapped = _map_file(reader, file)
@@ -409,11 +410,11 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _inflated(reader: Any, storage: int, stored: str, target: str) -> torch.Tensor:
-    """The elements of a deflated ``.npz`` member as a 1-D tensor of dtype ``target``."""
+def _unmapped(reader: Any, storage: int, stored: str, target: str) -> torch.Tensor:
+    """The elements of a deflated or byte-swapped ``.npz`` member as a 1-D tensor of dtype ``target``."""
     import torch
 
-    data = reader.inflate(storage)
+    data = reader.elements(storage)
     if not data:
         return torch.empty(0, dtype=getattr(torch, target))
     return torch.frombuffer(data, dtype=getattr(torch, stored)).to(getattr(torch, target))

@@ -73,7 +73,7 @@ fn check(
         .ok_or_else(|| fail(format!("tensor {:?} has no storage", tensor.name)))?;
     if storage.bytes.end > src_len || storage.bytes.start > storage.bytes.end {
         return Err(fail(format!(
-            "tensor {:?} does not lie in the file (a deflated npz member cannot be exported)",
+            "tensor {:?} does not lie in the file (a deflated or byte-swapped npz member cannot be exported)",
             tensor.name
         )));
     }
@@ -306,7 +306,7 @@ mod tests {
                 requires_grad: false,
                 is_parameter: false,
             }],
-            deflated: Vec::new(),
+            unmapped: Vec::new(),
         }
     }
 

@@ -6,11 +6,13 @@
 //! 'shape': (3, 4), }` padded with spaces and a newline, then the raw elements.
 //!
 //! A stored member's elements are a range of the file: zero-copy, like every other storage. A
-//! deflated member has no such range; its storage is given a range past the end of the file (so
-//! anything that takes it for a file range fails its bounds check instead of reading wrong bytes),
-//! and [`inflate`] gives its elements on request, checked against the member's CRC-32 (a stored
-//! member's bytes are never read whole, so, like torch's tensor records, they are not checked).
-//! Object arrays (pickles) are refused, never read.
+//! deflated member, or one whose elements are in the other byte order than this machine's (`>f4`:
+//! big-endian, which `np.load` reads), has no such range: its storage is given a range past the end
+//! of the file (so anything that takes it for a file range fails its bounds check instead of
+//! reading wrong bytes), and [`elements`] gives its elements on request, inflated and/or put in
+//! this machine's byte order, checked against the member's CRC-32 (a member read in place is never
+//! read whole, so, like torch's tensor records, it is not checked). Object arrays (pickles) are
+//! refused, never read.
 
 use super::{Contents, Dtype, Format, Storage, Tensor};
 use crate::error::{Error, Result};
@@ -33,6 +35,8 @@ const MAX_DEFLATE_RATIO: u64 = 1032;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpyHeader {
     pub dtype: Dtype,
+    /// The elements are stored in the other byte order than this machine's (multi-byte items only).
+    pub swapped: bool,
     pub fortran_order: bool,
     pub shape: Vec<i64>,
     /// Where the elements start, from the beginning of the `.npy` bytes.
@@ -41,17 +45,22 @@ pub struct NpyHeader {
     pub data_len: usize,
 }
 
-/// A member whose bytes must be inflated: the storage it backs and where its deflated bytes lie.
+/// A member whose elements are not usable in place (deflated, or in the other byte order): the
+/// storage it backs and where its bytes lie.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deflated {
+pub struct Unmapped {
     pub storage: usize,
-    /// The deflated member in the file.
-    pub compressed: Range<usize>,
+    pub method: Method,
+    /// The member as it lies in the file (compressed when deflated).
+    pub raw: Range<usize>,
     /// The whole `.npy` member once inflated (header and elements).
     pub size: usize,
     pub data_offset: usize,
-    /// CRC-32 of the inflated member, from the zip directory.
+    /// CRC-32 of the (inflated) member, from the zip directory.
     pub crc32: u32,
+    /// The width in bytes of each value whose bytes are reversed (an item, or each half of a
+    /// complex item); 0 when the elements are in this machine's byte order.
+    pub swap: usize,
 }
 
 /// True when `archive` looks like an `.npz`: at least one member, all named `*.npy`.
@@ -107,7 +116,7 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
         .filter(|t| t.is_ascii())
         .ok_or_else(|| ".npy header is not ASCII text".to_string())?;
     let dict = HeaderDict::parse(text)?;
-    let dtype = parse_descr(&dict.descr)?;
+    let (dtype, swapped) = parse_descr(&dict.descr)?;
     let mut numel: u64 = 1;
     for &d in &dict.shape {
         numel = numel
@@ -125,6 +134,7 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(NpyHeader {
         dtype,
+        swapped,
         fortran_order: dict.fortran_order,
         shape,
         data_offset: start + header_len,
@@ -132,8 +142,9 @@ pub fn parse_header(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
     })
 }
 
-/// numpy's `descr` for a plain little-endian (or byte-order-free) numeric type -> our dtype.
-fn parse_descr(descr: &str) -> std::result::Result<Dtype, String> {
+/// numpy's `descr` for a plain numeric type -> our dtype, and whether its byte order is the other
+/// one than this machine's (`<` little-endian, `>` big-endian, `=` native, `|` single bytes).
+fn parse_descr(descr: &str) -> std::result::Result<(Dtype, bool), String> {
     let (order, code) = descr.split_at(descr.len().min(1));
     let dtype = match code {
         "f2" => Dtype::F16,
@@ -162,13 +173,27 @@ fn parse_descr(descr: &str) -> std::result::Result<Dtype, String> {
             ))
         }
     };
-    match order {
-        "<" | "|" => Ok(dtype),
-        "=" if cfg!(target_endian = "little") => Ok(dtype),
-        ">" if dtype.itemsize() == 1 => Ok(dtype),
-        _ => Err(format!(
-            "dtype {descr:?}: only little-endian arrays are supported"
-        )),
+    let big = match order {
+        "<" => false,
+        ">" => true,
+        "=" | "|" => cfg!(target_endian = "big"),
+        _ => {
+            return Err(format!(
+                "dtype {descr:?} does not start with a byte order numpy writes (<, >, = or |)"
+            ))
+        }
+    };
+    Ok((
+        dtype,
+        dtype.itemsize() > 1 && big != cfg!(target_endian = "big"),
+    ))
+}
+
+/// The width of the values whose bytes a swapped `dtype` reverses: a complex number is two floats.
+fn swap_width(dtype: Dtype) -> usize {
+    match dtype {
+        Dtype::C64 | Dtype::C128 => dtype.itemsize() / 2,
+        _ => dtype.itemsize(),
     }
 }
 
@@ -341,14 +366,14 @@ fn strides(shape: &[i64], fortran_order: bool) -> Vec<i64> {
 }
 
 /// Reads the layout of the `.npz` archive `archive` (the file `path` of `file_len` bytes): one
-/// tensor per member, named as `np.load(path)` names it. Deflated members are listed in
-/// `Contents::deflated`; their storages lie past `file_len` (see the module documentation).
+/// tensor per member, named as `np.load(path)` names it. Deflated and byte-swapped members are
+/// listed in `Contents::unmapped`; their storages lie past `file_len` (see the module documentation).
 pub fn read(path: &Path, archive: &Archive<'_>, file_len: usize) -> Result<Contents> {
     let fail =
         |name: &str, msg: String| Error::checkpoint(path, format!("npz member {name}: {msg}"));
     let mut storages = Vec::new();
     let mut tensors = Vec::new();
-    let mut deflated = Vec::new();
+    let mut unmapped = Vec::new();
     let mut virtual_end = file_len;
     for entry in archive.entries() {
         if entry.name.ends_with('/') {
@@ -379,22 +404,27 @@ pub fn read(path: &Path, archive: &Archive<'_>, file_len: usize) -> Result<Conte
                 ),
             ));
         }
-        let bytes = match entry.method {
-            Method::Stored => entry.data.start + header.data_offset..entry.data.end,
-            Method::Deflated => {
-                // A range of its own past the end of the file, 64-byte aligned like torch's records.
-                let start = virtual_end.div_ceil(64).saturating_mul(64);
-                let end = start.saturating_add(header.data_len);
-                virtual_end = end;
-                deflated.push(Deflated {
-                    storage: storages.len(),
-                    compressed: entry.data.clone(),
-                    size,
-                    data_offset: header.data_offset,
-                    crc32: entry.crc32,
-                });
-                start..end
-            }
+        let bytes = if entry.method == Method::Stored && !header.swapped {
+            entry.data.start + header.data_offset..entry.data.end
+        } else {
+            // A range of its own past the end of the file, 64-byte aligned like torch's records.
+            let start = virtual_end.div_ceil(64).saturating_mul(64);
+            let end = start.saturating_add(header.data_len);
+            virtual_end = end;
+            unmapped.push(Unmapped {
+                storage: storages.len(),
+                method: entry.method,
+                raw: entry.data.clone(),
+                size,
+                data_offset: header.data_offset,
+                crc32: entry.crc32,
+                swap: if header.swapped {
+                    swap_width(header.dtype)
+                } else {
+                    0
+                },
+            });
+            start..end
         };
         tensors.push(Tensor {
             name: key.to_owned(),
@@ -419,7 +449,7 @@ pub fn read(path: &Path, archive: &Archive<'_>, file_len: usize) -> Result<Conte
         format: Format::Npz,
         storages,
         tensors,
-        deflated,
+        unmapped,
     })
 }
 
@@ -445,14 +475,38 @@ fn inflate_prefix(raw: &[u8], size: usize) -> std::result::Result<Vec<u8>, Strin
     Ok(out)
 }
 
-/// The elements of a deflated member, written into `out` (exactly its elements' length).
-pub fn inflate(member: &Deflated, file: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+/// The elements of an unmapped member, in this machine's byte order, written into `out` (exactly
+/// its elements' length).
+pub fn elements(member: &Unmapped, file: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
     let raw = file
-        .get(member.compressed.clone())
-        .ok_or_else(|| "deflated bytes lie outside the file".to_string())?;
+        .get(member.raw.clone())
+        .ok_or_else(|| "the member's bytes lie outside the file".to_string())?;
     if out.len().checked_add(member.data_offset) != Some(member.size) {
         return Err("output size does not match the member".into());
     }
+    let whole = match member.method {
+        Method::Stored if raw.len() == member.size => raw,
+        Method::Stored => return Err("output size does not match the member".into()),
+        Method::Deflated => &inflate(member, raw)?,
+    };
+    let crc = crc32fast::hash(whole);
+    if crc != member.crc32 {
+        return Err(format!(
+            "is damaged: its CRC-32 is {crc:08x}, the directory says {:08x}",
+            member.crc32
+        ));
+    }
+    out.copy_from_slice(&whole[member.data_offset..]);
+    if member.swap > 1 {
+        for value in out.chunks_exact_mut(member.swap) {
+            value.reverse();
+        }
+    }
+    Ok(())
+}
+
+/// The whole deflated member `raw`, inflated to exactly the size the directory says.
+fn inflate(member: &Unmapped, raw: &[u8]) -> std::result::Result<Vec<u8>, String> {
     let mut whole = vec![0u8; member.size];
     match decompress_slice_iter_to_slice(&mut whole, std::iter::once(raw), false, true) {
         Ok(n) if n == member.size => {}
@@ -470,15 +524,7 @@ pub fn inflate(member: &Deflated, file: &[u8], out: &mut [u8]) -> std::result::R
         }
         Err(status) => return Err(format!("cannot be inflated: {status:?}")),
     }
-    let crc = crc32fast::hash(&whole);
-    if crc != member.crc32 {
-        return Err(format!(
-            "is damaged: its CRC-32 is {crc:08x}, the directory says {:08x}",
-            member.crc32
-        ));
-    }
-    out.copy_from_slice(&whole[member.data_offset..]);
-    Ok(())
+    Ok(whole)
 }
 
 #[cfg(test)]
@@ -551,8 +597,9 @@ mod tests {
     fn refuses_bad_headers() {
         for text in [
             "{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
-            "{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }",
             "{'descr': '<V2', 'fortran_order': False, 'shape': (1,), }",
+            "{'descr': 'f4', 'fortran_order': False, 'shape': (1,), }",
+            "{'descr': '!f4', 'fortran_order': False, 'shape': (1,), }",
             "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }",
             "{'descr': '<f4', 'shape': (1,), }",
             "{'descr': '<f4', 'fortran_order': 0, 'shape': (1,), }",
@@ -602,7 +649,7 @@ mod tests {
         let archive = Archive::new(&bytes).unwrap();
         assert!(looks_like_npz(&archive));
         let c = read(Path::new("w.npz"), &archive, bytes.len()).unwrap();
-        assert!(c.deflated.is_empty());
+        assert!(c.unmapped.is_empty());
         assert_eq!(c.format, Format::Npz);
         assert_eq!(c.tensors[0].name, "params/w");
         assert_eq!(c.tensors[1].stride, vec![1, 2]);
@@ -630,34 +677,87 @@ mod tests {
             &data,
         );
         let packed = miniz_oxide::deflate::compress_to_vec(&member, 6);
-        let d = Deflated {
+        let d = Unmapped {
             storage: 0,
-            compressed: 0..packed.len(),
+            method: Method::Deflated,
+            raw: 0..packed.len(),
             size: member.len(),
             data_offset: parse_header(&member).unwrap().data_offset,
             crc32: crc32fast::hash(&member),
+            swap: 0,
         };
         let mut out = vec![0u8; data.len()];
-        inflate(&d, &packed, &mut out).unwrap();
+        elements(&d, &packed, &mut out).unwrap();
         assert_eq!(out, data);
-        let damaged = Deflated {
+        let damaged = Unmapped {
             crc32: d.crc32 ^ 1,
             ..d.clone()
         };
-        let e = inflate(&damaged, &packed, &mut out).unwrap_err();
+        let e = elements(&damaged, &packed, &mut out).unwrap_err();
         assert!(e.contains("CRC-32"), "{e}");
-        let lying = Deflated {
+        let lying = Unmapped {
             size: member.len() + 4,
             ..d.clone()
         };
-        assert!(inflate(&lying, &packed, &mut vec![0u8; data.len() + 4]).is_err());
-        let short = Deflated {
+        assert!(elements(&lying, &packed, &mut vec![0u8; data.len() + 4]).is_err());
+        let short = Unmapped {
             size: member.len() - 4,
             ..d.clone()
         };
-        assert!(inflate(&short, &packed, &mut vec![0u8; data.len() - 4]).is_err());
+        assert!(elements(&short, &packed, &mut vec![0u8; data.len() - 4]).is_err());
         let mut broken = packed.clone();
         broken.truncate(packed.len() / 2);
-        assert!(inflate(&d, &broken, &mut out).is_err());
+        assert!(elements(&d, &broken, &mut out).is_err());
+    }
+
+    #[test]
+    fn byte_swaps_big_endian_members() {
+        let values = [1.5f32, -2.25, 3.0e-7];
+        let big: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let member = npy(
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (3,), }",
+            &big,
+        );
+        let one = npy(
+            "{'descr': '>u1', 'fortran_order': False, 'shape': (2,), }",
+            &[7, 9],
+        );
+        let complex: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_be_bytes()).collect();
+        let c64 = npy(
+            "{'descr': '>c8', 'fortran_order': False, 'shape': (1,), }",
+            &complex,
+        );
+        for deflate in [false, true] {
+            let bytes = crate::fuzzing::zip_archive(
+                &[("w.npy", &member), ("u.npy", &one), ("c.npy", &c64)],
+                deflate,
+            );
+            let archive = Archive::new(&bytes).unwrap();
+            let c = read(Path::new("w.npz"), &archive, bytes.len()).unwrap();
+            assert_eq!(c.tensors[0].dtype, Dtype::F32);
+            // Single bytes have no order: a stored one stays a range of the file.
+            let swaps: Vec<(usize, usize)> =
+                c.unmapped.iter().map(|u| (u.storage, u.swap)).collect();
+            assert_eq!(
+                swaps,
+                if deflate {
+                    vec![(0, 4), (1, 0), (2, 4)]
+                } else {
+                    vec![(0, 4), (2, 4)]
+                }
+            );
+            let mut out = vec![0u8; 12];
+            elements(&c.unmapped[0], &bytes, &mut out).unwrap();
+            assert_eq!(out, floats(&values));
+            let last = c.unmapped.last().unwrap();
+            let mut out = vec![0u8; 8];
+            elements(last, &bytes, &mut out).unwrap();
+            assert_eq!(out, floats(&[1.0, 2.0]));
+            let mut damaged = bytes.clone();
+            let at = c.unmapped[0].raw.end - 1;
+            damaged[at] ^= 1;
+            let e = elements(&c.unmapped[0], &damaged, &mut [0u8; 12]).unwrap_err();
+            assert!(e.contains("CRC-32") || e.contains("inflate"), "{e}");
+        }
     }
 }

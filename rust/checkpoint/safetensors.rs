@@ -128,7 +128,7 @@ pub fn read(path: &Path, bytes: &[u8]) -> Result<Contents> {
         format: Format::Safetensors,
         storages,
         tensors,
-        deflated: Vec::new(),
+        unmapped: Vec::new(),
     })
 }
 
