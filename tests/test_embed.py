@@ -790,8 +790,11 @@ def test_parquet_needs_pyarrow_and_says_so(
     write_folder(tmp_path / "data", captions=False)
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(clipfast.MissingDependencyError, match=re.escape("pip install 'clipfast[embed]'")):
+    with pytest.raises(
+        clipfast.MissingDependencyError, match=re.escape("pip install 'clipfast[embed]'")
+    ) as info:
         embed(tmp_path / "data", model_path, tmp_path / "out")
+    assert info.value.name == "pyarrow"
     assert not (tmp_path / "out").exists()
     # The iterator writes no parquet: it works without pyarrow.
     batches = list(clipfast.embed_batches(tmp_path / "data", model=str(model_path), batch_size=20))
@@ -814,8 +817,11 @@ def test_ray_without_ray_says_so_first(
 
     monkeypatch.setattr(embedding, "model_identity", no_work)
     monkeypatch.setattr(embedding, "make_plan", no_work)
-    with pytest.raises(clipfast.MissingDependencyError, match=re.escape("pip install 'clipfast[ray]'")):
+    with pytest.raises(
+        clipfast.MissingDependencyError, match=re.escape("pip install 'clipfast[ray]'")
+    ) as info:
         embed(tmp_path / "data", model_path, tmp_path / "out", ray=True)
+    assert info.value.name == "ray"
     assert not (tmp_path / "out").exists()
 
 

@@ -180,6 +180,7 @@ def test_missing_huggingface_hub_says_how_to_install(cache: Path, monkeypatch: p
     ) as info:
         hub.HubRepo("hf-hub:org/model")
     assert isinstance(info.value, ImportError)
+    assert info.value.name == "huggingface_hub"  # the missing package, as the other such errors name it
 
 
 @pytest.mark.parametrize("command", ["inspect", "convert"])

@@ -60,6 +60,21 @@ def test_errors_subclass_standard_exceptions() -> None:
     assert issubclass(clipfast.ModelNotFoundError, RuntimeError)
 
 
+def test_every_missing_dependency_error_names_the_package() -> None:
+    # ImportError.name says which module is missing (the hub's raise once left it None).
+    import ast
+
+    raises = []
+    for path in sorted((ROOT / "python" / "clipfast").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "MissingDependencyError":
+                names = [k.value for k in node.keywords if k.arg == "name"]
+                raises.append((path.name, node.lineno, [getattr(n, "value", None) for n in names]))
+    assert raises, "no MissingDependencyError raised anywhere?"
+    unnamed = [(file, line) for file, line, names in raises if not (names and isinstance(names[0], str))]
+    assert unnamed == [], f"MissingDependencyError without name='<package>': {unnamed}"
+
+
 def test_version_has_one_source() -> None:
     # pyproject.toml takes the version from Cargo.toml (maturin's dynamic version), so the two cannot
     # disagree; the extension compiles the same string in as clipfast.__version__.

@@ -108,7 +108,8 @@ def _huggingface_hub(name: object) -> ModuleType:
         import huggingface_hub.errors  # a submodule its lazy top level does not load by itself
     except ImportError as err:
         raise MissingDependencyError(
-            f"{name}: hf-hub: names need the huggingface_hub package, which is not installed: {INSTALL_HINT}"
+            f"{name}: hf-hub: names need the huggingface_hub package, which is not installed: {INSTALL_HINT}",
+            name="huggingface_hub",
         ) from err
     return huggingface_hub
 
