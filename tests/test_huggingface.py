@@ -313,6 +313,41 @@ def test_bare_safetensors_with_transformers_names(
     _assert_same_features(model, hf_model("quickgelu"), SPECS["quickgelu"])
 
 
+def test_openai_names_beside_a_config_json_say_it_was_not_used(
+    hf_folder: Callable[..., Path], state_dict_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A file with OpenAI's tensor names in a Hugging Face folder: its config.json describes
+    transformers' names, so it is not used (as clip.load ignores it), and the warning about the
+    assumed settings says so, where it said that no configuration travels with the weights."""
+    import clip
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(hf_folder("quickgelu") / "config.json", folder / "config.json")
+    weights = folder / "ViT-B-32.pt"
+    shutil.copy(state_dict_file("ViT-B/32"), weights)
+    with pytest.warns(UserWarning, match="quick_gelu") as record:
+        model, _ = clipfast.load(str(weights), device="cpu")
+    (message,) = [str(w.message) for w in record if "quick_gelu" in str(w.message)]
+    assert message.startswith(f"{weights}: these weights are in OpenAI's layout")
+    assert f"the config.json beside them ({folder / 'config.json'}) was not used" in message
+    assert "only with weights under Hugging Face's tensor names" in message
+    assert "no configuration travels with these weights" not in message
+    assert "or config.json beside the file" not in message  # it would not be read either
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference, _ = clip.load(str(weights), device="cpu", jit=False)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # clipfast convert warns the same way; a file alone keeps the plain wording.
+    with pytest.warns(UserWarning, match=r"config\.json beside them .* was not used"):
+        clipfast.convert(str(weights), str(tmp_path / "out.safetensors"))
+    alone = tmp_path / "ViT-B-32.pt"
+    shutil.copy(weights, alone)
+    with pytest.warns(UserWarning, match=r"ViT-B-32\.pt: no configuration travels with these weights"):
+        clipfast.load(str(alone), device="cpu")
+
+
 @pytest.mark.parametrize("weights", ["pytorch_model.bin", "model.safetensors"])
 def test_a_lone_file_with_transformers_names_says_what_it_needs(
     weights: str, hf_folder: Callable[..., Path], tmp_path: Path

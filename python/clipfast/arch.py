@@ -507,9 +507,10 @@ def _normal(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
-def assumption_warning(arch: Architecture, source: str) -> Optional[str]:
+def assumption_warning(arch: Architecture, source: str, unused_config: Optional[str] = None) -> Optional[str]:
     """The one warning ``load`` gives when a setting was assumed (None when nothing was): what was
-    assumed and which argument decides it."""
+    assumed and which argument decides it. ``unused_config``: a configuration file beside ``source``
+    that was not used (a Hugging Face ``config.json`` beside weights in OpenAI's layout)."""
     assumed = arch.assumed()
     if not assumed:
         return None
@@ -535,16 +536,28 @@ def assumption_warning(arch: Architecture, source: str) -> Optional[str]:
         parts.append(
             f"head counts {described}: pass {' / '.join(n + '=' for n, _ in guessed_heads)} if different"
         )
+    if unused_config is None:
+        reason = "no configuration travels with these weights"
+        beside = "An open_clip_config.json or config.json beside the file"
+    else:  # a config.json is read only with weights under Hugging Face's names: say why this one was not
+        reason = (
+            f"these weights are in OpenAI's layout, so the config.json beside them ({unused_config}) was "
+            "not used (clipfast reads a config.json only with weights under Hugging Face's tensor names), "
+            "and no configuration travels with weights in OpenAI's layout"
+        )
+        beside = "An open_clip_config.json beside the file"
     return (
-        f"{source}: no configuration travels with these weights, so clipfast assumed "
+        f"{source}: {reason}, so clipfast assumed "
         + "; and ".join(parts)
-        + ". (An open_clip_config.json or config.json beside the file, or `clipfast convert`, records them.)"
+        + f". ({beside}, or `clipfast convert`, records them.)"
     )
 
 
-def warn_assumptions(arch: Architecture, source: str, stacklevel: int = 2) -> None:
+def warn_assumptions(
+    arch: Architecture, source: str, stacklevel: int = 2, unused_config: Optional[str] = None
+) -> None:
     """Issue :func:`assumption_warning` (a ``UserWarning``), if any."""
-    message = assumption_warning(arch, source)
+    message = assumption_warning(arch, source, unused_config)
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
 

@@ -335,7 +335,7 @@ def convert(
         decided=src.decided,
         source=src.path,
     )
-    message = assumption_warning(arch, src.path)
+    message = assumption_warning(arch, src.path, src.unused_config)
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=2)
     expected = expected_shapes(arch)

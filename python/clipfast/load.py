@@ -219,7 +219,7 @@ def load(
     model, arch = _load_eager(source, device, dtype, mmap, hints, weights_only, ahead)
     from .transforms import for_config, for_resolution
 
-    warn_assumptions(arch, path, stacklevel=2)
+    warn_assumptions(arch, path, stacklevel=2, unused_config=source.unused_config)
     n_px = model.visual.input_resolution
     return model, (for_config(source.preprocess, n_px) if source.preprocess else for_resolution(n_px))
 

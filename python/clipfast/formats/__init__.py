@@ -108,6 +108,10 @@ class ModelSource:
     preprocess: Optional[PreprocessConfig] = None
     #: The configuration file that came with the weights, if any.
     config: Optional[str] = None
+    #: A configuration file beside the weights that was not used because the weights are not in
+    #: its layout (a Hugging Face ``config.json`` beside tensors under OpenAI's names): named in the
+    #: warning about assumed settings, which would otherwise seem to ignore it.
+    unused_config: Optional[str] = None
     #: The tensors are stored under OpenAI's key names in the single file ``path`` (after
     #: ``arch.openai_key_names``): ``load`` reads it in its own single pass.
     direct: bool = True

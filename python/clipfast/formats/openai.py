@@ -7,7 +7,9 @@ names, so their bare state dicts are read here too. Asked last: it takes any fil
 
 What travels with the weights: a TorchScript archive is OpenAI's (QuickGELU, 64-wide heads); a
 safetensors file may carry clipfast's metadata; anything else says nothing, and
-``arch.infer_architecture`` falls back to the published configurations and defaults.
+``arch.infer_architecture`` falls back to the published configurations and defaults. A Hugging Face
+``config.json`` beside the file describes transformers' tensor names, not these: it is not used, and
+the source names it (``ModelSource.unused_config``) so that the warning about assumed settings says so.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from . import ModelSource
 from .metadata import decode, read_safetensors_metadata
 
 __all__ = ["is_torchscript", "locate", "torchscript_settings"]
+
+#: Hugging Face's configuration file (formats.huggingface reads it for weights under its names).
+_HF_CONFIG = "config.json"
 
 
 def is_torchscript(path: str) -> bool:
@@ -83,11 +88,13 @@ def locate(path: str) -> Optional[ModelSource]:
     """Any single file (whether it holds a CLIP model is for the reader and the build to say)."""
     if not os.path.isfile(path):
         return None
+    beside = os.path.join(os.path.dirname(path), _HF_CONFIG)  # as the file is named: relative stays so
+    unused = beside if os.path.isfile(beside) else None
     if is_torchscript(path):
-        return ModelSource("openai", path, torchscript_settings())
+        return ModelSource("openai", path, torchscript_settings(), unused_config=unused)
     metadata = read_safetensors_metadata(path)
     recorded = decode(metadata, path) if metadata is not None else None
     if recorded is not None:
         decided, preprocess = recorded
-        return ModelSource("openai", path, decided, preprocess)
-    return ModelSource("openai", path)
+        return ModelSource("openai", path, decided, preprocess, unused_config=unused)
+    return ModelSource("openai", path, unused_config=unused)
