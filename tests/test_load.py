@@ -221,6 +221,26 @@ def test_dtype_callable_and_fp64(openai_archive: Callable[[str], Path]) -> None:
     assert_same_state(others, expected)
 
 
+@pytest.mark.parametrize("name", ["RN50", "ViT-B/32"])
+def test_fp64_model_runs(openai_archive: Callable[[str], Path], name: str) -> None:
+    """A model loaded with dtype=torch.float64 computes in float64, layer norms included (clip's
+    LayerNorm casts to fp32, which torch refuses beside fp64 weights), and agrees with clip's fp32
+    model to fp32's precision."""
+    path = openai_archive(name)
+    reference, _ = clip_load(path)
+    model, _ = clipfast.load(path, device="cpu", dtype=torch.float64)
+    size = reference.visual.input_resolution
+    image = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    text = clipfast.tokenize(["a photo of a dog", "a diagram"])
+    with torch.no_grad():
+        for got, want in (
+            (model.encode_image(image.double()), reference.encode_image(image)),
+            (model.encode_text(text), reference.encode_text(text)),
+        ):
+            assert got.dtype == torch.float64
+            torch.testing.assert_close(got, want.double(), rtol=1e-4, atol=1e-4)
+
+
 def test_mmap_load_equals_clip(openai_archive: Callable[[str], Path]) -> None:
     path = openai_archive("ViT-B/32")
     model, _ = clipfast.load(path, device="cpu", mmap=True)

@@ -240,10 +240,13 @@ class ModifiedResNet(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the input dtype; the result has the input's dtype."""
+    """LayerNorm computed in fp32 whatever the input dtype (fp64 in a model loaded as fp64, whose
+    norm weights are fp64: fp32 input there is refused by torch); the result has the input's dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.type(torch.float32)).type(x.dtype)
+        weight = self.weight
+        compute = torch.float64 if weight is not None and weight.dtype == torch.float64 else torch.float32
+        return super().forward(x.type(compute)).type(x.dtype)
 
 
 class QuickGELU(nn.Module):
