@@ -407,6 +407,11 @@ def _read_while_building(
     any work starts, one that is not a CLIP model fails in the build (reported first)."""
     from .checkpoint import _parsed, _plan_read
 
+    if ahead is not None:
+        # While the parse runs on its thread (GIL released), import what the build, the preprocess
+        # and the assembly need, which would otherwise be imported after it, in the serial path.
+        from . import posembed, published, transforms  # noqa: F401
+
     pending = _plan_read(path, mmap=mmap, dtype=dtype, reader=_parsed(path, ahead))
     _, (model, arch) = _build_beside(pending.convert, pending.declared_shapes(), path, heads)
     return pending.finish(), model, arch
