@@ -108,9 +108,8 @@ def test_a_npy_file_is_not_a_checkpoint(tmp_path: Path) -> None:
         read_state_dict(path)
 
 
-def test_damaged_deflated_member_is_an_error(tmp_path: Path) -> None:
-    path = tmp_path / "w.npz"
-    np.savez_compressed(path, w=np.arange(4096, dtype=np.float32))
+def _damage_first_member(path: Path) -> None:
+    """Overwrite 16 bytes in the middle of the data of the archive's first member."""
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         info = archive.infolist()[0]
@@ -118,6 +117,12 @@ def test_damaged_deflated_member_is_an_error(tmp_path: Path) -> None:
     middle = start + info.compress_size // 2
     data[middle : middle + 16] = b"\xff" * 16
     path.write_bytes(bytes(data))
+
+
+def test_damaged_deflated_member_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "w.npz"
+    np.savez_compressed(path, w=np.arange(4096, dtype=np.float32))
+    _damage_first_member(path)
     with pytest.raises(CheckpointError, match=r"w.npz: npz member w.npy"):
         read_state_dict(path)
 
@@ -185,13 +190,7 @@ def test_damaged_big_endian_member_is_an_error(tmp_path: Path, compressed: bool)
     # A stored member read in place is never CRC-checked; a swapped one is read whole, and checked.
     path = tmp_path / "w.npz"
     (np.savez_compressed if compressed else np.savez)(path, w=np.arange(4096, dtype=">f4"))
-    data = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as archive:
-        info = archive.infolist()[0]
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
-    middle = start + info.compress_size // 2
-    data[middle : middle + 16] = b"\xff" * 16
-    path.write_bytes(bytes(data))
+    _damage_first_member(path)
     with pytest.raises(CheckpointError, match=r"w.npz: npz member w.npy: .*(CRC-32|inflate)"):
         read_state_dict(path)
     inspect_checkpoint(path)  # the header is intact: described without reading the elements
