@@ -344,8 +344,13 @@ def test_openai_names_beside_a_config_json_say_it_was_not_used(
         clipfast.convert(str(weights), str(tmp_path / "out.safetensors"))
     alone = tmp_path / "ViT-B-32.pt"
     shutil.copy(weights, alone)
-    with pytest.warns(UserWarning, match=r"ViT-B-32\.pt: no configuration travels with these weights"):
+    with pytest.warns(
+        UserWarning, match=r"ViT-B-32\.pt: no configuration travels with these weights"
+    ) as record:
         clipfast.load(str(alone), device="cpu")
+    # Nor does it suggest a config.json there: beside weights in OpenAI's layout none is read.
+    (alone_message,) = [str(w.message) for w in record if "quick_gelu" in str(w.message)]
+    assert "config.json beside" not in alone_message.replace("open_clip_config.json beside", "")
 
 
 @pytest.mark.parametrize("weights", ["pytorch_model.bin", "model.safetensors"])

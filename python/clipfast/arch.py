@@ -536,20 +536,20 @@ def assumption_warning(arch: Architecture, source: str, unused_config: Optional[
         parts.append(
             f"head counts {described}: pass {' / '.join(n + '=' for n, _ in guessed_heads)} if different"
         )
+    # Only weights in OpenAI's layout get here (a Hugging Face config.json states every setting), and
+    # beside them clipfast reads open_clip's configuration, never a config.json.
     if unused_config is None:
         reason = "no configuration travels with these weights"
-        beside = "An open_clip_config.json or config.json beside the file"
     else:  # a config.json is read only with weights under Hugging Face's names: say why this one was not
         reason = (
             f"these weights are in OpenAI's layout, so the config.json beside them ({unused_config}) was "
             "not used (clipfast reads a config.json only with weights under Hugging Face's tensor names), "
             "and no configuration travels with weights in OpenAI's layout"
         )
-        beside = "An open_clip_config.json beside the file"
     return (
         f"{source}: {reason}, so clipfast assumed "
         + "; and ".join(parts)
-        + f". ({beside}, or `clipfast convert`, records them.)"
+        + ". (An open_clip_config.json beside the file, or `clipfast convert`, records them.)"
     )
 
 
