@@ -459,6 +459,57 @@ def test_wrong_bytes_ended_by_a_reset_are_a_checksum_error(
     assert not (tmp_path / "wrong.pt").exists() and leftovers(tmp_path) == []
 
 
+def test_reset_before_any_body_byte_is_a_dropped_connection(server: FaultServer, tmp_path: Path) -> None:
+    """A close-delimited body reset after its head, before any body byte: a dropped connection on
+    every try (not two 'fresh bodies alike', which would make the empty body the server's file and
+    raise ChecksumError), so the retries decide; a later whole body is published."""
+    data = payload(200_000, seed=16)
+    url = add_file(server, "empty.pt", data, content_length=False, reset=True, drop_after=0, drop_times=9)
+    with pytest.raises(DownloadError, match=r"before any body byte.*gave up after 3 tries"):
+        clipfast.download(url, root=str(tmp_path), progress=False)
+    assert not (tmp_path / "empty.pt").exists()
+    server.resources[path_of(url)].drop_times = 2
+    path = clipfast.download(url, root=str(tmp_path), progress=False)
+    assert Path(path).read_bytes() == data
+    assert server.stats(path_of(url)).statuses[-3:] == [200, 200, 200]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["Range", "no Range"])
+def test_unverified_body_without_length_cut_is_not_published(
+    server: FaultServer, tmp_path: Path, ranges: bool
+) -> None:
+    """sha256=False: a close-delimited body ended by a reset is a cut transfer all the same (no hash
+    can tell), never published as the file: resumed with Range, where a 416 saying the kept bytes
+    are the whole file ends it, or, without Range, fetched until two bodies agree."""
+    data = payload(300_000, seed=17)
+    url = add_file(
+        server,
+        "free.pt",
+        data,
+        content_length=False,
+        reset=True,
+        drop_after=100_000,
+        drop_times=1,
+        support_range=ranges,
+    )
+    path = clipfast.download(url, root=str(tmp_path), sha256=False, progress=False)
+    assert Path(path).read_bytes() == data
+    assert leftovers(tmp_path) == []
+    stats = server.stats(path_of(url))
+    # With Range the 206 announces the length (Content-Range): whole at once.
+    assert stats.statuses == ([200, 206] if ranges else [200, 200, 200])
+    # Whole on the first try, ended by a reset: confirmed by a 416, or by a second body alike.
+    whole = add_file(server, "whole.pt", data, content_length=False, reset=True, support_range=ranges)
+    path = clipfast.download(whole, root=str(tmp_path), sha256=False, progress=False)
+    assert Path(path).read_bytes() == data
+    assert server.stats(path_of(whole)).statuses == ([200, 416] if ranges else [200, 200])
+    # With the hash, such a body is taken at once.
+    hashed = add_file(server, "hashed.pt", data, content_length=False, reset=True, support_range=ranges)
+    clipfast.download(hashed, root=str(tmp_path), progress=False)
+    assert server.stats(path_of(hashed)).statuses == [200]
+
+
 def test_target_that_is_a_folder_is_an_error(server: FaultServer, tmp_path: Path) -> None:
     url = add_file(server, "dir.pt", b"abc")
     (tmp_path / "dir.pt").mkdir()

@@ -179,45 +179,50 @@ pub fn fetch(
                 let size = state.have;
                 observer.tick(size, Some(size))?;
                 let digest = state.hasher.clone().finish();
-                let cut = state.cut.take();
-                match expected {
-                    Some(want) if digest != want => {
-                        let seen = Some((size, digest));
-                        match cut {
-                            // A body without a length that ended at a broken connection: a cut
-                            // transfer, as one with a length that ends early. Its bytes stay for
-                            // the next try, which resumes (Range, If-Range) or starts over. Two
-                            // fresh bodies alike, cut at the same byte, are what the server has.
-                            Some(why) if state.spliced || cut_seen != seen => {
-                                cut_seen = seen;
-                                let msg = format!(
-                                    "{why} after {size} bytes (no length announced), which do not \
-                                     match the SHA-256"
-                                );
-                                (msg, None)
-                            }
-                            _ => {
-                                let spliced = state.spliced;
-                                state.reset()?;
-                                if spliced && !restarted_after_mismatch {
-                                    // The bytes kept from an earlier try may be what is wrong:
-                                    // once, start over.
-                                    restarted_after_mismatch = true;
-                                    continue;
-                                }
-                                return Err(Error::Checksum {
-                                    path: dest.to_path_buf(),
-                                    msg: format!(
-                                        "SHA-256 of the downloaded {url} is {}, expected {}; \
-                                         nothing was kept",
-                                        to_hex(&digest),
-                                        to_hex(&want)
-                                    ),
-                                });
-                            }
-                        }
+                let matches = expected.map(|want| digest == want);
+                // Why this body, without a length, ended at a broken connection; moot once the
+                // hash matches.
+                let cut = state.cut.take().filter(|_| matches != Some(true));
+                let seen = Some((size, digest));
+                match cut.as_deref() {
+                    // An unverified body without a length that ended at a broken connection: a
+                    // cut transfer, as one with a length that ends early. Its bytes stay for the
+                    // next try, which resumes (Range, If-Range), learns from a 416 that they are
+                    // whole, or starts over. An empty one is always cut; two fresh bodies alike,
+                    // cut at the same byte, are what the server has.
+                    Some(why) if state.spliced || size == 0 || cut_seen != seen => {
+                        cut_seen = seen;
+                        (cut_message(why, size, expected.is_some()), None)
                     }
                     _ => {
+                        if matches == Some(false) {
+                            let spliced = state.spliced;
+                            state.reset()?;
+                            if spliced && !restarted_after_mismatch {
+                                // The bytes kept from an earlier try may be what is wrong: once,
+                                // start over.
+                                restarted_after_mismatch = true;
+                                continue;
+                            }
+                            let twice = if cut.is_some() {
+                                format!(
+                                    " (two tries each ended at byte {size} at a broken \
+                                     connection, no length announced: taken for the server's \
+                                     file)"
+                                )
+                            } else {
+                                String::new()
+                            };
+                            return Err(Error::Checksum {
+                                path: dest.to_path_buf(),
+                                msg: format!(
+                                    "SHA-256 of the downloaded {url} is {}, expected {}{twice}; \
+                                     nothing was kept",
+                                    to_hex(&digest),
+                                    expected.map(|want| to_hex(&want)).unwrap_or_default()
+                                ),
+                            });
+                        }
                         publish(&state.partial, dest, &dir)?;
                         return Ok(Report {
                             sha256: to_hex(&digest),
@@ -256,6 +261,22 @@ pub fn fetch(
         let wait = backoff::delay(attempts, options.backoff, options.max_backoff, retry_after);
         pause(wait, &state, options, observer)?;
     }
+}
+
+/// Why a try whose body (no length announced) ended at a broken connection (`why`) after `size`
+/// bytes is taken for a cut transfer.
+fn cut_message(why: &str, size: u64, hashed: bool) -> String {
+    let at = if size == 0 {
+        "before any body byte".to_string()
+    } else {
+        format!("after {size} bytes")
+    };
+    let hash = if hashed && size > 0 {
+        ", which do not match the SHA-256"
+    } else {
+        ""
+    };
+    format!("{why} {at} (no length announced){hash}")
 }
 
 /// Waits `wait`, calling the observer meanwhile so Ctrl-C is seen.
@@ -418,7 +439,8 @@ fn receive_body(
                 }
             }
             Some(Event::End { cut }) => {
-                state.cut = cut;
+                // With a length known, `at_end` tells a whole body from a cut one.
+                state.cut = cut.filter(|_| state.total.is_none());
                 return at_end(state.have, state.total).map_err(|msg| Stop::Retry {
                     msg,
                     retry_after: None,
@@ -536,7 +558,14 @@ pub(crate) fn decide(head: &Head, known: &Known<'_>) -> Decision {
             "the server answered 206 Partial Content to a request without Range".into(),
         ),
         416 if known.asked_range => {
-            if known_total == Some(known.have) {
+            // The length is what was recorded, or what the 416 says (`bytes */<length>`; a 416
+            // to an If-Range request means the validator still matched).
+            let said = head
+                .content_range
+                .as_deref()
+                .and_then(|v| v.trim().strip_prefix("bytes")?.trim().strip_prefix("*/"))
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            if known_total.or(said) == Some(known.have) {
                 Decision::Complete
             } else {
                 Decision::Restart("the server refused to resume (416)".into())
