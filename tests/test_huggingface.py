@@ -113,6 +113,22 @@ def test_folder_gives_transformers_features(
     assert model.transformer.resblocks[0].attn.num_heads == s.text_heads
 
 
+def test_image_smaller_than_a_patch_is_refused_by_name(tmp_path: Path) -> None:
+    """transformers builds a CLIPModel whose image is smaller than one patch (a position table of
+    the class token's row alone) and fails at its first image; clipfast refuses the folder, saying
+    so (it had said the configuration does not fit the weights)."""
+    s = HFSpec(image_size=10, vision_layers=1, text_layers=1, context_length=8)
+    model = _testing.build_hf_model(s)
+    with pytest.raises(RuntimeError):
+        model.get_image_features(pixel_values=torch.zeros(1, 3, 10, 10))
+    folder = _testing.write_hf_folder(tmp_path / "small", model)
+    with pytest.raises(
+        ArchitectureError,
+        match=r"config\.json: vision_config\.image_size = 10 is smaller than one 16-pixel patch",
+    ):
+        clipfast.load(str(folder), device="cpu")
+
+
 @pytest.mark.parametrize(
     ("weights", "shard"),
     [("safetensors", "100KB"), ("bin", None), ("bin", 3)],

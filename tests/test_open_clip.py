@@ -481,6 +481,23 @@ def test_resnet_sizes_open_clip_cannot_run_are_refused(tmp_path: Path) -> None:
         clipfast.load(folder, device="cpu")
 
 
+def test_images_smaller_than_a_patch_are_refused_by_name(tmp_path: Path) -> None:
+    """open_clip builds a tower for an image smaller than one patch (32 pixels for a ModifiedResNet):
+    its position table is the class token's row alone, and the model fails at its first image.
+    clipfast refuses it, saying so (it had said the table's 1 row is not grid**2 + 1)."""
+    for name, size in (("gelu_h80", 5), ("resnet", 16)):
+        cfg = _sized(name, image_size=size)
+        model = open_clip_model(cfg)
+        with pytest.raises(RuntimeError):
+            model.encode_image(torch.zeros(1, 3, size, size))
+        folder = write_folder(tmp_path / name, cfg, model.state_dict())
+        reference_load(folder)  # open_clip loads it
+        with pytest.raises(
+            ArchitectureError, match=r"positional_embedding' has 1 row.*no grid.*smaller than"
+        ):
+            clipfast.load(folder, device="cpu")
+
+
 @pytest.mark.parametrize(
     "name", ["ViT-H-14-worldwide", "ViT-L-14-worldwide-quickgelu", "ViT-L-14-CLIPA", "ViT-M-16-alt"]
 )

@@ -238,6 +238,12 @@ class _Shapes:
     def square_grid(self, key: str) -> tuple[int, int]:
         """(grid, width) of a positional embedding of grid**2 + 1 rows (the class token first)."""
         rows, width = self.shape(key, 2)
+        if rows == 1:  # open_clip builds such a tower (image smaller than a patch); it cannot run
+            unit = "32 pixels (a ModifiedResNet's)" if key.startswith("visual.attnpool") else "one patch"
+            raise self.error(
+                f"{key!r} has 1 row, the class token's alone: no grid (weights for an image smaller "
+                f"than {unit}, which the model cannot encode)"
+            )
         grid = math.isqrt(max(rows - 1, 0))
         if grid == 0 or grid * grid + 1 != rows:
             raise self.error(f"{key!r} has {rows} rows, which is not grid**2 + 1 for a square grid")

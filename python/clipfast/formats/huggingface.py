@@ -561,6 +561,11 @@ class HuggingFaceSource(ModelSource):
             rows = layout[key][2][0]
             if setting == "image_resolution":
                 patch = int(self.decided["vision_patch_size"][0])
+                if 0 < value < patch:  # transformers builds it; its patch convolution fails on any image
+                    raise ArchitectureError(
+                        f"{where.detail}: {rows_of} = {value} is smaller than one {patch}-pixel patch "
+                        "(no patch grid): the model cannot encode an image"
+                    )
                 # transformers floors the grid of a size between multiples of the patch, as its
                 # strided patch convolution does.
                 expected = (value // patch) ** 2 + 1 if value >= patch > 0 else -1
