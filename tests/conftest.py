@@ -20,6 +20,20 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"clip\..*")
 ALL_MODELS = list(_testing.FULL)
 
 
+def fp16_convolution_on_cpu() -> bool:
+    """Whether this torch runs fp16 convolutions on the CPU. torch 2.1 (make compat's oldest) does
+    not: OpenAI's format is a trace run in fp16, which can then neither be written nor run on the
+    CPU as traced."""
+    import torch
+
+    x = torch.ones(1, 1, 3, 3, dtype=torch.half)
+    try:
+        torch.nn.functional.conv2d(x, x, padding=1)
+    except RuntimeError:
+        return False
+    return True
+
+
 def _file_name(name: str) -> str:
     return name.replace("/", "-").replace("@", "-")
 

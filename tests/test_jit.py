@@ -17,6 +17,7 @@ import pytest
 import torch
 from clipfast import _testing
 from clipfast.jit import cuda_constants, device_constants, graphs, load_jit
+from conftest import fp16_convolution_on_cpu
 
 CAPTIONS = ["a diagram", "a dog", "a cat", "a photo of a red car"]
 
@@ -183,6 +184,7 @@ def _state_dtypes(module: torch.nn.Module) -> dict[str, torch.dtype]:
     return {key: tensor.dtype for key, tensor in module.state_dict().items()}
 
 
+@pytest.mark.skipif(not fp16_convolution_on_cpu(), reason="this torch has no fp16 convolution on the CPU")
 @pytest.mark.parametrize("name", ["RN50", "ViT-B/32"])
 def test_jit_float16_on_the_cpu_is_the_archive_as_traced(
     name: str, openai_archive: Callable[[str], Path]

@@ -12,23 +12,15 @@ import clipfast
 import pytest
 import torch
 from clipfast import _openai_format, _testing
+from conftest import fp16_convolution_on_cpu
 
 warnings.filterwarnings("ignore", category=UserWarning, module=r"clip\..*")
-
-
-def _traces_fp16_on_cpu() -> bool:
-    x = torch.ones(1, 1, 3, 3, dtype=torch.half)
-    try:
-        torch.nn.functional.conv2d(x, x, padding=1)
-    except RuntimeError:
-        return False
-    return True
 
 
 # OpenAI's format is a trace run in fp16: torch 2.1 has no fp16 convolution on the CPU (the demo
 # then writes a state dict; make compat writes the tests' archives with a newer torch).
 pytestmark = pytest.mark.skipif(
-    not _traces_fp16_on_cpu(), reason="this torch has no fp16 convolution on the CPU"
+    not fp16_convolution_on_cpu(), reason="this torch has no fp16 convolution on the CPU"
 )
 
 
