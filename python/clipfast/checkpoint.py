@@ -187,15 +187,13 @@ def read_state_dict(
     ``UnsafeCheckpointError`` where the pickle names code (``os.system``, a foreign class, ...)
     in place of a weight.
     """
-    pending = _plan_read(path, mmap=mmap, dtype=dtype)
-    pending.convert()
-    return pending.finish()
+    return _read_parsed(_open(os.fspath(path)), mmap=mmap, dtype=dtype)
 
 
-def _read_parsed(reader: Any, *, mmap: bool) -> OrderedDict[str, torch.Tensor]:
-    """The tensors of the file ``reader`` parsed, as stored (``read_state_dict`` without a second
-    parse by the path, which may name another file by now)."""
-    pending = _plan_read(reader.path, mmap=mmap, dtype=None, reader=reader)
+def _read_parsed(reader: Any, *, mmap: bool, dtype: DtypeArg = None) -> OrderedDict[str, torch.Tensor]:
+    """The tensors of the file ``reader`` parsed (``read_state_dict`` without a second parse by the
+    path, which may name another file by now)."""
+    pending = _plan_read(reader.path, mmap=mmap, dtype=dtype, reader=reader)
     pending.convert()
     return pending.finish()
 

@@ -272,14 +272,12 @@ def _load_eager(
         # The plan depends on which tensors are conv/linear/attention weights: build the model
         # from the declared shapes first, then read once, converting as planned (one parse serves
         # both: the one started ahead where there is one).
-        from .checkpoint import _declared_shapes, _parsed, _plan_read
+        from .checkpoint import _declared_shapes, _parsed, _read_parsed
 
         reader = _parsed(path, ahead)
         model, arch = _build(_declared_shapes(reader.tensors), path, heads)
         names = _model_names(dtype_plan(target, dtype, half_precision_names(model)))
-        pending = _plan_read(path, mmap=mmap, dtype=names, reader=reader)
-        pending.convert()
-        tensors = pending.finish()
+        tensors = _read_parsed(reader, mmap=mmap, dtype=names)
     else:
         # Each tensor is copied once, from a map of the file to the device, and converted there.
         tensors = read_state_dict(path, mmap=True)
