@@ -5,6 +5,7 @@
 //! storage offset and the byte range of its storage in the file, so Python can view one mapping of
 //! the file without a copy, or ask `convert` to fill owned buffers in parallel.
 
+mod conversion;
 mod convert;
 mod dtype;
 pub mod export;
@@ -14,6 +15,7 @@ mod torch_pickle;
 mod torchscript;
 mod widen_simd;
 
+pub use conversion::Conversion;
 pub use dtype::Dtype;
 
 use crate::error::{Error, Result};
@@ -25,6 +27,7 @@ use pyo3::types::PyByteArray;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Which kind of file a checkpoint is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,8 +236,9 @@ pub fn map_file(path: &Path) -> Result<(File, Mmap)> {
 #[pyclass(frozen, module = "clipfast._native")]
 pub struct CheckpointReader {
     path: PathBuf,
-    file: File,
-    map: Mmap,
+    // Shared with the threads of a `Conversion`, which may outlive a reader Python let go of.
+    file: Arc<File>,
+    map: Arc<Mmap>,
     contents: Contents,
 }
 
@@ -253,6 +257,8 @@ type TensorRow = (
 );
 /// `(src_start, src_end, src_dtype, destination tensor)`.
 type JobRow<'py> = (usize, usize, String, Bound<'py, PyAny>);
+/// `(src_start, src_end, src_dtype, destination byte offset, destination dtype)`.
+type RegionJobRow = (usize, usize, String, usize, String);
 /// `(tensor index, output byte offset, output dtype, permutation of the dimensions or None)`.
 type PieceRow = (usize, usize, String, Option<Vec<usize>>);
 
@@ -268,8 +274,8 @@ impl CheckpointReader {
         })?;
         Ok(CheckpointReader {
             path,
-            file,
-            map,
+            file: Arc::new(file),
+            map: Arc::new(map),
             contents,
         })
     }
@@ -368,19 +374,72 @@ impl CheckpointReader {
                 dst_dtype,
             });
         }
-        // Destinations must not overlap: each byte has one writer.
-        let mut spans: Vec<(usize, usize)> = parsed
-            .iter()
-            .map(|j| (j.dst_address, j.dst_address.saturating_add(j.dst_len)))
-            .collect();
-        spans.sort_unstable();
-        if spans.windows(2).any(|w| w[0].1 > w[1].0 && w[1].1 > w[1].0) {
-            return Err(Error::checkpoint(&self.path, "conversion destinations overlap").into());
-        }
+        self.check_disjoint(&parsed)?;
         // `jobs` keeps every destination tensor alive until the conversion has returned.
         py.detach(|| convert::run(&self.path, &self.file, &self.map, &parsed))?;
         drop(jobs);
         Ok(())
+    }
+
+    /// Starts filling one destination (a uint8 tensor over the memory the tensors are views of) on
+    /// threads of its own and returns at once: `wait()` on the returned `Conversion` ends it. The GIL is
+    /// not needed meanwhile.
+    ///
+    /// Each job is `(src_start, src_end, src_dtype, dst_offset, dst_dtype)`: the source's elements,
+    /// converted, are written at `dst_offset` bytes into `destination`. Jobs are checked (inside the
+    /// file and the buffer, aligned, not overlapping, a conversion that exists) before any byte is
+    /// written; the conversion holds `destination` (so its memory) until it ends.
+    fn convert_into(
+        &self,
+        destination: &Bound<'_, PyAny>,
+        jobs: Vec<RegionJobRow>,
+    ) -> PyResult<Conversion> {
+        let device: String = destination.getattr("device")?.str()?.extract()?;
+        let dtype: String = destination.getattr("dtype")?.str()?.extract()?;
+        let contiguous: bool = destination.call_method0("is_contiguous")?.extract()?;
+        if device != "cpu" || dtype != "torch.uint8" || !contiguous {
+            return Err(Error::checkpoint(
+                &self.path,
+                "conversion destination must be a contiguous CPU uint8 tensor",
+            )
+            .into());
+        }
+        let base: usize = destination.call_method0("data_ptr")?.extract()?;
+        let size: usize = destination.getattr("nbytes")?.extract()?;
+        let mut parsed = Vec::with_capacity(jobs.len());
+        for (start, end, src, offset, dst) in jobs {
+            let src_dtype = self.dtype(&src)?;
+            let dst_dtype = self.dtype(&dst)?;
+            // The destination holds as many elements as the source (convert::run checks the source
+            // is a whole number of them).
+            let count = end.saturating_sub(start) / src_dtype.itemsize();
+            let dst_len = count.checked_mul(dst_dtype.itemsize());
+            let inside = dst_len
+                .and_then(|n| offset.checked_add(n))
+                .is_some_and(|e| e <= size);
+            let (Some(dst_len), true) = (dst_len, inside) else {
+                return Err(Error::checkpoint(
+                    &self.path,
+                    format!("conversion destination at {offset} lies outside the destination of {size} bytes"),
+                )
+                .into());
+            };
+            parsed.push(convert::Job {
+                src: start..end,
+                src_dtype,
+                dst_address: base + offset,
+                dst_len,
+                dst_dtype,
+            });
+        }
+        self.check_disjoint(&parsed)?;
+        Ok(Conversion::start(
+            self.path.clone(),
+            Arc::clone(&self.file),
+            Arc::clone(&self.map),
+            parsed,
+            destination.clone().unbind(),
+        )?)
     }
 
     /// Writes tensors of this checkpoint into the existing file `dest`, whose data section starts
@@ -451,6 +510,22 @@ impl CheckpointReader {
 }
 
 impl CheckpointReader {
+    /// Destinations must not overlap: each byte has one writer.
+    fn check_disjoint(&self, jobs: &[convert::Job]) -> Result<()> {
+        let mut spans: Vec<(usize, usize)> = jobs
+            .iter()
+            .map(|j| (j.dst_address, j.dst_address.saturating_add(j.dst_len)))
+            .collect();
+        spans.sort_unstable();
+        if spans.windows(2).any(|w| w[0].1 > w[1].0 && w[1].1 > w[1].0) {
+            return Err(Error::checkpoint(
+                &self.path,
+                "conversion destinations overlap",
+            ));
+        }
+        Ok(())
+    }
+
     fn dtype(&self, name: &str) -> Result<Dtype> {
         Dtype::from_torch_name(name)
             .ok_or_else(|| Error::checkpoint(&self.path, format!("unknown dtype {name}")))
@@ -459,6 +534,7 @@ impl CheckpointReader {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CheckpointReader>()?;
+    m.add_class::<Conversion>()?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ import textwrap
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import clipfast
 import pytest
@@ -119,3 +120,32 @@ def fork_after() -> Callable[..., None]:
         assert result.returncode == 0, result.stderr
 
     return run
+
+
+@pytest.fixture
+def conversion_held_back(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``clipfast.load`` gives the model its tensors while their values are still being converted,
+    and waits (``ready()``) before any step that reads values. Here the conversion only starts when
+    waited for, so the tensors hold unfilled memory until then: a step that reads values without
+    waiting reads zeros, and comparing with the reference fails. Returns how many conversions were
+    held back (a test checks its load went this way)."""
+    from clipfast import checkpoint
+
+    held: list[Any] = []
+    count = [0]
+    real_start, real_wait = checkpoint._PendingRead.start, checkpoint._PendingRead.wait
+
+    def start(self: Any) -> None:
+        if self.jobs:
+            count[0] += 1
+        held.append(self)
+
+    def wait(self: Any) -> None:
+        if any(p is self for p in held):
+            held.remove(self)
+            real_start(self)
+        real_wait(self)
+
+    monkeypatch.setattr(checkpoint._PendingRead, "start", start)
+    monkeypatch.setattr(checkpoint._PendingRead, "wait", wait)
+    return count

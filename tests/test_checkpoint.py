@@ -836,3 +836,82 @@ def test_parse_ahead_hands_over_only_the_same_unchanged_file(tmp_path: Path) -> 
     # Not a regular file: nothing is started.
     assert ParseAhead.start(str(tmp_path)) is None
     assert ParseAhead.start(str(tmp_path / "missing.pt")) is None
+
+
+def _storage_jobs(path: Path) -> tuple[object, list[tuple[int, int, str]], list[torch.Tensor]]:
+    """The reader of ``path``, its storages' (start, end, dtype) and torch.load's tensors."""
+    from clipfast import _native
+
+    reader = _native.CheckpointReader(path)
+    spans = [(start, end, dtype) for _, dtype, start, end in reader.storages]
+    return reader, spans, list(torch.load(path, weights_only=True).values())
+
+
+def test_convert_into_fills_one_destination_on_its_own_threads(tmp_path: Path) -> None:
+    """``convert_into`` returns at once; ``wait`` gives the values torch converts to (float16 ->
+    float32, bfloat16 -> float64, float32 copied), each at its offset of the one destination."""
+    path = tmp_path / "mixed.pt"
+    generator = torch.Generator().manual_seed(0)
+    ref = {
+        "h": torch.randn(300, 7, generator=generator).half(),
+        "b": torch.randn(1000, generator=generator).bfloat16(),
+        "f": torch.randn(64, 65, generator=generator),
+    }
+    torch.save(ref, path)
+    reader, spans, loaded = _storage_jobs(path)
+    targets = {"float16": "float32", "bfloat16": "float64", "float32": "float32"}
+    destination = torch.empty(1 << 20, dtype=torch.uint8)
+    jobs, at = [], 64
+    for start, end, dtype in spans:
+        jobs.append((start, end, dtype, at, targets[dtype]))
+        at += (end - start) // 2 * 8 + 64  # room enough for any of the three
+    conversion = reader.convert_into(destination, jobs)
+    conversion.wait()
+    assert conversion.done
+    conversion.wait()  # a second wait returns at once
+    for (_, _, dtype, offset, target), tensor in zip(jobs, loaded):
+        wanted = getattr(torch, target)
+        got = destination[offset : offset + tensor.numel() * wanted.itemsize].view(wanted)
+        assert torch.equal(got, tensor.reshape(-1).to(wanted)), dtype
+
+
+def test_convert_into_refuses_bad_jobs_before_writing(tmp_path: Path) -> None:
+    """Jobs outside the destination or overlapping, a destination that is not a contiguous CPU
+    uint8 tensor, a source past the file's end: typed errors naming the file, and nothing written."""
+    path = tmp_path / "one.pt"
+    torch.save({"w": torch.arange(256, dtype=torch.float16)}, path)
+    reader, [(start, end, dtype)], _ = _storage_jobs(path)
+    destination = torch.zeros(4096, dtype=torch.uint8)
+    whole = (start, end, dtype, 0, "float32")  # 1 KiB of float32
+    cases = {
+        "outside": (destination, [(start, end, dtype, 4096 - 256, "float32")]),
+        "overlapping": (destination, [whole, (start, end, dtype, 512, "float32")]),
+        "huge offset": (destination, [(start, end, dtype, 2**63, "float32")]),
+        "not uint8": (torch.zeros(1024), [whole]),
+        "not contiguous": (torch.zeros(4096, 2, dtype=torch.uint8)[:, 0], [whole]),
+    }
+    for name, (into, jobs) in cases.items():
+        with pytest.raises(CheckpointError, match=r"one\.pt") as info:
+            reader.convert_into(into, jobs)
+        assert "destination" in str(info.value), name
+    # A source outside the file is found by the conversion's own check, before it writes anything.
+    size = os.path.getsize(path)
+    conversion = reader.convert_into(destination, [(size - 256, size + 256, dtype, 0, "float32")])
+    with pytest.raises(CheckpointError, match="outside the file"):
+        conversion.wait()
+    assert not destination.any()
+
+
+def test_a_conversion_dropped_unwaited_is_waited_for(tmp_path: Path) -> None:
+    """Dropping a running conversion (a load failing for another reason) waits for its threads,
+    which write into memory the dropped tensors own: no write lands in freed memory."""
+    path = tmp_path / "big.pt"
+    torch.save({"w": torch.randn(4 << 20).half()}, path)
+    reader, [(start, end, dtype)], [tensor] = _storage_jobs(path)
+    for _ in range(5):
+        destination = torch.empty(16 << 20, dtype=torch.uint8)
+        conversion = reader.convert_into(destination, [(start, end, dtype, 0, "float32")])
+        del conversion, destination  # the conversion holds the destination until its threads end
+    kept = torch.empty(16 << 20, dtype=torch.uint8)
+    reader.convert_into(kept, [(start, end, dtype, 0, "float32")]).wait()
+    assert torch.equal(kept.view(torch.float32), tensor.float())

@@ -693,3 +693,52 @@ def test_one_tensor_under_two_names_gives_two_parameters(
         reference.ln_final.bias.add_(1)
     assert_same_state(model.state_dict(), reference.state_dict())
     assert torch.equal(model.visual.ln_post.bias, state["visual.ln_post.bias"].float())
+
+
+@pytest.mark.parametrize("case", ["transposed", "tied", "fp16_tied"])
+def test_steps_that_read_values_wait_for_the_conversion(
+    case: str, state_dict_file: Callable[[str], Path], tmp_path: Path, conversion_held_back: list[int]
+) -> None:
+    """The model gets its tensors while the conversion still fills them; the steps that copy a
+    tensor (made contiguous, or unshared from another name) wait for it first. With the conversion
+    held back until then, a step that did not wait would copy unfilled memory (zeros)."""
+    source = state_dict_file("RN50")
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    path = tmp_path / f"{case}.pt"
+    if case == "transposed":
+        key = "visual.attnpool.c_proj.weight"
+        state[key] = state[key].t().contiguous().t()
+    else:  # one storage under two names: fp16 -> a converted copy, fp32 -> copied as it is
+        dtype = torch.float16 if case == "fp16_tied" else torch.float32
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        state["visual.layer2.0.bn3.bias"] = state["ln_final.bias"]  # both 512 wide
+    torch.save(state, path)
+    model, _ = clipfast.load(path, device="cpu")
+    assert conversion_held_back[0] == 1  # this load went the way under test
+    reference, _ = clip_load(path)
+    assert_same_state(model.state_dict(), reference.state_dict())
+
+
+def test_a_conversion_error_after_the_model_is_assembled_returns_nothing(
+    state_dict_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model is assembled while the conversion runs; a conversion that fails (here: the file
+    cut short after the parse) fails the load with the reader's error, not a model of unfilled
+    weights."""
+    from clipfast import checkpoint
+
+    path = tmp_path / "cut.pt"
+    # float32 as the load wants it: every tensor is copied with pread(), which reports the cut
+    # (a conversion reading the map would meet SIGBUS, as torch.load(mmap=True) does).
+    state = torch.load(state_dict_file("RN50"), map_location="cpu", weights_only=True)
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, path)
+    real_start = checkpoint._PendingRead.start
+
+    def start(self: Any) -> None:
+        with open(path, "r+b") as f:  # the parse is done: the data goes away under the reader
+            f.truncate(os.path.getsize(path) // 2)
+        real_start(self)
+
+    monkeypatch.setattr(checkpoint._PendingRead, "start", start)
+    with pytest.raises(CheckpointError, match="truncated while loading"):
+        clipfast.load(path, device="cpu")

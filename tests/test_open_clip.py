@@ -765,3 +765,19 @@ def test_inspect_a_sharded_hugging_face_folder(tmp_path: Path, capsys: pytest.Ca
     assert "shards" in info["format"] and info["tensor_count"] > 0
     assert info["architecture"]["vision_heads"] == 1 and info["architecture"]["vision_activation"] == "gelu"
     assert info["decided_from"]["vision_heads"].startswith("config (") and info["assumed"] == []
+
+
+def test_resize_waits_for_the_conversion(tmp_path: Path, conversion_held_back: list[int]) -> None:
+    """The position embeddings are resized (a step that reads values) only once the conversion has
+    filled them: held back until then, a resize that did not wait would resize zeros."""
+    weights = {k: v.half() for k, v in open_clip_model("gelu_h80").state_dict().items()}
+    cfg = copy.deepcopy(CONFIGS["gelu_h80"])
+    cfg["vision_cfg"]["image_size"] = 48  # 4x4 -> 6x6 patches
+    cfg["text_cfg"]["context_length"] = 20
+    folder = write_folder(tmp_path / "resized", cfg, {k: v.float() for k, v in weights.items()})
+    reference, _ = reference_load(folder)
+    fp16 = write_folder(tmp_path / "fp16", cfg, weights)  # converted to float32 by the load
+    ours, _ = load_quietly(fp16)
+    assert conversion_held_back[0] == 1
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=2e-3)

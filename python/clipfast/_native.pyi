@@ -12,6 +12,7 @@ from typing_extensions import Self
 __all__ = [
     "CheckpointReader",
     "ClipTokenizer",
+    "Conversion",
     "FetchReport",
     "FileLock",
     "Sha256",
@@ -117,6 +118,9 @@ class CheckpointReader:
         """``[(name, dtype, shape, stride, storage, storage_offset, requires_grad, is_parameter)]``."""
     def convert(self, jobs: list[tuple[int, int, str, Any]]) -> None:
         """Fill contiguous CPU tensors from ``(src_start, src_end, src_dtype, destination)``."""
+    def convert_into(self, destination: Any, jobs: list[tuple[int, int, str, int, str]]) -> Conversion:
+        """Start filling ``destination`` (a contiguous CPU uint8 tensor) from ``(src_start, src_end,
+        src_dtype, dst_offset, dst_dtype)`` jobs on threads of its own; returns at once."""
     def write_into(
         self,
         dest: str | os.PathLike[str],
@@ -128,6 +132,16 @@ class CheckpointReader:
     def elements(self, storage: int) -> bytearray:
         """The elements of a deflated or byte-swapped ``.npz`` member (a storage whose range lies past
         the file's end), inflated, in this machine's byte order."""
+
+@final
+class Conversion:
+    """A conversion running on its own threads (``CheckpointReader.convert_into``)."""
+
+    def wait(self) -> None:
+        """Wait for it to end (GIL released) and raise its error; later calls return at once."""
+    @property
+    def done(self) -> bool:
+        """Whether its threads have ended."""
 
 # --- image ---
 

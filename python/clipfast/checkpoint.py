@@ -199,9 +199,10 @@ def _read_parsed(reader: Any, *, mmap: bool, dtype: DtypeArg = None) -> OrderedD
 
 
 class _PendingRead:
-    """A read split in three so that the conversion can run on another thread without the GIL:
-    ``_plan_read`` (parse, allocate; GIL) -> ``convert()`` (Rust, GIL released) -> ``finish()``
-    (build the tensors; GIL)."""
+    """A read split so that the conversion runs beside other work: ``_plan_read`` (parse, lay out
+    the converted storages in one allocation; GIL) -> ``start()`` (Rust threads, no GIL needed) ->
+    ``finish()`` (the tensors, views of that memory, which may be made before the conversion ends)
+    -> ``wait()`` (their values are there)."""
 
     def __init__(
         self,
@@ -209,34 +210,63 @@ class _PendingRead:
         rows: list[Any],
         targets: list[str],
         bases: dict[tuple[int, str], torch.UntypedStorage],
-        jobs: list[tuple[int, int, str, torch.Tensor]],
+        region: _Region | None,
+        placed: dict[tuple[int, str], tuple[int, int]],
+        jobs: list[tuple[int, int, str, int, str]],
     ) -> None:
         self.reader = reader
         self.rows = rows
         self.targets = targets
         self.bases = bases
+        self.region = region
+        self.placed = placed
         self.jobs = jobs
+        self._conversion: Any = None
+
+    def start(self) -> None:
+        """Start filling the allocated storages from the file (dtype conversion on Rust threads)."""
+        if self.jobs and self.region is not None:
+            self._conversion = self.reader.convert_into(self.region.bytes, self.jobs)
+        self.jobs = []
+
+    def wait(self) -> None:
+        """Wait for the conversion ``start`` began (GIL released); raises its error."""
+        conversion, self._conversion = self._conversion, None
+        if conversion is not None:
+            conversion.wait()
+
+    def abandon(self) -> None:
+        """Wait for the conversion, ignoring its error: the load failed for another reason, which
+        is the one reported (the memory it writes must outlive it all the same)."""
+        try:
+            self.wait()
+        except Exception:
+            pass
 
     def convert(self) -> None:
-        """Fill the allocated tensors from the file (dtype conversion in parallel, GIL released)."""
-        if self.jobs:
-            self.reader.convert(self.jobs)
-        self.jobs = []
+        """Fill the allocated storages from the file and wait for it."""
+        self.start()
+        self.wait()
 
     def declared_shapes(self) -> dict[str, TensorEntry]:
         """Each tensor's name, stored dtype and shape, as the file declares them (no data read)."""
         return _declared_shapes(self.rows)
 
     def finish(self) -> OrderedDict[str, torch.Tensor]:
-        """The state dict, once ``convert`` has returned."""
+        """The state dict: tensors over the storages (their values are there once ``wait`` returns)."""
         import torch
 
         bases = self.bases
+        if self.region is not None:
+            storage = self.region.storage
+            for key, (at, nbytes) in self.placed.items():
+                # Each tensor its own storage (a slice of the region): saving one saves only its bytes.
+                bases[key] = storage[at : at + nbytes]
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         for row, target in zip(self.rows, self.targets):
-            name, _, shape, stride, storage, offset, requires_grad, is_parameter = row
+            name, _, shape, stride, storage_index, offset, requires_grad, is_parameter = row
             tensor = torch.empty(0, dtype=getattr(torch, target)).set_(
-                bases[(storage, target)], offset, shape, stride
+                bases[(storage_index, target)], offset, shape, stride
             )
             if is_parameter:
                 tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)
@@ -261,9 +291,7 @@ def _plan_read(
     path: str | os.PathLike[str], *, mmap: bool, dtype: DtypeArg, reader: Any = None
 ) -> _PendingRead:
     """Parse the checkpoint (or take ``reader``, its parse already done: see ``_parsed``) and
-    allocate every tensor that is converted or copied (see read_state_dict)."""
-    import torch
-
+    allocate the memory of every storage that is converted or copied (see read_state_dict)."""
     file = os.fspath(path)
     if reader is None:
         reader = _open(file)
@@ -272,7 +300,6 @@ def _plan_read(
     targets = [_target(dtype, row[0], row[1]) for row in rows]
 
     bases: dict[tuple[int, str], torch.UntypedStorage] = {}
-    jobs: list[tuple[int, int, str, torch.Tensor]] = []
     mapped: torch.UntypedStorage | None = None
     wanted: list[tuple[tuple[int, str], int, int, str, int]] = []
     planned: set[tuple[int, str]] = set()
@@ -281,7 +308,7 @@ def _plan_read(
         if key in bases or key in planned:
             continue
         _, stored, start, end = storages[row[4]]
-        itemsize = getattr(torch, stored).itemsize
+        itemsize = _itemsize(stored)
         if end > reader.file_size:
             # A deflated or byte-swapped .npz member: no range of the file holds its elements as
             # they are; the reader inflates them and puts them in this machine's byte order.
@@ -292,59 +319,101 @@ def _plan_read(
             bases[key] = mapped[start:end]
         else:
             planned.add(key)
-            wanted.append((key, start, end, stored, (end - start) // itemsize))
-    buffers = allocate([((count,), getattr(torch, key[1])) for key, _, _, _, count in wanted])
-    for (key, start, end, stored, _), buffer in zip(wanted, buffers):
-        if buffer.numel():
-            jobs.append((start, end, stored, buffer))
-        bases[key] = buffer.untyped_storage()
-    return _PendingRead(reader, rows, targets, bases, jobs)
+            wanted.append((key, start, end, stored, (end - start) // itemsize * _itemsize(key[1])))
+    placed: dict[tuple[int, str], tuple[int, int]] = {}
+    jobs: list[tuple[int, int, str, int, str]] = []
+    region = _Region.allocate([nbytes for *_, nbytes in wanted]) if wanted else None
+    if region is not None:
+        for (key, start, end, stored, nbytes), at in zip(wanted, region.offsets):
+            placed[key] = (at, nbytes)
+            if nbytes:
+                jobs.append((start, end, stored, at, key[1]))
+    return _PendingRead(reader, rows, targets, bases, region, placed, jobs)
 
 
-#: Below this many bytes in all, destinations are plain ``torch.empty`` tensors.
+#: Bytes per element of the common dtypes (the rest are asked of torch).
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8, "uint8": 1}
+
+
+def _itemsize(dtype: str) -> int:
+    import torch
+
+    return _ITEMSIZE.get(dtype) or getattr(torch, dtype).itemsize
+
+
+#: Below this many bytes in all, a region is not advised to use huge pages.
 _ARENA_MIN_BYTES = 8 << 20
 _HUGE_PAGE = 2 << 20
 #: Each tensor's data starts on this boundary, as torch's CPU allocator aligns them.
 _ALIGN = 64
 
 
-def allocate(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
-    """Uninitialised CPU tensors of the given shapes and dtypes, for the reader to fill.
+class _Region:
+    """Uninitialised memory for the tensors of a read, in one allocation: ``offsets[i]`` is where
+    the ``i``-th of the sizes it was made for starts in ``bytes`` (a uint8 tensor over all of it;
+    ``storage``, its storage).
 
     A model's weights are hundreds of MB of fresh memory, and with 4 KiB pages the kernel's cost
-    of handing them over (one page fault per page) is most of a CPU load. So, on Linux, the tensors
-    are carved out of one anonymous region advised ``MADV_HUGEPAGE`` (2 MiB pages where the kernel
-    has transparent huge pages for ``madvise`` regions; plain pages otherwise), unless free memory
-    is short or the VM hands free memory back to its host (see the two checks below). Each tensor has its
-    own storage (a slice of the region, as the tensors of ``mmap=True`` loads are slices of the
-    file's map): saving one saves only its bytes, and the memory is the process's own, so it does
-    not depend on the file. The region is unmapped when the last of its tensors is freed."""
+    of handing them over (one page fault per page) is most of a CPU load. So the memory is one
+    anonymous private map, on Linux advised ``MADV_HUGEPAGE`` (2 MiB pages where the kernel has
+    transparent huge pages for ``madvise`` regions; plain pages otherwise), unless free memory is
+    short or the VM hands free memory back to its host (see the two checks below). The memory is
+    the process's own, so it does not depend on the file; it is unmapped when the last tensor over
+    it is freed."""
+
+    def __init__(self, bytes_: torch.Tensor, offsets: list[int]) -> None:
+        self.bytes = bytes_
+        self.storage = bytes_.untyped_storage()
+        self.offsets = offsets
+
+    @classmethod
+    def allocate(cls, sizes: list[int]) -> _Region:
+        import torch
+
+        total = sum(_span(n) for n in sizes)
+        advise = getattr(mmap_module, "MADV_HUGEPAGE", None)
+        if total < _ARENA_MIN_BYTES or sys.platform != "linux":
+            advise = None
+        length = max(total + (_HUGE_PAGE if advise is not None else 0), 1)
+        if sys.platform == "win32":
+            region = mmap_module.mmap(-1, length)
+        else:
+            region = mmap_module.mmap(-1, length, flags=mmap_module.MAP_PRIVATE | mmap_module.MAP_ANONYMOUS)
+        whole = torch.frombuffer(region, dtype=torch.uint8)
+        head = 0
+        if advise is not None:
+            head = -whole.data_ptr() % _HUGE_PAGE  # a multiple of the page size: the map is page-aligned
+            if _huge_pages_come_free(total) and not _free_pages_reported():
+                try:
+                    region.madvise(advise, head, total)
+                except OSError:  # advice only (a kernel without THP): plain pages
+                    pass
+        offsets = []
+        at = head
+        for nbytes in sizes:
+            offsets.append(at)
+            at += _span(nbytes)
+        return cls(whole, offsets)
+
+
+def _span(nbytes: int) -> int:
+    """The bytes a tensor of ``nbytes`` takes in a region: aligned, and never none, so that no two
+    storages (empty ones included) start at one address, which would make them look shared."""
+    return max(-(-nbytes // _ALIGN) * _ALIGN, _ALIGN)
+
+
+def allocate(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
+    """Uninitialised CPU tensors of the given shapes and dtypes, for the reader to fill: each its
+    own storage, a slice of one ``_Region``."""
     import torch
 
     sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in specs]
-    total = sum(-(-n // _ALIGN) * _ALIGN for n in sizes)
-    huge = getattr(mmap_module, "MADV_HUGEPAGE", None)
-    if total < _ARENA_MIN_BYTES or huge is None or sys.platform != "linux":
-        return [torch.empty(shape, dtype=dtype) for shape, dtype in specs]
-    region = mmap_module.mmap(
-        -1, total + _HUGE_PAGE, flags=mmap_module.MAP_PRIVATE | mmap_module.MAP_ANONYMOUS
-    )
-    storage = torch.frombuffer(region, dtype=torch.uint8).untyped_storage()
-    head = -storage.data_ptr() % _HUGE_PAGE  # a multiple of the page size: the map is page-aligned
-    if _huge_pages_come_free(total) and not _free_pages_reported():
-        try:
-            region.madvise(huge, head, total)
-        except OSError:  # advice only (a kernel without THP): plain pages
-            pass
-    out = []
-    at = head
-    for (shape, dtype), nbytes in zip(specs, sizes):
-        tensor = torch.empty(0, dtype=dtype).set_(
-            storage[at : at + nbytes], 0, shape, _contiguous_strides(shape)
-        )
-        out.append(tensor)
-        at += -(-nbytes // _ALIGN) * _ALIGN
-    return out
+    region = _Region.allocate(sizes)
+    storage = region.storage
+    return [
+        torch.empty(0, dtype=dtype).set_(storage[at : at + nbytes], 0, shape, _contiguous_strides(shape))
+        for (shape, dtype), nbytes, at in zip(specs, sizes, region.offsets)
+    ]
 
 
 _MEMINFO = "/proc/meminfo"

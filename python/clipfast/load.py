@@ -99,24 +99,37 @@ def _uniform_dtype(device: DeviceLike, dtype: DtypeLike) -> Optional[torch.dtype
     return None
 
 
-def _place(tensors: OrderedDict[str, torch.Tensor], plan: Optional[DtypePlan], device: torch.device) -> None:
+def _values_there() -> None:
+    """The ``ready`` of tensors whose values are all read already."""
+
+
+def _place(
+    tensors: OrderedDict[str, torch.Tensor],
+    plan: Optional[DtypePlan],
+    device: torch.device,
+    ready: Callable[[], None] = _values_there,
+) -> None:
     """Give every tensor its final device and dtype, in place, contiguous as openai/CLIP's are.
+    ``ready()`` is called before the first step that reads a tensor's values (a copy).
 
     Off the CPU the stored bytes are copied to the device first and converted there."""
     for key, tensor in tensors.items():
-        if isinstance(tensor, torch.nn.Parameter):
+        if type(tensor) is not torch.Tensor and isinstance(tensor, torch.nn.Parameter):
             # A Parameter from the file would keep its own requires_grad; clip's are all trainable.
             tensor = tensor.detach()
         dtype = plan(key, tensor.dtype) if plan is not None and tensor.is_floating_point() else tensor.dtype
-        if tensor.device != device:
-            tensor = tensor.to(device=device)
-        if tensor.dtype != dtype:
-            tensor = tensor.to(dtype=dtype)
-        tensors[key] = tensor.contiguous()
-    _unalias(tensors)
+        if tensor.device != device or tensor.dtype != dtype or not tensor.is_contiguous():
+            ready()
+            if tensor.device != device:
+                tensor = tensor.to(device=device)
+            if tensor.dtype != dtype:
+                tensor = tensor.to(dtype=dtype)
+            tensor = tensor.contiguous()
+        tensors[key] = tensor
+    _unalias(tensors, ready)
 
 
-def _unalias(tensors: OrderedDict[str, torch.Tensor]) -> None:
+def _unalias(tensors: OrderedDict[str, torch.Tensor], ready: Callable[[], None] = _values_there) -> None:
     """Copy each tensor whose memory overlaps another's, in place: a file may store one tensor under
     two names (or overlapping views of one storage), which the read keeps shared, and assigning them
     would make two parameters of one memory (updating one changes the other), where clip's
@@ -129,6 +142,7 @@ def _unalias(tensors: OrderedDict[str, torch.Tensor]) -> None:
     reach = 0
     for start, end, key in spans:
         if start < reach:
+            ready()
             tensors[key] = tensors[key].clone()
         else:
             reach = end
@@ -234,7 +248,7 @@ def _load_eager(
     ahead: Optional[ParseAhead] = None,
 ) -> tuple[CLIP, Architecture]:
     from .checkpoint import read_state_dict
-    from .model import assign_state_dict, half_precision_names
+    from .model import half_precision_names
 
     path = source.path
 
@@ -265,9 +279,9 @@ def _load_eager(
         plan = dtype_plan(target, dtype, half_precision_names(model))
         tensors = source.read(mmap=mmap or not on_cpu, dtype=plan if on_cpu else None)
     elif on_cpu and direct is not None:
-        # The common case: one read, converted once in Rust (GIL released) while this thread
-        # builds the meta model from the shapes the file declares.
-        tensors, model, arch = _read_while_building(path, mmap, direct, heads, ahead)
+        # The common case: one read, converted once on Rust threads while this thread builds the
+        # model from the shapes the file declares and gives it the tensors being filled.
+        return _read_while_building(path, mmap, direct, heads, ahead)
     elif on_cpu:
         # The plan depends on which tensors are conv/linear/attention weights: build the model
         # from the declared shapes first, then read once, converting as planned (one parse serves
@@ -283,23 +297,43 @@ def _load_eager(
         tensors = read_state_dict(path, mmap=True)
         model, arch = _build(tensors, path, heads)
         plan = dtype_plan(target, dtype, half_precision_names(model))
+    return _into_model(tensors, model, path, plan, target), arch
+
+
+def _into_model(
+    tensors: OrderedDict[str, torch.Tensor],
+    model: CLIP,
+    path: str,
+    plan: Optional[DtypePlan],
+    target: torch.device,
+    ready: Callable[[], None] = _values_there,
+) -> CLIP:
+    """The meta ``model`` with ``tensors`` (as read, under the file's names) fitted, placed and
+    made its own. Only a resize or a copy reads values, after ``ready()``: the rest may run while
+    the tensors are still being filled."""
+    from .model import assign_state_dict
+
     tensors = without_wrapper_prefix(tensors)
-    _fit(tensors, model, path)
-    _place(tensors, plan, target)
-    return assign_state_dict(model, tensors, source=path), arch
+    _fit(tensors, model, path, ready)
+    _place(tensors, plan, target, ready)
+    return assign_state_dict(model, tensors, source=path)
 
 
-def _fit(tensors: OrderedDict[str, torch.Tensor], model: CLIP, path: str) -> None:
+def _fit(
+    tensors: OrderedDict[str, torch.Tensor], model: CLIP, path: str, ready: Callable[[], None] = _values_there
+) -> None:
     """open_clip's fixes that keep the values: a 1-element logit_scale becomes the scalar the model
     has, and position embeddings are resized where the configuration's image size or context length
     is not the weights' (as open_clip's load_checkpoint does; in the stored dtype where the read
-    converted them, which gives open_clip's values, the conversion being exact)."""
+    converted them, which gives open_clip's values, the conversion being exact). A resize reads
+    values: ``ready()`` comes first."""
     scale = tensors.get("logit_scale")
     if scale is not None and scale.ndim == 1 and scale.numel() == 1:
         tensors["logit_scale"] = scale.reshape(())
     from .posembed import fit_position_embeddings
 
     def stored_dtype(key: str) -> torch.dtype:
+        ready()  # called only for a resize, before it
         from .arch import openai_key_names
         from .checkpoint import inspect_checkpoint
 
@@ -396,23 +430,35 @@ def _meta_bytes(model: torch.nn.Module) -> int:
 
 def _read_while_building(
     path: str, mmap: bool, dtype: Union[torch.dtype, DtypePlan], heads: _Hints, ahead: Optional[ParseAhead]
-) -> tuple[OrderedDict[str, torch.Tensor], CLIP, Architecture]:
-    """Convert the file's tensors on a second thread while this one builds the meta model.
+) -> tuple[CLIP, Architecture]:
+    """Convert the file's tensors on Rust threads while this one builds the meta model, makes the
+    tensors (views of the memory being filled) and gives them to the model; then wait.
 
-    Only the conversion (Rust, GIL released) runs there: parsing, allocating and assembling the
-    tensors need the GIL and stay on this thread, so the two never wait for each other's GIL.
-    Errors of either propagate; a file that is not a readable checkpoint fails in the parse before
-    any work starts, one that is not a CLIP model fails in the build (reported first)."""
+    The conversion needs no GIL, so the Python work here runs beside it rather than before or
+    after it. Errors: a file that is not a readable checkpoint fails in the parse before any work
+    starts; one that is not a CLIP model fails in the build, reported before a conversion error
+    (the conversion is waited for all the same: it writes into memory the tensors own)."""
     from .checkpoint import _parsed, _plan_read
 
     if ahead is not None:
         # While the parse runs on its thread (GIL released), import what the build, the preprocess
         # and the assembly need, which would otherwise be imported after it, in the serial path.
-        from . import posembed, published, transforms  # noqa: F401
+        from . import posembed, published  # noqa: F401
+    # What the load imports is imported before the conversion starts: an import (file reads, maps,
+    # allocations) slowed by its page faults took several times its own time.
+    from . import transforms  # noqa: F401  (PIL.Image waits for an image)
+    from .model import construct_on_meta  # noqa: F401
 
     pending = _plan_read(path, mmap=mmap, dtype=dtype, reader=_parsed(path, ahead))
-    _, (model, arch) = _build_beside(pending.convert, pending.declared_shapes(), path, heads)
-    return pending.finish(), model, arch
+    pending.start()
+    try:
+        model, arch = _build(pending.declared_shapes(), path, heads)
+        model = _into_model(pending.finish(), model, path, None, torch.device("cpu"), ready=pending.wait)
+    except BaseException:
+        pending.abandon()
+        raise
+    pending.wait()
+    return model, arch
 
 
 _T = TypeVar("_T")
