@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, TypeVar, Union
 import torch
 
 from . import limits
-from .arch import CUSTOM_TEXT_KEYS, WRAPPER_PREFIX, Architecture, warn_assumptions, without_wrapper_prefix
 from .checkpoint import ParseAhead
-from .formats import ModelSource, locate
 from .registry import MODELS
 
 if TYPE_CHECKING:
+    from .arch import Architecture
+    from .formats import ModelSource
     from .model import CLIP
     from .transforms import Compose
 
@@ -211,6 +211,10 @@ def load(
     # clipfast's own reader will read it on the CPU (not for jit=True, torch.load or a GPU load).
     reads_on_cpu = not jit and weights_only and torch.device(device).type == "cpu"
     ahead = ParseAhead.start(local) if reads_on_cpu else None
+    # Imported once the parse has started (they take ~3 ms, which the parse's thread overlaps).
+    from .arch import warn_assumptions
+    from .formats import locate
+
     source = locate(local)
     path = source.path
 
@@ -311,6 +315,7 @@ def _into_model(
     """The meta ``model`` with ``tensors`` (as read, under the file's names) fitted, placed and
     made its own. Only a resize or a copy reads values, after ``ready()``: the rest may run while
     the tensors are still being filled."""
+    from .arch import without_wrapper_prefix
     from .model import assign_state_dict
 
     tensors = without_wrapper_prefix(tensors)
@@ -381,6 +386,8 @@ def _model_names(plan: DtypePlan) -> DtypePlan:
     open_clip's CustomTextCLIP ``text.`` (a file with only some keys prefixed is not a CLIP
     checkpoint and fails in the build)."""
 
+    from .arch import CUSTOM_TEXT_KEYS, WRAPPER_PREFIX
+
     def named(name: str, stored: torch.dtype) -> torch.dtype:
         name = name.removeprefix(WRAPPER_PREFIX)
         if name.startswith("text.") and name[5:].startswith(CUSTOM_TEXT_KEYS):
@@ -393,7 +400,7 @@ def _model_names(plan: DtypePlan) -> DtypePlan:
 def _build(tensors: Mapping[str, Any], path: str, heads: _Hints) -> tuple[CLIP, Architecture]:
     """The meta-device model for the shapes of ``tensors`` (a mapping of names to objects with
     ``.shape``; keys may carry DataParallel's ``module.`` prefix) and the settings in ``heads``."""
-    from .arch import infer_architecture
+    from .arch import infer_architecture, without_wrapper_prefix
     from .model import construct_on_meta
 
     arch = infer_architecture(
