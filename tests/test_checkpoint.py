@@ -886,6 +886,11 @@ def test_convert_into_refuses_bad_jobs_before_writing(tmp_path: Path) -> None:
     cases = {
         "outside": (destination, [(start, end, dtype, 4096 - 256, "float32")]),
         "overlapping": (destination, [whole, (start, end, dtype, 512, "float32")]),
+        # An empty job inside the first, sorted between the two: their overlap is still found.
+        "overlapping past an empty job": (
+            destination,
+            [whole, (start, start, dtype, 256, "float32"), (start, end, dtype, 512, "float32")],
+        ),
         "huge offset": (destination, [(start, end, dtype, 2**63, "float32")]),
         "not uint8": (torch.zeros(1024), [whole]),
         "not contiguous": (torch.zeros(4096, 2, dtype=torch.uint8)[:, 0], [whole]),
