@@ -242,8 +242,9 @@ pub fn run(path: &Path, file: &File, map: &Mmap, jobs: &[Job]) -> Result<()> {
             let src_range =
                 job.src.start + piece.elems.start * si..job.src.start + piece.elems.end * si;
             frontier.reached(src_range.end);
-            // SAFETY: `dst_address` is the data pointer of a contiguous CPU tensor of `dst_len`
-            // bytes that CheckpointReader.convert holds a reference to until this returns;
+            // SAFETY: `dst_address` addresses `dst_len` bytes of a contiguous CPU tensor that is
+            // held until this returns (by CheckpointReader.convert, or by the Conversion that
+            // convert_into returns, which joins this thread before letting the tensor go);
             // destinations were checked not to overlap, and the pieces of one job cover disjoint
             // element ranges, so no two threads write the same bytes.
             let dst = unsafe {
