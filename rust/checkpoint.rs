@@ -381,9 +381,10 @@ impl CheckpointReader {
         Ok(())
     }
 
-    /// Starts filling one destination (a uint8 tensor over the memory the tensors are views of) on
-    /// threads of its own and returns at once: `wait()` on the returned `Conversion` ends it. The GIL is
-    /// not needed meanwhile.
+    /// Starts filling one destination (a uint8 tensor over the memory the tensors are views of,
+    /// whose storage cannot be resized: `torch.frombuffer` of an anonymous map) on threads of its
+    /// own and returns at once: `wait()` on the returned `Conversion` ends it. The GIL is not
+    /// needed meanwhile.
     ///
     /// Each job is `(src_start, src_end, src_dtype, dst_offset, dst_dtype)`: the source's elements,
     /// converted, are written at `dst_offset` bytes into `destination`. Jobs are checked (inside the
@@ -397,10 +398,15 @@ impl CheckpointReader {
         let device: String = destination.getattr("device")?.str()?.extract()?;
         let dtype: String = destination.getattr("dtype")?.str()?.extract()?;
         let contiguous: bool = destination.call_method0("is_contiguous")?.extract()?;
-        if device != "cpu" || dtype != "torch.uint8" || !contiguous {
+        // A storage that can be resized could be freed under the threads (`resize_` from Python).
+        let resizable: bool = destination
+            .call_method0("untyped_storage")?
+            .call_method0("resizable")?
+            .extract()?;
+        if device != "cpu" || dtype != "torch.uint8" || !contiguous || resizable {
             return Err(Error::checkpoint(
                 &self.path,
-                "conversion destination must be a contiguous CPU uint8 tensor",
+                "conversion destination must be a contiguous CPU uint8 tensor that cannot be resized",
             )
             .into());
         }

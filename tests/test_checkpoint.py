@@ -847,6 +847,11 @@ def _storage_jobs(path: Path) -> tuple[object, list[tuple[int, int, str]], list[
     return reader, spans, list(torch.load(path, weights_only=True).values())
 
 
+def _fixed(nbytes: int) -> torch.Tensor:
+    """A zeroed uint8 tensor whose storage cannot be resized (as load's region), for convert_into."""
+    return torch.frombuffer(bytearray(nbytes), dtype=torch.uint8)
+
+
 def test_convert_into_fills_one_destination_on_its_own_threads(tmp_path: Path) -> None:
     """``convert_into`` returns at once; ``wait`` gives the values torch converts to (float16 ->
     float32, bfloat16 -> float64, float32 copied), each at its offset of the one destination."""
@@ -860,7 +865,7 @@ def test_convert_into_fills_one_destination_on_its_own_threads(tmp_path: Path) -
     torch.save(ref, path)
     reader, spans, loaded = _storage_jobs(path)
     targets = {"float16": "float32", "bfloat16": "float64", "float32": "float32"}
-    destination = torch.empty(1 << 20, dtype=torch.uint8)
+    destination = _fixed(1 << 20)
     jobs, at = [], 64
     for start, end, dtype in spans:
         jobs.append((start, end, dtype, at, targets[dtype]))
@@ -877,11 +882,12 @@ def test_convert_into_fills_one_destination_on_its_own_threads(tmp_path: Path) -
 
 def test_convert_into_refuses_bad_jobs_before_writing(tmp_path: Path) -> None:
     """Jobs outside the destination or overlapping, a destination that is not a contiguous CPU
-    uint8 tensor, a source past the file's end: typed errors naming the file, and nothing written."""
+    uint8 tensor or whose storage could be resized (freed under the threads), a source past the
+    file's end: typed errors naming the file, and nothing written."""
     path = tmp_path / "one.pt"
     torch.save({"w": torch.arange(256, dtype=torch.float16)}, path)
     reader, [(start, end, dtype)], _ = _storage_jobs(path)
-    destination = torch.zeros(4096, dtype=torch.uint8)
+    destination = _fixed(4096)
     whole = (start, end, dtype, 0, "float32")  # 1 KiB of float32
     cases = {
         "outside": (destination, [(start, end, dtype, 4096 - 256, "float32")]),
@@ -892,8 +898,9 @@ def test_convert_into_refuses_bad_jobs_before_writing(tmp_path: Path) -> None:
             [whole, (start, start, dtype, 256, "float32"), (start, end, dtype, 512, "float32")],
         ),
         "huge offset": (destination, [(start, end, dtype, 2**63, "float32")]),
-        "not uint8": (torch.zeros(1024), [whole]),
-        "not contiguous": (torch.zeros(4096, 2, dtype=torch.uint8)[:, 0], [whole]),
+        "not uint8": (torch.frombuffer(bytearray(4096), dtype=torch.float32), [whole]),
+        "not contiguous": (_fixed(8192)[::2], [whole]),
+        "resizable": (torch.zeros(4096, dtype=torch.uint8), [whole]),
     }
     for name, (into, jobs) in cases.items():
         with pytest.raises(CheckpointError, match=r"one\.pt") as info:
@@ -914,9 +921,39 @@ def test_a_conversion_dropped_unwaited_is_waited_for(tmp_path: Path) -> None:
     torch.save({"w": torch.randn(4 << 20).half()}, path)
     reader, [(start, end, dtype)], [tensor] = _storage_jobs(path)
     for _ in range(5):
-        destination = torch.empty(16 << 20, dtype=torch.uint8)
+        destination = _fixed(16 << 20)
         conversion = reader.convert_into(destination, [(start, end, dtype, 0, "float32")])
         del conversion, destination  # the conversion holds the destination until its threads end
-    kept = torch.empty(16 << 20, dtype=torch.uint8)
+    kept = _fixed(16 << 20)
     reader.convert_into(kept, [(start, end, dtype, 0, "float32")]).wait()
     assert torch.equal(kept.view(torch.float32), tensor.float())
+
+
+def test_a_conversion_waited_for_from_several_threads(tmp_path: Path) -> None:
+    """``wait`` from several threads at once: each returns once the values are there (none early,
+    none with an error of its own)."""
+    import threading
+
+    path = tmp_path / "big.pt"
+    torch.save({"w": torch.randn(32 << 20).half()}, path)  # long enough to be waited for together
+    reader, [(start, end, dtype)], [tensor] = _storage_jobs(path)
+    expected = tensor.float()
+    for _ in range(2):
+        destination = _fixed(128 << 20)
+        conversion = reader.convert_into(destination, [(start, end, dtype, 0, "float32")])
+        outcomes: list[object] = []
+
+        def wait(conversion: object = conversion, destination: torch.Tensor = destination) -> None:
+            try:
+                conversion.wait()  # type: ignore[attr-defined]
+                outcomes.append(torch.equal(destination.view(torch.float32), expected))
+            except Exception as error:  # reported below
+                outcomes.append(error)
+
+        threads = [threading.Thread(target=wait) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        polled = [conversion.done for _ in range(100)]  # never raises while a wait() joins
+        for thread in threads:
+            thread.join()
+        assert outcomes == [True] * 4 and conversion.done and all(isinstance(p, bool) for p in polled)

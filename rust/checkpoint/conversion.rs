@@ -13,15 +13,17 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// A conversion running on its own threads; `wait()` joins them and raises what they met.
-#[pyclass(module = "clipfast._native")]
+#[pyclass(frozen, module = "clipfast._native")]
 pub struct Conversion {
-    worker: Option<JoinHandle<Result<()>>>,
+    /// Taken by the first `wait()`; the lock is held while it joins, so that a `wait()` from
+    /// another thread meanwhile returns only once the conversion has ended.
+    worker: Mutex<Option<JoinHandle<Result<()>>>>,
     /// The tensor whose memory the worker writes: held (so not freed) until it has ended.
-    destination: Option<Py<PyAny>>,
+    destination: Mutex<Option<Py<PyAny>>>,
 }
 
 impl Conversion {
@@ -42,22 +44,31 @@ impl Conversion {
             })
             .map_err(|e| Error::io(&path, e))?;
         Ok(Conversion {
-            worker: Some(worker),
-            destination: Some(destination),
+            worker: Mutex::new(Some(worker)),
+            destination: Mutex::new(Some(destination)),
         })
     }
 }
 
 #[pymethods]
 impl Conversion {
-    /// Waits for the conversion to end (GIL released) and raises its error, if any. Later calls
-    /// return at once.
-    fn wait(&mut self, py: Python<'_>) -> PyResult<()> {
-        let Some(worker) = self.worker.take() else {
+    /// Waits for the conversion to end (GIL released) and raises its error, if any. Later calls,
+    /// and calls from other threads meanwhile, return once it has ended, without the error.
+    fn wait(&self, py: Python<'_>) -> PyResult<()> {
+        let outcome = py.detach(|| {
+            // A poisoned lock only means a waiter panicked; the handle inside is still sound.
+            let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+            worker.take().map(|w| w.join())
+        });
+        let Some(outcome) = outcome else {
             return Ok(());
         };
-        let outcome = py.detach(|| worker.join());
-        self.destination = None;
+        let released = self
+            .destination
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(released);
         match outcome {
             Ok(result) => result.map_err(Into::into),
             Err(_) => Err(PyRuntimeError::new_err("the conversion thread panicked")),
@@ -67,7 +78,10 @@ impl Conversion {
     /// Whether the threads have ended (`wait()` then returns at once).
     #[getter]
     fn done(&self) -> bool {
-        self.worker.as_ref().is_none_or(|w| w.is_finished())
+        match self.worker.try_lock() {
+            Ok(worker) => worker.as_ref().is_none_or(|w| w.is_finished()),
+            Err(_) => false, // a wait() is joining it
+        }
     }
 }
 
@@ -75,7 +89,8 @@ impl Drop for Conversion {
     /// A conversion dropped unwaited is waited for: its threads write into the destination, which
     /// must outlive them. (They never take the GIL, so waiting with it held cannot deadlock.)
     fn drop(&mut self) {
-        if let Some(worker) = self.worker.take() {
+        let worker = self.worker.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(worker) = worker.take() {
             let _ = worker.join();
         }
     }
