@@ -943,7 +943,9 @@ def test_a_conversion_waited_for_from_several_threads(tmp_path: Path) -> None:
         conversion = reader.convert_into(destination, [(start, end, dtype, 0, "float32")])
         outcomes: list[object] = []
 
-        def wait(conversion: object = conversion, destination: torch.Tensor = destination) -> None:
+        def wait(
+            conversion: object = conversion, destination: torch.Tensor = destination, outcomes: list = outcomes
+        ) -> None:
             try:
                 conversion.wait()  # type: ignore[attr-defined]
                 outcomes.append(torch.equal(destination.view(torch.float32), expected))
