@@ -944,7 +944,9 @@ def test_a_conversion_waited_for_from_several_threads(tmp_path: Path) -> None:
         outcomes: list[object] = []
 
         def wait(
-            conversion: object = conversion, destination: torch.Tensor = destination, outcomes: list = outcomes
+            conversion: object = conversion,
+            destination: torch.Tensor = destination,
+            outcomes: list[object] = outcomes,
         ) -> None:
             try:
                 conversion.wait()  # type: ignore[attr-defined]
