@@ -18,6 +18,7 @@ the file. This module turns that layout into ``torch.Tensor`` objects:
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap as mmap_module
 import os
@@ -297,7 +298,7 @@ def _plan_read(
         reader = _open(file)
     storages = reader.storages
     rows = reader.tensors
-    if callable(dtype) and not _is_dtype(dtype):
+    if callable(dtype):  # a plan (a torch.dtype is not callable)
         targets = [_target(dtype, row[0], row[1]) for row in rows]
     else:  # one target per stored dtype (the name is only for the error message)
         named = {row[1]: row[0] for row in rows}
@@ -337,14 +338,9 @@ def _plan_read(
     return _PendingRead(reader, rows, targets, bases, region, placed, jobs)
 
 
-#: Bytes per element of the common dtypes (the rest are asked of torch).
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int64": 8, "uint8": 1}
-
-
-def _is_dtype(value: object) -> bool:
-    import torch
-
-    return isinstance(value, torch.dtype)
+#: Bytes per element of the dtypes checkpoints hold, by torch name (others are asked of torch).
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "int16": 2}
+_ITEMSIZE.update({"int32": 4, "int64": 8, "uint8": 1, "bool": 1})
 
 
 def _itemsize(dtype: str) -> int:
@@ -382,7 +378,8 @@ class _Region:
     def allocate(cls, sizes: list[int]) -> _Region:
         import torch
 
-        total = sum(_span(n) for n in sizes)
+        spans = [_span(n) for n in sizes]
+        total = sum(spans)
         advise = getattr(mmap_module, "MADV_HUGEPAGE", None)
         if total < _ARENA_MIN_BYTES or sys.platform != "linux":
             advise = None
@@ -400,12 +397,7 @@ class _Region:
                     region.madvise(advise, head, total)
                 except OSError:  # advice only (a kernel without THP): plain pages
                     pass
-        offsets = []
-        at = head
-        for nbytes in sizes:
-            offsets.append(at)
-            at += max(-(-nbytes // _ALIGN) * _ALIGN, _ALIGN)  # _span(nbytes), inlined (800 calls)
-        return cls(whole, offsets)
+        return cls(whole, list(itertools.accumulate([head, *spans]))[:-1])
 
 
 def _span(nbytes: int) -> int:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .arch import ARCHIVE_ONLY_KEYS, DEFAULT, PUBLISHED, TORCHSCRIPT, Architecture, openai_key_names
+from .checkpoint import _ITEMSIZE
 from .errors import ArchitectureError
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ _ST_NAMES = {
     "uint8": "U8",
     "bool": "BOOL",
 }
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "int16": 2}
-_ITEMSIZE.update({"int32": 4, "int64": 8, "uint8": 1, "bool": 1})
 _FLOATING = ("float16", "bfloat16", "float32", "float64")
 #: Alignment of the data section in the file (tensors are ordered so that each is aligned too).
 _ALIGN = 64

@@ -644,7 +644,9 @@ class HuggingFaceSource(ModelSource):
 def _byte_span(row: Any, storage: Any) -> Optional[tuple[int, int]]:
     """The bytes of a reader row's tensor in the file when it is contiguous, else None."""
     _, dtype, shape, stride, _, offset, *_ = row
-    itemsize = _ITEMSIZE[dtype]
+    from ..checkpoint import _itemsize
+
+    itemsize = _itemsize(dtype)
     expected = 1
     for n, s in zip(reversed(shape), reversed(stride)):
         if n != 1 and s != expected:
@@ -653,10 +655,6 @@ def _byte_span(row: Any, storage: Any) -> Optional[tuple[int, int]]:
     start = storage[2] + offset * itemsize
     end = start + expected * itemsize
     return (start, end) if end <= storage[3] else None
-
-
-_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
-_ITEMSIZE.update({"int8": 1, "uint8": 1, "bool": 1, "int16": 2, "int32": 4, "int64": 8})
 
 
 def _target(dtype: DtypeArg, name: str, stored: torch.dtype) -> torch.dtype:
