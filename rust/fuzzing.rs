@@ -620,11 +620,8 @@ pub fn http(data: &[u8]) {
             }
             Decision::Complete => {
                 // The recorded length, or the one a 416 states (`bytes */<length>`), is `have`.
-                let stated = head
-                    .content_range
-                    .as_deref()
-                    .and_then(|v| v.trim().strip_prefix("bytes")?.trim().strip_prefix("*/"))
-                    .and_then(|n| n.trim().parse::<u64>().ok());
+                let stated =
+                    crate::download::engine::parse_unsatisfied_range(head.content_range.as_deref());
                 assert!(status == 416 && asked_range);
                 assert_eq!(meta.as_ref().and_then(|m| m.total).or(stated), Some(have));
                 return;

@@ -560,11 +560,7 @@ pub(crate) fn decide(head: &Head, known: &Known<'_>) -> Decision {
         416 if known.asked_range => {
             // The length is what was recorded, or what the 416 says (`bytes */<length>`; a 416
             // to an If-Range request means the validator still matched).
-            let said = head
-                .content_range
-                .as_deref()
-                .and_then(|v| v.trim().strip_prefix("bytes")?.trim().strip_prefix("*/"))
-                .and_then(|n| n.trim().parse::<u64>().ok());
+            let said = parse_unsatisfied_range(head.content_range.as_deref());
             if known_total.or(said) == Some(known.have) {
                 Decision::Complete
             } else {
@@ -724,6 +720,16 @@ pub(crate) fn parse_content_range(value: Option<&str>) -> Option<(u64, Option<u6
     Some((start, total))
 }
 
+/// `bytes */<total>` (a 416's Content-Range: the length of the file) -> total.
+pub(crate) fn parse_unsatisfied_range(value: Option<&str>) -> Option<u64> {
+    let total = value?
+        .trim()
+        .strip_prefix("bytes")?
+        .trim()
+        .strip_prefix("*/")?;
+    total.trim().parse().ok()
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
@@ -759,5 +765,10 @@ mod tests {
         assert_eq!(parse_content_range(Some("bytes 5-10/10")), None);
         assert_eq!(parse_content_range(Some("items 1-2/3")), None);
         assert_eq!(parse_content_range(None), None);
+        assert_eq!(parse_unsatisfied_range(Some("bytes */200")), Some(200));
+        assert_eq!(parse_unsatisfied_range(Some(" bytes  */ 7 ")), Some(7));
+        assert_eq!(parse_unsatisfied_range(Some("bytes 0-9/200")), None);
+        assert_eq!(parse_unsatisfied_range(Some("bytes */*")), None);
+        assert_eq!(parse_unsatisfied_range(None), None);
     }
 }
